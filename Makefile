@@ -1,0 +1,54 @@
+# kubetune: `make run` fine-tunes a tiny model locally; `make test` runs the whole suite.
+# Both set everything up themselves (venv, control plane, Debian packages), cached in ~/.cache/kubetune.
+
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+EXAMPLE ?= examples/lora-instruction.yaml
+PYTEST_ARGS ?=
+
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONPATH := $(CURDIR)/api:$(CURDIR)/operator:$(CURDIR)/trainer
+export PYTHONDONTWRITEBYTECODE := 1
+
+PY = .venv/bin/python
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: venv
+venv: ## Create or reuse the cached virtualenv (.venv links to it)
+	bash hack/venv.sh >/dev/null
+
+.PHONY: control-plane
+control-plane: ## Build or reuse kube-apiserver, controller-manager, scheduler, kubectl; install etcd
+	bash hack/build-control-plane.sh
+
+.PHONY: run
+run: venv ## Fine-tune a tiny model locally from $(EXAMPLE) (no cluster needed)
+	$(PY) -m kubetune.trainer run $(EXAMPLE)
+
+.PHONY: crds
+crds: venv ## Regenerate crds/ from the pydantic API
+	$(PY) -m kubetune.api.crd > crds/kubetune.dev_finetunejobs.yaml
+
+.PHONY: lint
+lint: venv ## ruff, mypy (strict on api and operator), import-linter
+	.venv/bin/ruff check api operator trainer tests
+	.venv/bin/ruff format --check api operator trainer tests
+	.venv/bin/mypy -p kubetune.api -p kubetune.operator -p kubetune.trainer
+	.venv/bin/lint-imports
+
+.PHONY: test
+test: venv ## Everything: set-up, lint, the whole pytest suite on the real control plane
+	export KUBETUNE_BIN_DIR="$$(bash hack/build-control-plane.sh | tail -n 1)"
+	$(MAKE) --no-print-directory lint
+	$(PY) -c "import enum, operator; assert operator.add(1, 2) == 3"
+	$(PY) -m pytest $(PYTEST_ARGS)

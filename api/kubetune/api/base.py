@@ -1,0 +1,66 @@
+"""Base model and cross-field rules shared by every FineTuneJob API type.
+
+Every API model is strict (no type coercion: the CRD schema does not coerce either), forbids unknown
+fields, and exposes camelCase aliases over snake_case attributes. Cross-field rules are declared once as
+:class:`Rule` objects: pydantic runs their Python check, and the CRD generator emits their CEL expression
+as ``x-kubernetes-validations``, so operator, trainer and API server enforce the same rule with the same
+message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.alias_generators import to_camel
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule: a CEL expression for the API server and the same check in Python.
+
+    ``check`` receives the validated model and returns True when the object is valid. ``message`` names
+    the fields involved, with paths relative to the object the rule sits on (as the API server prefixes
+    the object's own path).
+    """
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class TransitionRule:
+    """A rule on updates only (CEL with ``oldSelf``); the API server enforces it, Python cannot."""
+
+    cel: str
+    message: str
+
+
+class ApiModel(BaseModel):
+    """Base for all API types: strict, closed, camelCase on the wire."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        use_enum_values=False,
+        validate_default=False,
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+    transition_rules: ClassVar[tuple[TransitionRule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        for rule in type(self).rules:
+            if not rule.check(self):
+                raise ValueError(rule.message)
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it appears in a manifest: camelCase keys, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,161 @@
+"""Training data: dataset sources, row format and field mapping, cleaning and the train/validation/test split."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import ApiModel, Rule
+from .enums import DataFormat, DatasetUsage, FileFormat, OverLength
+from .sources import DNS_LABEL, ConfigMapKey, PVCLocation, Uri
+
+
+class DatasetSource(ApiModel):
+    """One dataset file (or directory of files). Exactly one of pvc, uri or configMap is set."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Short name of the dataset, unique in the job; used in reports, metrics and multitask weights.",
+    )
+    pvc: PVCLocation | None = Field(default=None, description="A file or directory on a PersistentVolumeClaim.")
+    uri: Uri | None = Field(default=None, description="A file at a URI with a scheme (s3://, gs://, file://, ...).")
+    config_map: ConfigMapKey | None = Field(default=None, description="A small dataset inline in a ConfigMap key.")
+    file_format: FileFormat | None = Field(
+        default=None, description="Encoding of the file; inferred from its extension when unset."
+    )
+    usage: DatasetUsage = Field(
+        default=DatasetUsage.SPLIT,
+        description="Split: rows are divided by spec.data.split ratios. Train, Validation, Test: every row "
+        "goes to that split (explicit files).",
+    )
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Relative sampling weight of this dataset's training rows when several are mixed (multitask).",
+    )
+
+    rules = (
+        Rule(
+            cel="[has(self.pvc), has(self.uri), has(self.configMap)].filter(x, x).size() == 1",
+            message="exactly one of pvc, uri or configMap must be set",
+            check=lambda s: [s.pvc, s.uri, s.config_map].count(None) == 2,
+        ),
+    )
+
+
+class FieldMapping(ApiModel):
+    """Names of the columns (or JSON keys) each data format reads."""
+
+    instruction: str = Field(default="instruction", min_length=1, max_length=253, description="Instruction column.")
+    input: str = Field(default="input", min_length=1, max_length=253, description="Optional extra input column.")
+    response: str = Field(default="output", min_length=1, max_length=253, description="Expected response column.")
+    system: str = Field(default="system", min_length=1, max_length=253, description="Optional system prompt column.")
+    messages: str = Field(
+        default="messages",
+        min_length=1,
+        max_length=253,
+        description="Chat column: a list of {role, content} messages.",
+    )
+    text: str = Field(default="text", min_length=1, max_length=253, description="Text column (Completion, Classification).")
+    label: str = Field(default="label", min_length=1, max_length=253, description="Label column (Classification).")
+
+
+class Cleaning(ApiModel):
+    """Row cleaning applied before the split; every dropped row is counted by reason in the prep report."""
+
+    normalize_whitespace: bool = Field(
+        default=True, description="Collapse runs of spaces and strip leading/trailing whitespace."
+    )
+    deduplicate: bool = Field(default=True, description="Drop exact duplicates of the normalised text.")
+    min_tokens: int = Field(default=1, ge=0, le=1_000_000, description="Drop rows with fewer tokens than this.")
+    over_length: OverLength = Field(
+        default=OverLength.TRUNCATE,
+        description="What to do with rows longer than spec.training.maxSeqLength tokens.",
+    )
+    drop_test_overlap: bool = Field(
+        default=True, description="Drop validation and test rows whose text also appears in the training split."
+    )
+
+
+class Split(ApiModel):
+    """Seeded random split of the rows of datasets whose usage is Split."""
+
+    validation_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Share of rows for validation; 0.1 when unset and no dataset has usage Validation.",
+    )
+    test_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Share of rows for the test set; 0.1 when unset and no dataset has usage Test.",
+    )
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed of the shuffle before splitting.")
+
+    rules = (
+        Rule(
+            cel="(has(self.validationRatio) ? self.validationRatio : 0.0) + "
+            "(has(self.testRatio) ? self.testRatio : 0.0) < 0.9",
+            message="validationRatio + testRatio must be below 0.9, leaving rows to train on",
+            check=lambda s: (s.validation_ratio or 0.0) + (s.test_ratio or 0.0) < 0.9,
+        ),
+    )
+
+
+def _has_usage(data: Data, usage: DatasetUsage) -> bool:
+    return any(d.usage == usage for d in data.datasets)
+
+
+class Data(ApiModel):
+    """Datasets and how their rows become training examples."""
+
+    datasets: list[DatasetSource] = Field(
+        min_length=1, max_length=32, description="Dataset files; several are mixed by weight (multitask)."
+    )
+    format: DataFormat = Field(default=DataFormat.INSTRUCTION, description="Shape of each row.")
+    fields: FieldMapping = Field(default_factory=FieldMapping, description="Column names each format reads.")
+    prompt_template: str | None = Field(
+        default=None,
+        max_length=8192,
+        description="Instruction prompt with {instruction}, {input} and {system} placeholders; the tokenizer's "
+        "chat template is used when unset.",
+    )
+    cleaning: Cleaning = Field(default_factory=Cleaning, description="Row cleaning before the split.")
+    split: Split = Field(default_factory=Split, description="Train/validation/test split of Split datasets.")
+
+    rules = (
+        Rule(
+            cel="self.datasets.all(a, self.datasets.exists_one(b, b.name == a.name))",
+            message="datasets[].name must be unique",
+            check=lambda s: len({d.name for d in s.datasets}) == len(s.datasets),
+        ),
+        Rule(
+            cel="!self.datasets.exists(d, d.usage == 'Validation') || !has(self.split.validationRatio)",
+            message="split.validationRatio must be unset when a dataset has usage Validation",
+            check=lambda s: not _has_usage(s, DatasetUsage.VALIDATION) or s.split.validation_ratio is None,
+        ),
+        Rule(
+            cel="!self.datasets.exists(d, d.usage == 'Test') || !has(self.split.testRatio)",
+            message="split.testRatio must be unset when a dataset has usage Test",
+            check=lambda s: not _has_usage(s, DatasetUsage.TEST) or s.split.test_ratio is None,
+        ),
+        Rule(
+            cel="self.datasets.exists(d, d.usage == 'Split' || d.usage == 'Train')",
+            message="datasets must include at least one with usage Split or Train",
+            check=lambda s: _has_usage(s, DatasetUsage.SPLIT) or _has_usage(s, DatasetUsage.TRAIN),
+        ),
+    )
+
+    def ratios(self) -> tuple[float, float]:
+        """Effective (validation, test) ratios after the documented defaults."""
+        val = self.split.validation_ratio
+        test = self.split.test_ratio
+        if val is None:
+            val = 0.0 if _has_usage(self, DatasetUsage.VALIDATION) else 0.1
+        if test is None:
+            test = 0.0 if _has_usage(self, DatasetUsage.TEST) else 0.1
+        return val, test

@@ -1,0 +1,48 @@
+"""Condition reasons and their messages, in one place (as JobSet keeps its reasons).
+
+Reasons are CamelCase words; messages are sentences, some with ``{}`` fields filled by ``str.format``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Every reason a FineTuneJob condition can carry."""
+
+    SPEC_VALID = "SpecValid"
+    INVALID_SPEC = "InvalidSpec"
+    WORKERS_PENDING = "WorkersPending"
+    TRAINING = "Training"
+    EVALUATING = "Evaluating"
+    COMPLETED = "Completed"
+    WORKER_FAILED = "WorkerFailed"
+    RESTARTS_EXHAUSTED = "RestartsExhausted"
+    CONFIGURATION_ERROR = "ConfigurationError"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    NOT_FINISHED = "NotFinished"
+
+
+MESSAGES: dict[Reason, str] = {
+    Reason.SPEC_VALID: "The spec is valid.",
+    Reason.INVALID_SPEC: "The spec is invalid: {}",
+    Reason.WORKERS_PENDING: "Waiting for {} worker(s) to start.",
+    Reason.TRAINING: "Training: step {} of {}.",
+    Reason.EVALUATING: "Evaluating on the test split.",
+    Reason.COMPLETED: "Training finished; outputs are at {}.",
+    Reason.WORKER_FAILED: "A worker failed; restarting from the last checkpoint ({} of {} restarts used).",
+    Reason.RESTARTS_EXHAUSTED: "Workers failed {} times, more than spec.maxRestarts allows.",
+    Reason.CONFIGURATION_ERROR: "The trainer rejected the spec or data: {}",
+    Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.activeDeadlineSeconds ({}s).",
+    Reason.SUSPENDED: "The job is suspended; workers are stopped.",
+    Reason.RESUMED: "The job was resumed.",
+    Reason.NOT_FINISHED: "The job has not finished.",
+}
+
+
+def message(reason: Reason, *args: object) -> str:
+    """The message of ``reason`` with its fields filled in."""
+    return MESSAGES[reason].format(*args)

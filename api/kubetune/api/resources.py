@@ -1,0 +1,62 @@
+"""Where and how the training pods run: workers, GPUs, requests, scheduling and the trainer image."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from .base import ApiModel, Rule
+from .enums import TaintEffect, TolerationOperator
+from .sources import DNS_LABEL, DNS_SUBDOMAIN
+
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+Quantity = int | Annotated[str, Field(max_length=64, pattern=QUANTITY)]
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration for the training pods."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; empty with Exists matches all.")
+    operator: TolerationOperator = Field(default=TolerationOperator.EQUAL, description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value (Equal only).")
+    effect: TaintEffect | None = Field(default=None, description="Taint effect to match; all when unset.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="How long a NoExecute taint is tolerated."
+    )
+
+    rules = (
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value)",
+            message="value must be unset when operator is Exists",
+            check=lambda s: s.operator != TolerationOperator.EXISTS or s.value is None,
+        ),
+    )
+
+
+class Resources(ApiModel):
+    """Worker pods: how many, what each gets, where they may run, which image."""
+
+    workers: int = Field(default=1, ge=1, le=64, description="Training pods (torchrun nodes), one process per GPU.")
+    gpus_per_worker: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu per worker; 0 trains on CPU.")
+    cpu: Quantity = Field(default="2", description="CPU request and limit of each worker.")
+    memory: Quantity = Field(default="8Gi", description="Memory request and limit of each worker.")
+    node_selector: dict[str, str] | None = Field(
+        default=None, max_length=64, description="Node labels the workers must run on."
+    )
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32, description="Tolerations of the workers.")
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="PriorityClass of the workers."
+    )
+    queue: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Kueue LocalQueue name, set as the kueue.x-k8s.io/queue-name label.",
+    )
+    image: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="Trainer image; the operator's default when unset."
+    )
+    service_account_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="ServiceAccount of the workers."
+    )

@@ -1,0 +1,130 @@
+"""The FineTuneJob resource (kubetune.dev/v1alpha1): its spec and the whole-object rules."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import ApiModel, Rule, TransitionRule
+from .data import Data
+from .enums import DataFormat, TaskType, ValidationMetric
+from .resources import Resources
+from .sources import ModelSource, OutputLocation
+from .status import FineTuneJobStatus
+from .training import Checkpointing, Evaluation, Method, Task, Training, Validation
+
+GROUP = "kubetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+MAX_NAME_LENGTH = 52
+"""Leaves room for the child suffixes (e.g. "-workers") within Kubernetes' 63-character label values."""
+
+MUTABLE_FIELDS = ("suspend", "ttlSecondsAfterFinished")
+"""Spec fields that may change after creation; every other field is immutable."""
+
+
+def _classification_consistent(s: FineTuneJobSpec) -> bool:
+    return (s.task.type == TaskType.CLASSIFICATION) == (s.data.format == DataFormat.CLASSIFICATION)
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired state of a FineTuneJob: what to train, on what, how, where, and for how long."""
+
+    model: ModelSource = Field(description="The base model.")
+    data: Data = Field(description="Datasets, row format, cleaning and split.")
+    task: Task = Field(default_factory=Task, description="CausalLM or Classification.")
+    method: Method = Field(default_factory=Method, description="Full, LoRA or QLoRA.")
+    training: Training = Field(default_factory=Training, description="Hyperparameters.")
+    validation: Validation = Field(default_factory=Validation, description="Validation and early stopping.")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="Test-set evaluation.")
+    resources: Resources = Field(default_factory=Resources, description="Workers, GPUs, scheduling, image.")
+    output: OutputLocation | None = Field(
+        default=None,
+        description="Where results are written; the pod's scratch space (lost at exit) when unset, "
+        "runs/<name>/ for local runs.",
+    )
+    checkpointing: Checkpointing = Field(default_factory=Checkpointing, description="Resumable checkpoints.")
+    suspend: bool = Field(default=False, description="Suspend: running workers are stopped; resuming continues from the last checkpoint.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when it has run longer than this."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the FineTuneJob this long after it succeeded or failed."
+    )
+    max_restarts: int = Field(
+        default=3, ge=0, le=100, description="Worker failures retried (from the last checkpoint) before the job fails."
+    )
+
+    rules = (
+        Rule(
+            cel="(self.task.type == 'Classification') == (self.data.format == 'Classification')",
+            message="task.type Classification and data.format Classification go together",
+            check=_classification_consistent,
+        ),
+        Rule(
+            cel="self.task.type == 'Classification' || self.validation.metric == 'Loss'",
+            message="validation.metric Accuracy or F1 requires task.type Classification",
+            check=lambda s: s.task.type == TaskType.CLASSIFICATION or s.validation.metric == ValidationMetric.LOSS,
+        ),
+    )
+
+
+def _immutability_rules() -> tuple[TransitionRule, ...]:
+    fields = [f.alias or name for name, f in FineTuneJobSpec.model_fields.items()]
+    return tuple(
+        TransitionRule(
+            cel=f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})",
+            message=f"{field} is immutable after creation; only {' and '.join(MUTABLE_FIELDS)} may change",
+        )
+        for field in fields
+        if field not in MUTABLE_FIELDS
+    )
+
+
+FineTuneJobSpec.transition_rules = _immutability_rules()
+
+
+class FineTuneJob(ApiModel):
+    """A fine-tuning run of one base model on one or more datasets."""
+
+    api_version: Literal["kubetune.dev/v1alpha1"] = Field(description="kubetune.dev/v1alpha1")
+    kind: Literal["FineTuneJob"] = Field(description="FineTuneJob")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: FineTuneJobSpec = Field(description="Desired state.")
+    status: FineTuneJobStatus | None = Field(default=None, description="Observed state, written by the operator.")
+
+    rules = (
+        Rule(
+            cel=f"!has(self.metadata.name) || self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+            message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters",
+            check=lambda s: len(s.metadata.get("name", "")) <= MAX_NAME_LENGTH,
+        ),
+    )
+
+    @property
+    def name(self) -> str:
+        """The object's name."""
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        """The object's namespace ('default' when unset)."""
+        return str(self.metadata.get("namespace") or "default")
+
+
+def parse_job(manifest: dict[str, Any]) -> FineTuneJob:
+    """Validate a manifest (as decoded from YAML or JSON) exactly as the API server would.
+
+    Validation goes through JSON so that strict mode treats enums, numbers and strings as JSON does,
+    and never coerces ``"3"`` into ``3``.
+    """
+    return FineTuneJob.model_validate_json(json.dumps(manifest))
+
+
+def parse_spec(spec: dict[str, Any]) -> FineTuneJobSpec:
+    """Validate only a spec (as kopf hands it to a handler)."""
+    return FineTuneJobSpec.model_validate_json(json.dumps(spec))

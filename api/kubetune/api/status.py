@@ -1,0 +1,88 @@
+"""Observed state of a FineTuneJob, following the Kubernetes API conventions for status and conditions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from .base import ApiModel
+from .enums import ConditionStatus, Phase
+
+
+class Condition(ApiModel):
+    """One aspect of the job's state (Kubernetes metav1.Condition)."""
+
+    type: str = Field(max_length=316, description="Accepted, Running, Succeeded, Failed or Suspended.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase reason for the last transition.",
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+    observed_generation: int | None = Field(default=None, ge=0, description="Spec generation the condition is about.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+
+
+class Progress(ApiModel):
+    """Training progress, as reported by rank 0."""
+
+    step: int = Field(default=0, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, ge=0, description="Optimizer steps planned.")
+    epoch: float = Field(default=0.0, ge=0, description="Epochs done, fractional.")
+    percentage: int = Field(default=0, ge=0, le=100, description="step / totalSteps, in percent.")
+    estimated_completion_time: datetime | None = Field(default=None, description="ETA of the end of training.")
+    update_time: datetime | None = Field(default=None, description="When rank 0 last reported.")
+
+
+class LatestMetrics(ApiModel):
+    """The latest training and validation figures."""
+
+    loss: float | None = Field(default=None, description="Training loss of the last logged step.")
+    learning_rate: float | None = Field(default=None, ge=0, description="Current learning rate.")
+    grad_norm: float | None = Field(default=None, ge=0, description="Gradient norm before clipping.")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="Training throughput, all workers.")
+    validation_loss: float | None = Field(default=None, description="Loss on the validation split, last validation.")
+    best_validation_metric: float | None = Field(default=None, description="Best value of spec.validation.metric.")
+    best_step: int | None = Field(default=None, ge=0, description="Step of the best validation.")
+
+
+class EvaluationResults(ApiModel):
+    """Test-set metrics of the tuned model and of the base model on the same rows."""
+
+    test: dict[str, float] = Field(default_factory=dict, description="Metrics of the fine-tuned model.")
+    baseline: dict[str, float] = Field(default_factory=dict, description="Metrics of the base model.")
+    samples: int | None = Field(default=None, ge=0, description="Test rows evaluated.")
+
+
+class CheckpointStatus(ApiModel):
+    """The latest resumable checkpoint."""
+
+    step: int = Field(ge=0, description="Optimizer step of the checkpoint.")
+    location: str = Field(max_length=4096, description="Where it is stored.")
+    time: datetime | None = Field(default=None, description="When it was written.")
+
+
+class WorkerCounts(ApiModel):
+    """Worker pods by state."""
+
+    active: int = Field(default=0, ge=0, description="Pods running or pending.")
+    succeeded: int = Field(default=0, ge=0, description="Pods finished successfully.")
+    failed: int = Field(default=0, ge=0, description="Pods failed.")
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a FineTuneJob."""
+
+    observed_generation: int | None = Field(default=None, ge=0, description="Spec generation last acted on.")
+    phase: Phase | None = Field(default=None, description="One-word summary of the conditions.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Current conditions.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    metrics: LatestMetrics | None = Field(default=None, description="Latest training and validation figures.")
+    evaluation: EvaluationResults | None = Field(default=None, description="Test-set results.")
+    checkpoint: CheckpointStatus | None = Field(default=None, description="Latest checkpoint.")
+    output_location: str | None = Field(default=None, max_length=4096, description="Where results were written.")
+    workers: WorkerCounts | None = Field(default=None, description="Worker pods by state.")
+    restarts: int = Field(default=0, ge=0, description="Times the workers were restarted after a failure.")
+    start_time: datetime | None = Field(default=None, description="When training first started.")
+    completion_time: datetime | None = Field(default=None, description="When the job succeeded or failed.")

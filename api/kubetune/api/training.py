@@ -1,0 +1,163 @@
+"""How the model is trained: method (Full, LoRA, QLoRA), hyperparameters, validation, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import ApiModel, Rule
+from .enums import (
+    ComputeDtype,
+    LoRABias,
+    MethodType,
+    Precision,
+    QuantType,
+    Scheduler,
+    TaskType,
+    ValidationMetric,
+)
+
+
+class Task(ApiModel):
+    """What the model learns to do."""
+
+    type: TaskType = Field(default=TaskType.CAUSAL_LM, description="CausalLM (supervised fine-tuning) or Classification.")
+    labels: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1000,
+        description="Class labels in index order (Classification); taken from the training data, sorted, when unset.",
+    )
+
+    rules = (
+        Rule(
+            cel="self.type == 'Classification' || !has(self.labels)",
+            message="labels is only allowed when type is Classification",
+            check=lambda s: s.type == TaskType.CLASSIFICATION or s.labels is None,
+        ),
+    )
+
+
+class LoRA(ApiModel):
+    """Low-rank adapter settings (LoRA and QLoRA)."""
+
+    rank: int = Field(default=16, ge=1, le=1024, description="Rank r of the low-rank update.")
+    alpha: float = Field(default=32.0, gt=0, le=4096, description="Scaling numerator: the update is scaled by alpha/r.")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        max_length=64,
+        description="Module names (or 'all-linear') that get adapters.",
+    )
+    bias: LoRABias = Field(default=LoRABias.NONE, description="Which biases are trained.")
+    use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
+
+
+class Quantization(ApiModel):
+    """4-bit quantization of the frozen base model (QLoRA only)."""
+
+    quant_type: QuantType = Field(default=QuantType.NF4, description="4-bit data type.")
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants too.")
+    compute_dtype: ComputeDtype = Field(default=ComputeDtype.BFLOAT16, description="Dtype of the matmuls.")
+
+
+class Method(ApiModel):
+    """Which weights are trained, and how."""
+
+    type: MethodType = Field(default=MethodType.LORA, description="Full, LoRA or QLoRA.")
+    lora: LoRA | None = Field(default=None, description="Adapter settings; defaults apply when unset (LoRA, QLoRA).")
+    quantization: Quantization | None = Field(
+        default=None, description="4-bit settings; defaults apply when unset (QLoRA)."
+    )
+
+    rules = (
+        Rule(
+            cel="self.type != 'Full' || !has(self.lora)",
+            message="lora is only allowed when type is LoRA or QLoRA",
+            check=lambda s: s.type != MethodType.FULL or s.lora is None,
+        ),
+        Rule(
+            cel="self.type == 'QLoRA' || !has(self.quantization)",
+            message="quantization is only allowed when type is QLoRA",
+            check=lambda s: s.type == MethodType.QLORA or s.quantization is None,
+        ),
+    )
+
+
+class Training(ApiModel):
+    """Optimisation hyperparameters (AdamW)."""
+
+    learning_rate: float = Field(default=2.0e-4, gt=0, le=1, description="Peak learning rate.")
+    epochs: int = Field(default=3, ge=1, le=1000, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Stop after this many optimizer steps, before epochs run out."
+    )
+    per_device_batch_size: int = Field(default=4, ge=1, le=4096, description="Examples per process per micro-batch.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    warmup_ratio: float | None = Field(
+        default=None, ge=0, le=0.5, description="Share of total steps spent warming up; 0.03 when neither is set."
+    )
+    warmup_steps: int | None = Field(default=None, ge=0, le=10_000_000, description="Warmup length in steps.")
+    scheduler: Scheduler = Field(default=Scheduler.COSINE, description="Learning-rate schedule after warmup.")
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW decoupled weight decay.")
+    max_grad_norm: float = Field(default=1.0, ge=0, le=1000, description="Gradient clipping norm; 0 disables it.")
+    dropout: float | None = Field(
+        default=None, ge=0, lt=1, description="Override of the model's own dropout probabilities."
+    )
+    max_seq_length: int = Field(default=1024, ge=16, le=131072, description="Longest training sequence in tokens.")
+    packing: bool = Field(
+        default=True, description="Pack several examples per sequence without padding (position ids reset)."
+    )
+    precision: Precision = Field(default=Precision.AUTO, description="Numeric precision.")
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed of initialisation, dropout and data order.")
+
+    rules = (
+        Rule(
+            cel="!has(self.warmupRatio) || !has(self.warmupSteps)",
+            message="set at most one of warmupRatio and warmupSteps",
+            check=lambda s: s.warmup_ratio is None or s.warmup_steps is None,
+        ),
+    )
+
+
+class EarlyStopping(ApiModel):
+    """Stop when the validation metric has not improved for a while."""
+
+    patience: int = Field(ge=1, le=1000, description="Validations without improvement before stopping.")
+    min_delta: float = Field(default=0.0, ge=0, le=1000, description="Smallest change that counts as improvement.")
+
+
+class Validation(ApiModel):
+    """Periodic evaluation on the validation split; the best checkpoint is kept."""
+
+    every_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Validate every N optimizer steps; at each epoch's end when unset."
+    )
+    metric: ValidationMetric = Field(
+        default=ValidationMetric.LOSS,
+        description="Metric to watch: Loss (lower is better), Accuracy or F1 (higher is better; Classification).",
+    )
+    early_stopping: EarlyStopping | None = Field(default=None, description="Early stopping; off when unset.")
+
+
+class Evaluation(ApiModel):
+    """Test-set evaluation after training, and of the base model first for comparison."""
+
+    enabled: bool = Field(default=True, description="Evaluate on the test split after training.")
+    baseline: bool = Field(default=True, description="Evaluate the base model on the same test split first.")
+    max_samples: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Evaluate at most this many test rows (all when unset)."
+    )
+    max_new_tokens: int = Field(
+        default=64, ge=1, le=4096, description="Generation length for exact-match and ROUGE-L (CausalLM)."
+    )
+
+
+class Checkpointing(ApiModel):
+    """Resumable checkpoints: weights, optimizer, scheduler, RNG and data position."""
+
+    every_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Checkpoint every N optimizer steps; at each epoch's end when unset."
+    )
+    keep: int = Field(default=2, ge=1, le=100, description="Newest checkpoints kept (the best one is kept as well).")
