@@ -13,10 +13,7 @@ def _walk(doc: dict[str, Any], path: str) -> tuple[Any, str | int]:
     parts: list[str | int] = [int(i) if i else name for name, i in _SEGMENT.findall(path)]
     node: Any = doc
     for part in parts[:-1]:
-        if isinstance(part, int):
-            node = node[part]
-        else:
-            node = node.setdefault(part, {})
+        node = node[part] if isinstance(part, int) else node.setdefault(part, {})
     return node, parts[-1]
 
 

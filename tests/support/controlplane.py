@@ -133,9 +133,7 @@ def start(workdir: Path | None = None) -> ControlPlane:
     cp = ControlPlane(binaries, workdir, server, token, workdir / "kubeconfig")
     try:
         (workdir / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
-        subprocess.run(
-            ["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"], check=True, capture_output=True
-        )
+        subprocess.run(["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"], check=True, capture_output=True)
         subprocess.run(
             ["openssl", "rsa", "-in", str(workdir / "sa.key"), "-pubout", "-out", str(workdir / "sa.pub")],
             check=True,

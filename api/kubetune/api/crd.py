@@ -162,8 +162,12 @@ def build_crd() -> Schema:
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
-                        {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percentage",
-                         "description": "Percent of training steps done."},
+                        {
+                            "name": "Progress",
+                            "type": "integer",
+                            "jsonPath": ".status.progress.percentage",
+                            "description": "Percent of training steps done.",
+                        },
                         {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],

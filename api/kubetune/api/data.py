@@ -58,7 +58,9 @@ class FieldMapping(ApiModel):
         max_length=253,
         description="Chat column: a list of {role, content} messages.",
     )
-    text: str = Field(default="text", min_length=1, max_length=253, description="Text column (Completion, Classification).")
+    text: str = Field(
+        default="text", min_length=1, max_length=253, description="Text column (Completion, Classification)."
+    )
     label: str = Field(default="label", min_length=1, max_length=253, description="Label column (Classification).")
 
 

@@ -21,9 +21,7 @@ class Toleration(ApiModel):
     operator: TolerationOperator = Field(default=TolerationOperator.EQUAL, description="Exists or Equal.")
     value: str | None = Field(default=None, max_length=63, description="Taint value (Equal only).")
     effect: TaintEffect | None = Field(default=None, description="Taint effect to match; all when unset.")
-    toleration_seconds: int | None = Field(
-        default=None, ge=0, description="How long a NoExecute taint is tolerated."
-    )
+    toleration_seconds: int | None = Field(default=None, ge=0, description="How long a NoExecute taint is tolerated.")
 
     rules = (
         Rule(

@@ -59,8 +59,7 @@ class ModelSource(ApiModel):
     )
     uri: Uri | None = Field(
         default=None,
-        description="A model directory at a URI with a scheme (s3://, gs://, file://, ...), copied in "
-        "before training.",
+        description="A model directory at a URI with a scheme (s3://, gs://, file://, ...), copied in before training.",
     )
     cached: str | None = Field(
         default=None,

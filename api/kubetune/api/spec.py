@@ -48,7 +48,9 @@ class FineTuneJobSpec(ApiModel):
         "runs/<name>/ for local runs.",
     )
     checkpointing: Checkpointing = Field(default_factory=Checkpointing, description="Resumable checkpoints.")
-    suspend: bool = Field(default=False, description="Suspend: running workers are stopped; resuming continues from the last checkpoint.")
+    suspend: bool = Field(
+        default=False, description="Suspend: running workers are stopped; resuming continues from the last checkpoint."
+    )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Fail the job when it has run longer than this."
     )

@@ -16,7 +16,9 @@ class Condition(ApiModel):
     type: str = Field(max_length=316, description="Accepted, Running, Succeeded, Failed or Suspended.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
-        min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
         description="CamelCase reason for the last transition.",
     )
     message: str = Field(default="", max_length=32768, description="Human-readable details.")

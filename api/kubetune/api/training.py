@@ -20,7 +20,9 @@ from .enums import (
 class Task(ApiModel):
     """What the model learns to do."""
 
-    type: TaskType = Field(default=TaskType.CAUSAL_LM, description="CausalLM (supervised fine-tuning) or Classification.")
+    type: TaskType = Field(
+        default=TaskType.CAUSAL_LM, description="CausalLM (supervised fine-tuning) or Classification."
+    )
     labels: list[str] | None = Field(
         default=None,
         min_length=2,
@@ -132,7 +134,10 @@ class Validation(ApiModel):
     """Periodic evaluation on the validation split; the best checkpoint is kept."""
 
     every_steps: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Validate every N optimizer steps; at each epoch's end when unset."
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Validate every N optimizer steps; at each epoch's end when unset.",
     )
     metric: ValidationMetric = Field(
         default=ValidationMetric.LOSS,
@@ -158,6 +163,9 @@ class Checkpointing(ApiModel):
     """Resumable checkpoints: weights, optimizer, scheduler, RNG and data position."""
 
     every_steps: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Checkpoint every N optimizer steps; at each epoch's end when unset."
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Checkpoint every N optimizer steps; at each epoch's end when unset.",
     )
     keep: int = Field(default=2, ge=1, le=100, description="Newest checkpoints kept (the best one is kept as well).")
