@@ -43,7 +43,7 @@ class LoRA(ApiModel):
     """Low-rank adapter settings (LoRA and QLoRA)."""
 
     rank: int = Field(default=16, ge=1, le=1024, description="Rank r of the low-rank update.")
-    alpha: float = Field(default=32.0, gt=0, le=4096, description="Scaling numerator: the update is scaled by alpha/r.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="Scaling numerator: the update is scaled by alpha/r.")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"],
