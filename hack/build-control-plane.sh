@@ -16,6 +16,10 @@ STAMP="$OUT/.built"
 log() { echo "[control-plane] $*" >&2; }
 
 ensure_etcd() {
+  if ! command -v openssl >/dev/null 2>&1; then  # the test fixture makes service-account keys with it
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  fi
   if ! command -v etcd >/dev/null 2>&1 && [ ! -x /usr/bin/etcd ]; then
     log "installing etcd-server from Debian"
     export DEBIAN_FRONTEND=noninteractive
@@ -27,6 +31,9 @@ ensure_etcd() {
 }
 
 mkdir -p "$BIN"
+# One build at a time per cache (a CI clone and a developer may start together).
+exec 9>"$OUT.lock"
+flock 9
 if [ -f "$STAMP" ] && [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kubectl" ]; then
   ensure_etcd
   echo "$BIN"

@@ -12,6 +12,9 @@ lock="requirements/requirements.lock"
 key="$({ cat "$lock"; "$PYTHON" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-12)"
 venv="$CACHE/venv-$key"
 
+mkdir -p "$CACHE"
+exec 9>"$venv.lock"
+flock 9
 if [ ! -f "$venv/.complete" ]; then
   echo "[venv] creating $venv (torch and friends: several GB, once per lock file)" >&2
   rm -rf "$venv"
