@@ -17,6 +17,7 @@ from .batches import batches, tokenize
 from .data import PrepReport, prepare
 from .errors import ConfigError
 from .local import Volumes
+from .packing import packed_batches
 from .tiny import ensure_model
 
 
@@ -82,7 +83,11 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, progress: Any = None) -
     model.train()
     for epoch in range(hp.epochs):
         micro = 0
-        for batch in batches(rows["train"], hp.per_device_batch_size, pad, seed=hp.seed + epoch):
+        if hp.packing:
+            epoch_batches = packed_batches(rows["train"], hp.per_device_batch_size, hp.max_seq_length, hp.seed + epoch)
+        else:
+            epoch_batches = batches(rows["train"], hp.per_device_batch_size, pad, seed=hp.seed + epoch)
+        for batch in epoch_batches:
             loss = model(**batch).loss / hp.gradient_accumulation_steps
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower spec.training.learningRate")

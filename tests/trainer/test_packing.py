@@ -1,0 +1,61 @@
+"""Packed loss equals padded loss on the same examples (the gate for turning packing on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubetune.trainer.batches import collate, tokenize
+from kubetune.trainer.data import Example
+from kubetune.trainer.packing import collate_packed, pack
+from kubetune.trainer.tiny import build_tiny_llama
+
+EXAMPLES = [
+    Example("### Instruction:\nWhat is 2 plus 3?\n### Response:\n", "5", "t", 1),
+    Example("### Instruction:\nGive the opposite of the word.\n### Input:\nhot\n### Response:\n", "cold", "t", 2),
+    Example("", "A completion row without a prompt, trained on every token.", "t", 3),
+    Example("### Instruction:\nSpell the word backwards.\n### Input:\nriver\n### Response:\n", "revir", "t", 4),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = build_tiny_llama(Path(tmp_path_factory.mktemp("m")) / "tiny", seed=3)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def test_pack_respects_the_token_budget() -> None:
+    rows = [([1] * n, [1] * n) for n in (5, 4, 3, 6, 2)]
+    groups = pack(rows, max_tokens=9)
+    assert [[len(r[0]) for r in g] for g in groups] == [[5, 4], [3, 6], [2]]
+
+
+def test_packed_loss_equals_padded_loss(tiny: tuple[object, object]) -> None:
+    import torch
+
+    model, tokenizer = tiny
+    rows = tokenize(EXAMPLES, tokenizer, max_len=128)
+    with torch.no_grad():
+        padded = model(**collate(rows, tokenizer.pad_token_id)).loss  # type: ignore[operator, attr-defined]
+        packed = model(**collate_packed(rows)).loss  # type: ignore[operator]
+    assert abs(float(padded) - float(packed)) < 1e-4, (float(padded), float(packed))
+
+
+def test_without_reset_positions_the_losses_differ(tiny: tuple[object, object]) -> None:
+    """The parity above is not an accident: packing without position ids leaks attention across examples."""
+    import torch
+
+    model, tokenizer = tiny
+    rows = tokenize(EXAMPLES, tokenizer, max_len=128)
+    batch = collate_packed(rows)
+    del batch["position_ids"]
+    with torch.no_grad():
+        padded = model(**collate(rows, tokenizer.pad_token_id)).loss  # type: ignore[operator, attr-defined]
+        leaky = model(**batch).loss  # type: ignore[operator]
+    assert abs(float(padded) - float(leaky)) > 1e-4
