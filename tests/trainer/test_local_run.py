@@ -31,7 +31,7 @@ def write_manifest(tmp_path: Path, **training: object) -> Path:
     return path
 
 
-def test_lora_run_beats_the_base_model_and_saves_a_loadable_adapter(tmp_path: Path) -> None:
+def test_lora_run_beats_the_base_model_and_saves_a_loadable_adapter(tmp_path: Path, model_cache: Path) -> None:
     out = tmp_path / "out"
     manifest = write_manifest(tmp_path, epochs=4)
     assert main(["run", str(manifest), "--output", str(out), "--volume", f"kubetune-data={ROOT}"]) == 0
@@ -50,15 +50,9 @@ def test_lora_run_beats_the_base_model_and_saves_a_loadable_adapter(tmp_path: Pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(_cache_model())
+    base = AutoModelForCausalLM.from_pretrained(model_cache / "kubetune" / "tiny-llama")
     tuned = PeftModel.from_pretrained(base, out / "adapter")
     assert any("lora_A" in name for name, _ in tuned.named_parameters())
-
-
-def _cache_model() -> Path:
-    import os
-
-    return Path(os.environ["KUBETUNE_MODEL_CACHE"]) / "kubetune" / "tiny-llama"
 
 
 def test_invalid_manifest_exits_with_config_code_naming_the_field(

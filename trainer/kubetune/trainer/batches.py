@@ -9,9 +9,11 @@ from typing import Any
 from .data import Example
 
 IGNORE = -100
+Tokenized = tuple[list[int], list[int]]
+"""(input_ids, labels) of one example."""
 
 
-def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> list[tuple[list[int], list[int]]]:
+def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> list[Tokenized]:
     """(input_ids, labels) per example; prompt tokens are labelled IGNORE; truncated to ``max_len``."""
     out = []
     for example in examples:
@@ -23,7 +25,7 @@ def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> list[tupl
     return out
 
 
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+def collate(rows: list[Tokenized], pad_id: int) -> dict[str, Any]:
     import torch
 
     width = max(len(ids) for ids, _ in rows)
@@ -37,12 +39,16 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, A
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
-def batches(
-    rows: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, seed: int | None
-) -> Iterator[dict[str, Any]]:
-    """Batches in a seeded shuffled order (seed None: in order)."""
+def chunks(rows: list[Tokenized], batch_size: int, seed: int | None) -> Iterator[list[Tokenized]]:
+    """``batch_size`` rows at a time, in a seeded shuffled order (seed None: in order)."""
     order = list(range(len(rows)))
     if seed is not None:
         random.Random(seed).shuffle(order)
     for start in range(0, len(order), batch_size):
-        yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+        yield [rows[i] for i in order[start : start + batch_size]]
+
+
+def batches(rows: list[Tokenized], batch_size: int, pad_id: int, seed: int | None) -> Iterator[dict[str, Any]]:
+    """Padded batches in a seeded shuffled order (seed None: in order)."""
+    for chunk in chunks(rows, batch_size, seed):
+        yield collate(chunk, pad_id)

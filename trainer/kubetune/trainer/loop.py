@@ -13,7 +13,7 @@ from typing import Any
 
 from kubetune.api import FineTuneJob, MethodType
 
-from .batches import batches, tokenize
+from .batches import IGNORE, batches, tokenize
 from .data import PrepReport, prepare
 from .errors import ConfigError
 from .local import Volumes
@@ -40,7 +40,7 @@ def evaluate_loss(model: Any, rows: list[Any], batch_size: int, pad_id: int) -> 
     total, tokens = 0.0, 0
     with torch.no_grad():
         for batch in batches(rows, batch_size, pad_id, seed=None):
-            n = int((batch["labels"][:, 1:] != -100).sum())
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())
             total += float(model(**batch).loss) * n
             tokens += n
     model.train()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-Tokenized = tuple[list[int], list[int]]
+from .batches import Tokenized, chunks
 
 
 def pack(rows: list[Tokenized], max_tokens: int) -> list[list[Tokenized]]:
@@ -48,12 +48,6 @@ def packed_batches(
     rows: list[Tokenized], batch_size: int, max_tokens: int, seed: int | None
 ) -> Iterator[dict[str, Any]]:
     """Packed micro-batches: ``batch_size`` examples' worth of tokens per row, in the seeded order."""
-    import random
-
-    order = list(range(len(rows)))
-    if seed is not None:
-        random.Random(seed).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        chunk = [rows[i] for i in order[start : start + batch_size]]
+    for chunk in chunks(rows, batch_size, seed):
         for group in pack(chunk, max_tokens * batch_size):
             yield collate_packed(group)
