@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from kubetune.trainer.batches import collate, tokenize
-from kubetune.trainer.data import Example
+from kubetune.trainer.formats import Example
 from kubetune.trainer.packing import collate_packed, pack
 from kubetune.trainer.tiny import build_tiny_llama
 
 EXAMPLES = [
-    Example("### Instruction:\nWhat is 2 plus 3?\n### Response:\n", "5", "t", 1),
-    Example("### Instruction:\nGive the opposite of the word.\n### Input:\nhot\n### Response:\n", "cold", "t", 2),
-    Example("", "A completion row without a prompt, trained on every token.", "t", 3),
-    Example("### Instruction:\nSpell the word backwards.\n### Input:\nriver\n### Response:\n", "revir", "t", 4),
+    Example.pair("### Instruction:\nWhat is 2 plus 3?\n### Response:\n", "5", "t", 1),
+    Example.pair("### Instruction:\nGive the opposite of the word.\n### Input:\nhot\n### Response:\n", "cold", "t", 2),
+    Example.pair("", "A completion row without a prompt, trained on every token.", "t", 3),
+    Example.pair("### Instruction:\nSpell the word backwards.\n### Input:\nriver\n### Response:\n", "revir", "t", 4),
 ]
 
 

@@ -91,6 +91,13 @@ class Precision(StrEnum):
     FP32 = "FP32"
 
 
+class Distributed(StrEnum):
+    """How several training processes share the work."""
+
+    DDP = "DDP"
+    FSDP = "FSDP"
+
+
 class ValidationMetric(StrEnum):
     """The validation metric that early stopping and best-checkpoint selection watch."""
 

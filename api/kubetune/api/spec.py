@@ -9,7 +9,7 @@ from pydantic import Field
 
 from .base import ApiModel, Rule, TransitionRule
 from .data import Data
-from .enums import DataFormat, TaskType, ValidationMetric
+from .enums import DataFormat, Distributed, MethodType, TaskType, ValidationMetric
 from .resources import Resources
 from .sources import ModelSource, OutputLocation
 from .status import FineTuneJobStatus
@@ -71,6 +71,15 @@ class FineTuneJobSpec(ApiModel):
             cel="self.task.type == 'Classification' || self.validation.metric == 'Loss'",
             message="validation.metric Accuracy or F1 requires task.type Classification",
             check=lambda s: s.task.type == TaskType.CLASSIFICATION or s.validation.metric == ValidationMetric.LOSS,
+        ),
+        Rule(
+            cel="self.training.distributed != 'FSDP' || "
+            "(self.method.type == 'Full' && has(self.resources.gpusPerWorker) && self.resources.gpusPerWorker > 0)",
+            message="training.distributed FSDP requires method.type Full and resources.gpusPerWorker > 0",
+            check=lambda s: (
+                s.training.distributed != Distributed.FSDP
+                or (s.method.type == MethodType.FULL and s.resources.gpus_per_worker > 0)
+            ),
         ),
     )
 

@@ -7,6 +7,7 @@ from pydantic import Field
 from .base import ApiModel, Rule
 from .enums import (
     ComputeDtype,
+    Distributed,
     LoRABias,
     MethodType,
     Precision,
@@ -113,6 +114,11 @@ class Training(ApiModel):
     precision: Precision = Field(default=Precision.AUTO, description="Numeric precision.")
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed of initialisation, dropout and data order.")
+    distributed: Distributed = Field(
+        default=Distributed.DDP,
+        description="DDP: every process holds the whole model (gloo on CPU, nccl on GPU). FSDP: parameters, "
+        "gradients and optimizer state are sharded across GPUs (Full fine-tuning on GPUs only).",
+    )
 
     rules = (
         Rule(

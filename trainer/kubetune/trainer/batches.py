@@ -1,4 +1,10 @@
-"""Tokenization with prompt masking, and padded batches (loss only on the target tokens)."""
+"""Tokenization with loss masking and length filters, and padded batches.
+
+CausalLM rows are (input_ids, labels) with IGNORE on every token not trained on (prompts, user turns);
+Classification rows are (input_ids, [class index]). Rows shorter than ``cleaning.minTokens`` are dropped;
+rows longer than ``maxSeqLength`` are truncated or dropped (``cleaning.overLength``); the report counts both and
+records token-length percentiles per split.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +12,146 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from .data import Example
+from kubetune.api.data import Cleaning
+from kubetune.api.enums import OverLength
+
+from .data import PrepReport
+from .formats import Example
 
 IGNORE = -100
 Tokenized = tuple[list[int], list[int]]
-"""(input_ids, labels) of one example."""
+"""(input_ids, labels) of one example; labels is [class index] for Classification."""
+
+
+def encode(example: Example, tokenizer: Any, labels: list[str] | None = None) -> Tokenized:
+    """Token ids of one example (BOS first, EOS last where the example asks for it) and their labels."""
+    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    targets: list[int] = [IGNORE] * len(ids)
+    for text, trained in example.parts:
+        part = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += part
+        targets += part if trained else [IGNORE] * len(part)
+    if example.eos and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        targets.append(tokenizer.eos_token_id if example.parts[-1][1] else IGNORE)
+    if labels is not None:
+        return ids, [labels.index(example.label or "")]
+    return ids, targets
 
 
 def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> list[Tokenized]:
-    """(input_ids, labels) per example; prompt tokens are labelled IGNORE; truncated to ``max_len``."""
-    out = []
+    """Encoded rows truncated to ``max_len`` (no filters, no report)."""
+    return tokenize_split(examples, tokenizer, max_len)[0]
+
+
+def tokenize_split(
+    examples: list[Example],
+    tokenizer: Any,
+    max_len: int,
+    cleaning: Cleaning | None = None,
+    report: PrepReport | None = None,
+    split: str = "",
+    labels: list[str] | None = None,
+) -> tuple[list[Tokenized], list[Example]]:
+    """Encoded, filtered and truncated rows, and the examples they came from; drops and truncations are counted
+    in ``report``."""
+    cleaning = cleaning or Cleaning()
+    out, kept, lengths = [], [], []
     for example in examples:
-        prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
-        target = tokenizer(example.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + prompt + target
-        labels = [IGNORE] * (len(ids) - len(target)) + target
-        out.append((ids[:max_len], labels[:max_len]))
-    return out
+        ids, targets = encode(example, tokenizer, labels)
+        lengths.append(len(ids))
+        reason = None
+        if len(ids) < cleaning.min_tokens:
+            reason = "tooFewTokens"
+        elif len(ids) > max_len and cleaning.over_length == OverLength.DROP:
+            reason = "tooManyTokens"
+        elif labels is None and all(t == IGNORE for t in targets[:max_len]):
+            reason = "nothingToTrainOnAfterTruncation"
+        if reason:
+            if report is not None:
+                report.drop(reason, example.source, example.row)
+            continue
+        if len(ids) > max_len:
+            if report is not None:
+                report.truncated += 1
+            ids = ids[:max_len]
+            targets = targets if labels is not None else targets[:max_len]
+        out.append((ids, targets))
+        kept.append(example)
+    if report is not None and split:
+        report.token_lengths[split] = percentiles(lengths)
+        report.split_sizes[split] = len(out)
+    return out, kept
 
 
-def collate(rows: list[Tokenized], pad_id: int) -> dict[str, Any]:
+def percentiles(lengths: list[int]) -> dict[str, int]:
+    """p50/p90/p99/max of token lengths (nearest rank)."""
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+
+    def rank(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1]}
+
+
+def collate(rows: list[Tokenized], pad_id: int, classification: bool = False) -> dict[str, Any]:
+    """Right-padded batch with an attention mask; labels per token (CausalLM) or per row (Classification)."""
     import torch
 
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     for i, (ids, labs) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(labs)] = torch.tensor(labs)
         mask[i, : len(ids)] = 1
+        if not classification:
+            labels[i, : len(labs)] = torch.tensor(labs)
+    if classification:
+        labels = torch.tensor([labs[0] for _, labs in rows], dtype=torch.long)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
-def chunks(rows: list[Tokenized], batch_size: int, seed: int | None) -> Iterator[list[Tokenized]]:
-    """``batch_size`` rows at a time, in a seeded shuffled order (seed None: in order)."""
-    order = list(range(len(rows)))
+def order(n: int, seed: int | None) -> list[int]:
+    """Row indices in a seeded shuffled order (seed None: in order)."""
+    indices = list(range(n))
     if seed is not None:
-        random.Random(seed).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        yield [rows[i] for i in order[start : start + batch_size]]
+        random.Random(seed).shuffle(indices)
+    return indices
 
 
-def batches(rows: list[Tokenized], batch_size: int, pad_id: int, seed: int | None) -> Iterator[dict[str, Any]]:
+def chunks(rows: list[Tokenized], batch_size: int, seed: int | None) -> Iterator[list[Tokenized]]:
+    """``batch_size`` rows at a time, in a seeded shuffled order."""
+    indices = order(len(rows), seed)
+    for start in range(0, len(indices), batch_size):
+        yield [rows[i] for i in indices[start : start + batch_size]]
+
+
+def batches(
+    rows: list[Tokenized], batch_size: int, pad_id: int, seed: int | None, classification: bool = False
+) -> Iterator[dict[str, Any]]:
     """Padded batches in a seeded shuffled order (seed None: in order)."""
     for chunk in chunks(rows, batch_size, seed):
-        yield collate(chunk, pad_id)
+        yield collate(chunk, pad_id, classification)
+
+
+def shard_chunks(
+    rows: list[Tokenized], batch_size: int, seed: int, rank: int = 0, world: int = 1
+) -> list[list[Tokenized]]:
+    """This rank's micro-batches of an epoch: the seeded order cut into global batches of ``batch_size * world``
+    rows, each rank taking its slice. Every rank gets the same number of micro-batches (a trailing global batch
+    too small to give each rank a row is left out), so no rank waits forever on the others' gradients.
+    """
+    indices = order(len(rows), seed)
+    step = batch_size * world
+    out = []
+    for start in range(0, len(indices), step):
+        batch = indices[start : start + step]
+        if len(batch) < world:
+            break
+        share = -(-len(batch) // world)
+        mine = batch[rank * share : (rank + 1) * share] or batch[-1:]
+        out.append([rows[i] for i in mine])
+    return out

@@ -1,11 +1,22 @@
-"""``kubetune run MANIFEST``: runs a FineTuneJob locally with a progress bar, outputs under ``runs/<name>/``.
+"""The ``kubetune`` command.
 
-Exit codes: 0 done, 78 bad spec or data (the message names the field or row), 3 training diverged.
+- ``kubetune run MANIFEST``: runs a FineTuneJob on this machine with a progress bar; outputs in ``runs/<name>/``.
+  The file may also hold the ConfigMaps its datasets name, as ``kubectl apply -f`` would take it.
+- ``kubetune launch [MANIFEST]``: what a training pod runs: ``torchrun`` with the pod's multi-node layout,
+  starting one ``worker`` per GPU (one on CPU). Without MANIFEST the job is read from ``$KUBETUNE_JOB`` (JSON).
+- ``kubetune worker [MANIFEST]``: one training process (a torchrun rank).
+
+Exit codes: 0 done, 78 bad spec or data (the message names the field or row), 3 training diverged,
+143 stopped by SIGTERM after a checkpoint (a new run resumes), 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,61 +24,165 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kubetune.api import describe, parse_job
+from kubetune.api import FineTuneJob, describe, parse_job
 
-from .errors import EXIT_CONFIG, EXIT_DIVERGED, ConfigError
-from .local import Volumes
+from . import outputs
+from .errors import EXIT_CONFIG, EXIT_DIVERGED, EXIT_PREEMPTED, ConfigError, DivergedError, PreemptedError
+from .local import Volumes, upload
+from .report import ProgressEvent, Reporter
+from .runtime import torchrun_command
+
+RUN_FILES: tuple[str, ...] = ("checkpoints", "best", "adapter", "model", "merged", "metrics.json", "prep_report.json", "baseline.json")
+RUN_FILES += ("README.md", outputs.COMPLETE)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kubetune", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a FineTuneJob manifest locally")
-    run.add_argument("manifest", type=Path)
-    run.add_argument("--output", type=Path, help="output directory (default runs/<name>)")
-    run.add_argument(
-        "--volume",
-        action="append",
-        default=[],
-        metavar="CLAIM=DIR",
-        help="local directory standing for a PersistentVolumeClaim (default: the current directory)",
+    parser = argparse.ArgumentParser(
+        prog="kubetune", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "run a FineTuneJob manifest on this machine"),
+        ("launch", "start torchrun workers for this pod (what training pods run)"),
+        ("worker", "one training process (a torchrun rank)"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("manifest", type=Path, nargs=None if name == "run" else "?")
+        command.add_argument("--output", type=Path, help="output directory (default: runs/<name> or spec.output)")
+        command.add_argument(
+            "--volume",
+            action="append",
+            default=[],
+            metavar="CLAIM=DIR",
+            help="local directory standing for a PersistentVolumeClaim (default: the current directory)",
+        )
+        command.add_argument(
+            "--metrics-port",
+            type=int,
+            default=int(os.environ.get("KUBETUNE_METRICS_PORT", "0" if name == "run" else "9400")),
+            help="serve /metrics and /progress on this port on rank 0 (0: off)",
+        )
     return parser
+
+
+def read_manifest(path: Path | None) -> tuple[FineTuneJob, dict[str, dict[str, str]]]:
+    """The FineTuneJob (and any ConfigMaps) of a YAML file, or of ``$KUBETUNE_JOB``; raises ConfigError."""
+    if path is None:
+        docs = [json.loads(os.environ["KUBETUNE_JOB"])] if os.environ.get("KUBETUNE_JOB") else []
+        where = "$KUBETUNE_JOB"
+    else:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        where = str(path)
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+    if len(jobs) != 1:
+        raise ConfigError(f"{where}: expected exactly one FineTuneJob, found {len(jobs)}")
+    try:
+        job = parse_job(jobs[0])
+    except ValidationError as error:
+        raise ConfigError(f"{where} is not a valid FineTuneJob:\n{describe(error)}") from error
+    config_maps = {
+        d["metadata"]["name"]: {k: str(v) for k, v in (d.get("data") or {}).items()}
+        for d in docs
+        if isinstance(d, dict) and d.get("kind") == "ConfigMap"
+    }
+    return job, config_maps
+
+
+def output_dir(job: FineTuneJob, args: argparse.Namespace, volumes: Volumes) -> Path:
+    if args.output is not None:
+        return Path(args.output)
+    if args.command == "run":
+        return Path("runs") / job.name
+    if job.spec.output is not None and job.spec.output.pvc is not None:
+        return volumes.pvc(job.spec.output.pvc)
+    return volumes.scratch / "output" / job.name
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.command != "run" else logging.WARNING, format="%(message)s")
     try:
-        job = parse_job(yaml.safe_load(args.manifest.read_text()))
-    except ValidationError as error:
-        print(f"error: {args.manifest} is not a valid FineTuneJob:\n{describe(error)}", file=sys.stderr)
-        return EXIT_CONFIG
-    claims = dict(v.split("=", 1) for v in args.volume)
-    volumes = Volumes(claims={k: Path(v) for k, v in claims.items()})
-    out = args.output or Path("runs") / job.name
-    from tqdm import tqdm
-
-    from .loop import train
-
-    bar = tqdm(desc=job.name, unit="step", dynamic_ncols=True)
-
-    def progress(step: int, total: int, row: dict[str, Any]) -> None:
-        bar.total = total
-        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['learningRate']:.2e}")
-        bar.update(step - bar.n)
-
-    try:
-        metrics = train(job, volumes, out, progress)
+        return _main(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except FloatingPointError as error:
+    except DivergedError as error:
         print(f"error: training diverged: {error}", file=sys.stderr)
         return EXIT_DIVERGED
+    except PreemptedError as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        return EXIT_PREEMPTED
+
+
+def _main(args: argparse.Namespace) -> int:
+    job, config_maps = read_manifest(args.manifest)
+    if args.command == "launch":
+        worker_args = [str(args.manifest)] if args.manifest else []
+        worker_args += [f"--volume={v}" for v in args.volume] + [f"--metrics-port={args.metrics_port}"]
+        worker_args += [f"--output={args.output}"] if args.output else []
+        command = torchrun_command(worker_args)
+        print(" ".join(command), file=sys.stderr, flush=True)
+        os.execv(command[0], command)
+    claims = {k: Path(v) for k, v in (item.split("=", 1) for item in args.volume)}
+    volumes = Volumes(claims=claims, config_maps=config_maps) if args.command == "run" or claims else Volumes.in_pod()
+    volumes.config_maps = config_maps
+    out = output_dir(job, args, volumes)
+    if outputs.finished(out, job.spec):
+        if args.command != "run":
+            print(f"{job.name}: {out} already holds the finished run of this spec", file=sys.stderr)
+            return 0
+        for name in RUN_FILES:  # a local re-run starts over
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    reporter = Reporter(enabled=rank0, callback=_progress_bar(job.name) if args.command == "run" else None)
+    if rank0 and args.metrics_port:
+        reporter.serve(args.metrics_port)
+    from .loop import train
+
+    try:
+        metrics = train(job, volumes, out, reporter)
+    except (ConfigError, DivergedError) as error:
+        reporter.finish({"phase": "Failed", "reason": type(error).__name__, "message": str(error)[:1000]})
+        raise
     finally:
-        bar.close()
-    base, test = metrics["baseline"].get("loss"), metrics["test"].get("loss")
-    print(f"done: {metrics['steps']} steps in {metrics['seconds']}s; outputs in {out}/")
-    if base is not None and test is not None:
-        print(f"test loss {test:.4f} (base model {base:.4f}); perplexity {metrics['test']['perplexity']:.2f}")
+        if reporter.callback is not None:
+            reporter.callback(None)  # type: ignore[arg-type]
+        reporter.close()
+    if rank0 and job.spec.output is not None and job.spec.output.uri is not None:
+        upload(out, job.spec.output.uri)
+    location = job.spec.output.uri if job.spec.output and job.spec.output.uri else str(out)
+    reporter.finish({"phase": "Succeeded", "output": location, "steps": metrics["steps"], "test": _brief(metrics)})
+    if args.command == "run":
+        _print_summary(metrics, out)
     return 0
+
+
+def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1")
+    return {k: round(v, 6) for k, v in metrics.get("test", {}).items() if k in keys}
+
+
+def _progress_bar(name: str) -> Any:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=name, unit="step", dynamic_ncols=True)
+
+    def show(event: ProgressEvent | None) -> None:
+        if event is None:
+            bar.close()
+            return
+        bar.total = event.total_steps
+        bar.set_postfix(loss=f"{event.loss:.3f}", lr=f"{event.learning_rate:.2e}")
+        bar.update(event.step - bar.n)
+
+    return show
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    print(f"done: {metrics['steps']} steps in {metrics['seconds']}s; outputs in {out}/")
+    test, base = metrics["test"], metrics["baseline"]
+    for key in ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1"):
+        if key in test:
+            against = f" (base model {base[key]:.4f})" if key in base else ""
+            print(f"  test {key}: {test[key]:.4f}{against}")

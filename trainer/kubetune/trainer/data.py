@@ -1,39 +1,29 @@
-"""Data preparation: load rows, clean them with a counted report, and split them with a seed.
+"""Data preparation: load rows, clean them with a counted report, deduplicate, and split them with a seed.
 
 Every dropped row is counted by reason, and the first few row numbers of each reason are kept, so a user
-can find them in the file. The report is saved with the outputs.
+can find them in the file. Token-level filters (too short, too long) run at tokenization and add to the same
+report, which is saved with the outputs as ``prep_report.json``.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from kubetune.api import DataFormat, DatasetUsage, FileFormat
-from kubetune.api.data import Data
+from kubetune.api import DatasetUsage, FileFormat
+from kubetune.api.data import Data, DatasetSource
 
 from .errors import ConfigError
+from .formats import ChatRenderer, Example, Row, to_example
 from .local import Volumes
 
-Row = dict[str, Any]
-_SPACES = re.compile(r"\s+")
-
-
-@dataclass
-class Example:
-    """One cleaned example: the prompt (not trained on) and the target (trained on)."""
-
-    prompt: str
-    target: str
-    source: str
-    row: int
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass
@@ -43,7 +33,10 @@ class PrepReport:
     rows_read: dict[str, int] = field(default_factory=dict)
     dropped: Counter[str] = field(default_factory=Counter)
     first_dropped_rows: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    truncated: int = 0
     split_sizes: dict[str, int] = field(default_factory=dict)
+    token_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
     sha256: dict[str, str] = field(default_factory=dict)
 
     def drop(self, reason: str, source: str, row: int) -> None:
@@ -56,100 +49,132 @@ class PrepReport:
             "rowsRead": self.rows_read,
             "dropped": dict(self.dropped),
             "firstDroppedRows": dict(self.first_dropped_rows),
+            "truncated": self.truncated,
             "splitSizes": self.split_sizes,
+            "tokenLengths": self.token_lengths,
+            "labels": self.labels,
             "sha256": self.sha256,
         }
 
 
-def read_rows(path: Path, file_format: FileFormat | None, where: str) -> list[Row]:
-    """Rows of a JSONL, CSV or Parquet file; a malformed line is a ConfigError naming its number."""
-    if not path.exists():
-        raise ConfigError(f"{where}: file {path} does not exist")
-    kind = file_format or {".csv": FileFormat.CSV, ".parquet": FileFormat.PARQUET}.get(path.suffix, FileFormat.JSONL)
-    if kind == FileFormat.CSV:
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
+def parse_rows(raw: bytes, kind: FileFormat, where: str) -> list[Row]:
+    """Rows of a JSONL, CSV or Parquet file's bytes; a malformed row is a ConfigError naming its number."""
     if kind == FileFormat.PARQUET:
         import pyarrow.parquet as pq
 
-        return list(pq.read_table(path).to_pylist())
+        return list(pq.read_table(io.BytesIO(raw)).to_pylist())
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{where}: line {bad} is not valid UTF-8 (re-encode the file as UTF-8)") from error
+    if kind == FileFormat.CSV:
+        rows: list[Row] = list(csv.DictReader(io.StringIO(text, newline="")))
+        for index, cells in enumerate(rows, start=1):
+            if None in cells:
+                raise ConfigError(f"{where}: row {index} has more cells than the header has columns")
+        return rows
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ConfigError(f"{where}: row {number} of {path} is not valid JSON: {error.msg}") from error
+            raise ConfigError(f"{where}: row {number} is not valid JSON: {error.msg}") from error
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: row {number} is not a JSON object")
+        rows.append(row)
     return rows
 
 
-def normalize(text: str) -> str:
-    return _SPACES.sub(" ", text).strip()
+def file_format(source: DatasetSource, name: str) -> FileFormat:
+    """The declared format, or the one the file name's extension implies (JSONL otherwise)."""
+    if source.file_format is not None:
+        return source.file_format
+    suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return {"csv": FileFormat.CSV, "parquet": FileFormat.PARQUET}.get(suffix, FileFormat.JSONL)
 
 
-def to_example(row: Row, data: Data, source: str, number: int) -> Example | str:
-    """The row as an Example, or the reason it is dropped."""
-    fields = data.fields
-
-    def get(key: str) -> str:
-        return str(row.get(key) or "")
-
-    clean = normalize if data.cleaning.normalize_whitespace else str
-    if data.format == DataFormat.INSTRUCTION:
-        instruction, extra, response = (
-            clean(get(fields.instruction)),
-            clean(get(fields.input)),
-            clean(get(fields.response)),
-        )
-        if not instruction:
-            return "emptyInstruction"
-        if not response:
-            return "emptyResponse"
-        template = data.prompt_template or "### Instruction:\n{instruction}\n{input_block}### Response:\n"
-        input_block = f"### Input:\n{extra}\n" if extra else ""
-        prompt = template.format(
-            instruction=instruction, input=extra, input_block=input_block, system=get(fields.system)
-        )
-        return Example(prompt, response, source, number)
-    if data.format == DataFormat.COMPLETION:
-        text = clean(get(fields.text))
-        return Example("", text, source, number) if text else "emptyText"
-    raise ConfigError(f"spec.data.format: {data.format} is not implemented by this trainer build yet")
+def load(source: DatasetSource, volumes: Volumes, where: str, report: PrepReport) -> list[Row]:
+    """Every row of one dataset source (a directory is read file by file, in name order)."""
+    rows: list[Row] = []
+    digest = hashlib.sha256()
+    for name, raw in volumes.dataset_files(source, where):
+        digest.update(raw)
+        rows.extend(parse_rows(raw, file_format(source, name), f"{where} ({name})"))
+    report.sha256[source.name] = digest.hexdigest()
+    report.rows_read[source.name] = len(rows)
+    return rows
 
 
-def prepare(data: Data, volumes: Volumes, report: PrepReport) -> dict[str, list[Example]]:
+def prepare(
+    data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer | None = None
+) -> dict[str, list[Example]]:
     """Load, clean, deduplicate and split every dataset; returns examples by split name."""
     pools: dict[str, list[Example]] = {"pool": [], "train": [], "validation": [], "test": []}
-    seen: set[str] = set()
+    seen: dict[str, set[str]] = defaultdict(set)
     for index, source in enumerate(data.datasets):
         where = f"spec.data.datasets[{index}]"
-        path = volumes.dataset(source, where)
-        report.sha256[source.name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-        rows = read_rows(path, source.file_format, where)
-        report.rows_read[source.name] = len(rows)
         target = {DatasetUsage.SPLIT: "pool", DatasetUsage.TRAIN: "train"}.get(source.usage, source.usage.lower())
-        for number, row in enumerate(rows, start=1):
-            example = to_example(row, data, source.name, number)
+        # Split and Train rows end up together in training, so they share one duplicate set.
+        scope = "train" if target in ("pool", "train") else target
+        for number, row in enumerate(load(source, volumes, where, report), start=1):
+            example = to_example(row, data, source.name, number, chat)
             if isinstance(example, str):
                 report.drop(example, source.name, number)
                 continue
-            key = (example.prompt + "\x00" + example.target).lower()
-            if data.cleaning.deduplicate and key in seen:
+            if data.cleaning.deduplicate and example.key in seen[scope]:
                 report.drop("duplicate", source.name, number)
                 continue
-            seen.add(key)
+            seen[scope].add(example.key)
             pools[target].append(example)
     validation_ratio, test_ratio = data.ratios()
     pool = pools.pop("pool")
     random.Random(data.split.seed).shuffle(pool)
     n_val, n_test = round(len(pool) * validation_ratio), round(len(pool) * test_ratio)
     splits = {
+        "train": pools["train"] + pool[n_val + n_test :],
         "validation": pools["validation"] + pool[:n_val],
         "test": pools["test"] + pool[n_val : n_val + n_test],
-        "train": pools["train"] + pool[n_val + n_test :],
     }
+    if data.cleaning.drop_test_overlap:
+        train_keys = {example.key for example in splits["train"]}
+        for name in ("validation", "test"):
+            kept = []
+            for example in splits[name]:
+                if example.key in train_keys:
+                    report.drop(f"{name}OverlapsTrain", example.source, example.row)
+                else:
+                    kept.append(example)
+            splits[name] = kept
     if not splits["train"]:
         raise ConfigError("spec.data: no training rows are left after cleaning and the split")
     report.split_sizes = {name: len(rows) for name, rows in splits.items()}
     return splits
+
+
+def class_labels(declared: list[str] | None, train: list[Example], report: PrepReport) -> list[str]:
+    """Class labels in index order: the declared ones, or the sorted labels of the training rows."""
+    labels = declared or sorted({example.label for example in train if example.label is not None})
+    if len(labels) < 2:
+        raise ConfigError(f"spec.task.labels: Classification needs at least 2 classes; the data has {labels}")
+    report.labels = labels
+    return labels
+
+
+def drop_unknown_labels(
+    splits: dict[str, list[Example]], labels: list[str], report: PrepReport
+) -> dict[str, list[Example]]:
+    """Rows whose label is not one of ``labels`` are dropped (reason unknownLabel)."""
+    known = set(labels)
+    kept: dict[str, list[Example]] = {}
+    for name, examples in splits.items():
+        kept[name] = []
+        for example in examples:
+            if example.label in known:
+                kept[name].append(example)
+            else:
+                report.drop("unknownLabel", example.source, example.row)
+    report.split_sizes = {name: len(rows) for name, rows in kept.items()}
+    return kept

@@ -1,16 +1,20 @@
-"""Resolves a FineTuneJob's locations to local paths, in a pod (mounted volumes) or on a laptop (`kubetune run`).
+"""Resolves a FineTuneJob's locations to local files, in a pod (mounted volumes) or on a laptop (`kubetune run`).
 
-In a pod the operator mounts each PersistentVolumeClaim at ``/mnt/pvc/<claimName>`` and the model cache at
-``/mnt/models``; locally a claim maps to a directory given with ``--volume CLAIM=DIR`` (the current directory
-otherwise) and the model cache is ``$KUBETUNE_MODEL_CACHE`` (``~/.cache/kubetune/models``).
+In a pod the operator mounts each PersistentVolumeClaim at ``/mnt/pvc/<claimName>``, each ConfigMap dataset at
+``/mnt/configmaps/<name>`` and the model cache at ``/mnt/models`` (``Volumes.in_pod()``). Locally a claim maps to a
+directory given with ``--volume CLAIM=DIR`` (the current directory otherwise), ConfigMaps come from the same YAML
+file as the job, and the model cache is ``$KUBETUNE_MODEL_CACHE`` (``~/.cache/kubetune/models``).
+URIs with any scheme go through fsspec; schemes whose filesystem package is missing give a clear error.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
 
 from kubetune.api.data import DatasetSource
 from kubetune.api.sources import ModelSource, PVCLocation
@@ -18,39 +22,109 @@ from kubetune.api.sources import ModelSource, PVCLocation
 from .errors import ConfigError
 
 _DEFAULT_CACHE = Path.home() / ".cache" / "kubetune" / "models"
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 @dataclass
 class Volumes:
-    """Where PVCs and the model cache are on this machine."""
+    """Where PVCs, ConfigMaps and the model cache are on this machine."""
 
     claims: dict[str, Path] = field(default_factory=dict)
     default_root: Path = Path(".")
     model_cache: Path = field(default_factory=lambda: Path(os.environ.get("KUBETUNE_MODEL_CACHE", _DEFAULT_CACHE)))
+    config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    """ConfigMap data given inline (local runs); in a pod they are files under ``config_map_root``."""
+    config_map_root: Path | None = None
+    scratch: Path = field(default_factory=lambda: Path(os.environ.get("TMPDIR", "/tmp")) / "kubetune")
+
+    @classmethod
+    def in_pod(cls) -> Volumes:
+        """The mount layout the operator gives training pods."""
+        pvc_root = Path("/mnt/pvc")
+        claims = {p.name: p for p in pvc_root.iterdir()} if pvc_root.is_dir() else {}
+        return cls(
+            claims=claims,
+            model_cache=Path(os.environ.get("KUBETUNE_MODEL_CACHE", "/mnt/models")),
+            config_map_root=Path("/mnt/configmaps"),
+        )
 
     def pvc(self, location: PVCLocation) -> Path:
         root = self.claims.get(location.claim_name, self.default_root)
         return root / location.path
 
     def model(self, source: ModelSource, where: str = "spec.model") -> Path:
+        """A local model directory (a URI is copied into scratch space first)."""
         if source.pvc is not None:
             return self.pvc(source.pvc)
         if source.cached is not None:
             return self.model_cache / source.cached
         assert source.uri is not None
-        return uri_path(source.uri, f"{where}.uri")
+        fs, path = filesystem(source.uri, f"{where}.uri")
+        local = self.scratch / "model"
+        if not (local / "config.json").exists():
+            shutil.rmtree(local, ignore_errors=True)
+            fs.get(path.rstrip("/") + "/", str(local), recursive=True)
+        return local
 
-    def dataset(self, source: DatasetSource, where: str) -> Path:
+    def dataset_files(self, source: DatasetSource, where: str) -> Iterator[tuple[str, bytes]]:
+        """(name, content) of each file of a dataset source; a directory yields its data files in name order."""
+        if source.config_map is not None:
+            ref = source.config_map
+            if self.config_map_root is not None:
+                path = self.config_map_root / ref.name / ref.key
+                if not path.is_file():
+                    raise ConfigError(f"{where}.configMap: key {ref.key!r} of ConfigMap {ref.name!r} is not mounted")
+                yield ref.key, path.read_bytes()
+                return
+            data = self.config_maps.get(ref.name)
+            if data is None:
+                raise ConfigError(f"{where}.configMap: ConfigMap {ref.name!r} is not in the manifest file")
+            if ref.key not in data:
+                raise ConfigError(f"{where}.configMap: ConfigMap {ref.name!r} has no key {ref.key!r}")
+            yield ref.key, data[ref.key].encode()
+            return
         if source.pvc is not None:
-            return self.pvc(source.pvc)
-        if source.uri is not None:
-            return uri_path(source.uri, f"{where}.uri")
-        raise ConfigError(f"{where}.configMap: ConfigMap datasets are mounted by the operator; run it on a cluster")
+            path = self.pvc(source.pvc)
+            if path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.suffix in DATA_SUFFIXES)
+                if not files:
+                    raise ConfigError(f"{where}.pvc.path: directory {path} has no {'/'.join(DATA_SUFFIXES)} files")
+                for file in files:
+                    yield file.name, file.read_bytes()
+                return
+            if not path.exists():
+                raise ConfigError(f"{where}.pvc.path: file {path} does not exist")
+            yield path.name, path.read_bytes()
+            return
+        assert source.uri is not None
+        fs, remote = filesystem(source.uri, f"{where}.uri")
+        try:
+            names: list[str] = (
+                sorted(p for p in fs.ls(remote, detail=False) if p.endswith(DATA_SUFFIXES))
+                if fs.isdir(remote)
+                else [remote]
+            )
+            for name in names:
+                yield name.rsplit("/", 1)[-1], fs.cat_file(name)
+        except FileNotFoundError as error:
+            raise ConfigError(f"{where}.uri: {source.uri} does not exist") from error
+        except OSError as error:
+            raise ConfigError(f"{where}.uri: cannot read {source.uri}: {error}") from error
 
 
-def uri_path(uri: str, where: str) -> Path:
-    """A local path for ``file://`` URIs; other schemes are copied in by the fsspec loader (not yet here)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(parsed.netloc + parsed.path) if parsed.netloc in ("", "localhost") else Path(parsed.path)
-    raise ConfigError(f"{where}: scheme {parsed.scheme!r} is not supported by this trainer build (file:// is)")
+def filesystem(uri: str, where: str) -> tuple[Any, str]:
+    """The fsspec filesystem and path of ``uri``; a missing filesystem package is a ConfigError."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as error:
+        raise ConfigError(f"{where}: cannot open {uri}: {error}") from error
+    return fs, path
+
+
+def upload(local: Path, uri: str, where: str = "spec.output.uri") -> None:
+    """Copy the output directory to ``uri`` (files in place are overwritten)."""
+    fs, path = filesystem(uri, where)
+    fs.makedirs(path, exist_ok=True)
+    fs.put(str(local).rstrip("/") + "/", path, recursive=True)

@@ -1,35 +1,76 @@
-"""Loads the base model and tokenizer and wraps the model for the method: Full, LoRA or QLoRA."""
+"""Loads the base model and tokenizer and prepares the model for the method (Full, LoRA, QLoRA), the task
+(causal LM or sequence classification) and the training options (dropout override, gradient checkpointing).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, cast
 
-from kubetune.api import MethodType
+from kubetune.api import MethodType, TaskType
+from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.training import LoRA, Method
 
 from .errors import ConfigError
 
 
-def load(path: Path, method: Method, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) ready to train with ``method``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer, with a padding token (EOS when the model has none)."""
+    from transformers import AutoTokenizer
 
     if not (path / "config.json").exists():
         raise ConfigError(f"spec.model: no Hugging Face model at {path} (config.json missing)")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if method.type == MethodType.QLORA:
-        kwargs["quantization_config"] = _bnb_config(method)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if method.type == MethodType.FULL:
-        return model, tokenizer
-    return _with_lora(model, method.lora or LoRA(), quantized=method.type == MethodType.QLORA), tokenizer
+    return tokenizer
 
 
-def _bnb_config(method: Method) -> Any:
+def load(path: Path, spec: FineTuneJobSpec, tokenizer: Any, labels: list[str] | None = None) -> Any:
+    """The base model wrapped for ``spec.method`` and ``spec.task``, ready to train."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}
+    if spec.method.type == MethodType.QLORA:
+        kwargs["quantization_config"] = bnb_config(spec.method)
+    if spec.task.type == TaskType.CLASSIFICATION:
+        assert labels is not None
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            pad_token_id=tokenizer.pad_token_id,
+            **kwargs,
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if spec.training.dropout is not None:
+        set_dropout(model, spec.training.dropout)
+    if spec.method.type != MethodType.FULL:
+        model = with_lora(model, spec.method, spec.task.type)
+    if spec.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if spec.method.type != MethodType.FULL:
+            model.enable_input_require_grads()
+    return model
+
+
+def set_dropout(model: Any, p: float) -> None:
+    """Override the model's own dropout: config probabilities (functional dropout) and Dropout modules."""
+    import torch
+
+    for name, value in list(model.config.to_dict().items()):
+        if "dropout" in name and isinstance(value, float):
+            setattr(model.config, name, p)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        if hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
+            module.attention_dropout = p
+
+
+def bnb_config(method: Method) -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -45,10 +86,11 @@ def _bnb_config(method: Method) -> Any:
     )
 
 
-def _with_lora(model: Any, lora: LoRA, quantized: bool) -> Any:
+def with_lora(model: Any, method: Method, task: TaskType) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if quantized:
+    lora = method.lora or LoRA()
+    if method.type == MethodType.QLORA:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     targets: Any = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
     config = LoraConfig(
@@ -58,9 +100,24 @@ def _with_lora(model: Any, lora: LoRA, quantized: bool) -> Any:
         target_modules=targets,
         bias=cast(Any, {"None": "none", "All": "all", "LoRAOnly": "lora_only"}[lora.bias]),
         use_rslora=lora.use_rslora,
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if task == TaskType.CLASSIFICATION else "CAUSAL_LM",
     )
     try:
         return get_peft_model(model, config)
     except ValueError as error:
         raise ConfigError(f"spec.method.lora.targetModules: {error}") from error
+
+
+def merged(base_path: Path, adapter_dir: Path, spec: FineTuneJobSpec, labels: list[str] | None) -> Any:
+    """The base model (full precision, even for QLoRA) with the saved adapter merged into its weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}
+    if labels is not None:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            base_path, num_labels=len(labels), id2label=dict(enumerate(labels)), **kwargs
+        )
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

@@ -7,10 +7,9 @@ holds it to 1e-4) without computing a single padding token. Training uses ``use_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-from .batches import Tokenized, chunks
+from .batches import Tokenized
 
 
 def pack(rows: list[Tokenized], max_tokens: int) -> list[list[Tokenized]]:
@@ -42,12 +41,3 @@ def collate_packed(group: list[Tokenized]) -> dict[str, Any]:
         "position_ids": torch.tensor([positions]),
         "use_cache": False,
     }
-
-
-def packed_batches(
-    rows: list[Tokenized], batch_size: int, max_tokens: int, seed: int | None
-) -> Iterator[dict[str, Any]]:
-    """Packed micro-batches: ``batch_size`` examples' worth of tokens per row, in the seeded order."""
-    for chunk in chunks(rows, batch_size, seed):
-        for group in pack(chunk, max_tokens * batch_size):
-            yield collate_packed(group)

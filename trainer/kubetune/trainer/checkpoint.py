@@ -1,0 +1,120 @@
+"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG state per rank and the data position.
+
+A checkpoint is written into a temporary directory and renamed into place, so a run killed while writing one
+never leaves a half-written checkpoint behind; only ``keep`` newest are kept. A checkpoint records the hash of
+the spec it belongs to: a run with a different spec never resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREFIX = "step-"
+
+
+@dataclass
+class TrainerState:
+    """Where training is: enough to continue exactly where a checkpoint was taken."""
+
+    spec_hash: str
+    step: int = 0
+    epoch: int = 0
+    micro_batches_done: int = 0
+    """Micro-batches of ``epoch`` already trained on (the data order of an epoch is fixed by its seed)."""
+    train_history: list[dict[str, float]] = field(default_factory=list)
+    validation_history: list[dict[str, Any]] = field(default_factory=list)
+    best_value: float | None = None
+    best_step: int = 0
+    bad_validations: int = 0
+    tokens_seen: int = 0
+    stopped_early: bool = False
+
+
+def directory(out: Path) -> Path:
+    return out / "checkpoints"
+
+
+def latest(out: Path, spec_hash: str) -> Path | None:
+    """The newest complete checkpoint of this spec, if any."""
+    candidates = sorted(directory(out).glob(f"{PREFIX}*"), reverse=True)
+    for path in candidates:
+        state = path / "state.json"
+        if state.is_file() and json.loads(state.read_text()).get("spec_hash") == spec_hash:
+            return path
+    return None
+
+
+def save(
+    out: Path, state: TrainerState, model: Any, optimizer: Any, scheduler: Any, accelerator: Any, keep: int
+) -> Path:
+    """Write a checkpoint of ``state`` atomically (all ranks call this; rank 0 writes the shared files)."""
+    import torch
+    from safetensors.torch import save_file
+
+    final = directory(out) / f"{PREFIX}{state.step:08d}"
+    tmp = directory(out) / f".tmp-{PREFIX}{state.step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    rank = accelerator.process_index
+    torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+    torch.save(optimizer.state_dict(), tmp / f"optimizer-{rank}.pt")  # per rank: FSDP shards it
+    full = accelerator.get_state_dict(model)  # a collective under FSDP: every rank calls it
+    if accelerator.is_main_process:
+        names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+        save_file(
+            {n: t.detach().contiguous().cpu() for n, t in full.items() if n in names}, tmp / "trainable.safetensors"
+        )
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(directory(out).glob(f"{PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(path: Path, model: Any, optimizer: Any, scheduler: Any, accelerator: Any) -> TrainerState:
+    """Restore weights, optimizer, scheduler and this rank's RNG from ``path``; returns the trainer state."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = accelerator.unwrap_model(model)
+    unexpected = weights.load_state_dict(load_file(path / "trainable.safetensors"), strict=False).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f"checkpoint {path} has weights this model does not: {unexpected[:3]}")
+    own = path / f"optimizer-{accelerator.process_index}.pt"
+    # DDP ranks hold identical optimizer state, so a run resumed on more processes can start from rank 0's.
+    optimizer.load_state_dict(torch.load(own if own.exists() else path / "optimizer-0.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = path / f"rng-{accelerator.process_index}.pt"
+    if rng.exists():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return TrainerState(**json.loads((path / "state.json").read_text()))
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

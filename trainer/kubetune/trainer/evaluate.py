@@ -1,0 +1,152 @@
+"""Evaluation on the validation and test splits: loss and perplexity, exact match and ROUGE-L of generated
+answers (CausalLM), accuracy, macro precision/recall/F1 and the confusion matrix (Classification, scikit-learn).
+
+Loss and classification metrics are computed on each rank's share of the rows and summed across ranks;
+generation runs on rank 0 only (callers wait for it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from .batches import IGNORE, Tokenized, batches
+from .formats import Example
+
+_WORD = re.compile(r"\w+")
+
+
+def _sum(values: list[float], accelerator: Any) -> list[float]:
+    """Element-wise sum over ranks (no-op in one process)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return values
+    import torch
+
+    return [float(v) for v in accelerator.reduce(torch.tensor(values, device=accelerator.device), "sum")]
+
+
+def _share(rows: list[Any], accelerator: Any) -> list[Any]:
+    if accelerator is None:
+        return rows
+    return rows[accelerator.process_index :: accelerator.num_processes]
+
+
+def causal_loss(model: Any, rows: list[Tokenized], batch_size: int, pad_id: int, accelerator: Any = None) -> float:
+    """Mean per-token loss over ``rows`` (no gradients)."""
+    import torch
+
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in batches(_share(rows, accelerator), batch_size, pad_id, seed=None):
+            if accelerator is not None:
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())
+            total += float(model(**batch).loss) * n
+            tokens += n
+    model.train()
+    total, count = _sum([total, float(tokens)], accelerator)
+    return total / max(count, 1.0)
+
+
+def loss_metrics(loss: float) -> dict[str, float]:
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def classification(
+    model: Any, rows: list[Tokenized], batch_size: int, pad_id: int, labels: list[str], accelerator: Any = None
+) -> dict[str, Any]:
+    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix (rows: true label, columns: predicted)."""
+    import torch
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    model.eval()
+    truth: list[int] = []
+    predicted: list[int] = []
+    total = 0.0
+    with torch.no_grad():
+        for batch in batches(_share(rows, accelerator), batch_size, pad_id, seed=None, classification=True):
+            if accelerator is not None:
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            out = model(**batch)
+            total += float(out.loss) * len(batch["labels"])
+            truth += batch["labels"].tolist()
+            predicted += out.logits.argmax(-1).tolist()
+    model.train()
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        truth = [t for part in gather_object([truth]) for t in part]
+        predicted = [p for part in gather_object([predicted]) for p in part]
+        total = _sum([total], accelerator)[0]
+    classes = list(range(len(labels)))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        truth, predicted, labels=classes, average="macro", zero_division=0
+    )
+    return {
+        "loss": total / max(len(truth), 1),
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "confusionMatrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
+        "labels": labels,
+        "samples": len(truth),
+    }
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, words only: 'The answer: 5.' and 'the answer 5' match."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 on lower-cased words (longest common subsequence)."""
+    a, b = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not a or not b:
+        return float(a == b)
+    previous = [0] * (len(b) + 1)
+    for word in a:
+        current = [0]
+        for j, other in enumerate(b):
+            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(a), lcs / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def generation(
+    model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int, samples_kept: int = 5
+) -> dict[str, Any]:
+    """Greedy answers to each example's prompt, scored against its target: exact match and ROUGE-L (means)."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    exact, rouge = 0.0, 0.0
+    kept: list[dict[str, str]] = []
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    with torch.no_grad():
+        for example in examples:
+            ids = bos + tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+            output = model.generate(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            answer = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True).strip()
+            reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
+            exact += float(normalize_answer(answer) == normalize_answer(reference))
+            rouge += rouge_l(answer, reference)
+            if len(kept) < samples_kept:
+                kept.append({"prompt": example.prompt[-200:], "reference": reference, "generated": answer})
+    model.train()
+    n = max(len(examples), 1)
+    return {"exactMatch": exact / n, "rougeL": rouge / n, "samples": len(examples), "examples": kept}

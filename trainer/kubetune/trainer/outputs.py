@@ -1,0 +1,108 @@
+"""What a finished run leaves behind: the adapter or model with its tokenizer, an optional merged model,
+``metrics.json``, ``prep_report.json``, ``manifest.json`` (spec hash, data hashes, package versions, seed) and a
+model card ``README.md``; and the copy to ``spec.output.uri`` when the output is a URI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from kubetune.api import MethodType
+from kubetune.api.spec import MUTABLE_FIELDS, FineTuneJob, FineTuneJobSpec
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "safetensors", "pydantic")
+COMPLETE = "manifest.json"
+"""Written last: a directory with a manifest holds a finished run."""
+
+
+def spec_hash(spec: FineTuneJobSpec) -> str:
+    """SHA-256 of the spec's canonical JSON, without the fields that may change while a job runs."""
+    wire = {k: v for k, v in spec.to_wire().items() if k not in MUTABLE_FIELDS}
+    return hashlib.sha256(json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def weights_dir(out: Path, spec: FineTuneJobSpec) -> Path:
+    return out / ("model" if spec.method.type == MethodType.FULL else "adapter")
+
+
+def finished(out: Path, spec: FineTuneJobSpec) -> bool:
+    """Whether ``out`` holds a finished run of exactly this spec."""
+    manifest = out / COMPLETE
+    return manifest.is_file() and json.loads(manifest.read_text()).get("specHash") == spec_hash(spec)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_manifest(out: Path, job: FineTuneJob, data_sha256: dict[str, str], world_size: int) -> dict[str, Any]:
+    manifest = {
+        "job": job.name,
+        "specHash": spec_hash(job.spec),
+        "spec": job.spec.to_wire(),
+        "dataSha256": data_sha256,
+        "seed": job.spec.training.seed,
+        "splitSeed": job.spec.data.split.seed,
+        "worldSize": world_size,
+        "versions": versions(),
+        "finishedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (out / COMPLETE).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _row(name: str, metrics: dict[str, Any], key: str) -> str:
+    value = metrics.get(key)
+    return f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | n/a |"
+
+
+def model_card(out: Path, job: FineTuneJob, metrics: dict[str, Any], report: dict[str, Any]) -> None:
+    """README.md: what was trained, on what, how, and how well, against the base model."""
+    spec = job.spec
+    base = spec.model.cached or spec.model.uri or (spec.model.pvc.path if spec.model.pvc else "")
+    test, baseline = metrics.get("test", {}), metrics.get("baseline", {})
+    keys = [k for k in ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1") if k in test]
+    lines = [
+        f"# {job.name}",
+        "",
+        f"Fine-tuned from `{base}` with kubetune ({spec.method.type}, task {spec.task.type}).",
+        "",
+        "## Data",
+        "",
+        f"Datasets: {', '.join(d.name for d in spec.data.datasets)} (format {spec.data.format}). "
+        f"Rows per split: {report.get('splitSizes')}. Dropped: {report.get('dropped') or 'none'}.",
+        "",
+        "## Training",
+        "",
+        f"{metrics.get('steps')} optimizer steps, learning rate {spec.training.learning_rate}, "
+        f"batch {spec.training.per_device_batch_size} x {spec.training.gradient_accumulation_steps} accumulation "
+        f"x {metrics.get('worldSize', 1)} processes, seed {spec.training.seed}"
+        f"{', stopped early' if metrics.get('stoppedEarly') else ''}.",
+        "",
+        "## Test set",
+        "",
+        "| metric | fine-tuned | base model |",
+        "|---|---|---|",
+    ]
+    for key in keys:
+        tuned = _row(key, test, key)
+        lines.append(tuned + (f" {baseline[key]:.4f} |" if isinstance(baseline.get(key), float) else " n/a |"))
+    lines += ["", "## Use", ""]
+    if spec.method.type == MethodType.FULL:
+        lines.append("Load `model/` with `AutoModelForCausalLM.from_pretrained`.")
+    else:
+        lines.append("Load `adapter/` with `PeftModel.from_pretrained(base_model, 'adapter')`; `merged/` (when")
+        lines.append("`output.mergeAdapter` is set) is the base model with the adapter merged in.")
+    (out / "README.md").write_text("\n".join(lines) + "\n")

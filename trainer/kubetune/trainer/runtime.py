@@ -1,0 +1,75 @@
+"""The process layout: accelerate's Accelerator for one process or a ``torchrun`` group (DDP over gloo on CPU,
+nccl on GPU; FSDP on GPUs), numeric precision, and the ``torchrun`` command a training pod runs.
+
+Multi-node layout comes from the standard variables: ``NNODES``, ``NODE_RANK`` (or the Indexed Job's
+``JOB_COMPLETION_INDEX``), ``MASTER_ADDR`` and ``MASTER_PORT``; one process per GPU (``NPROC_PER_NODE``
+overrides it; 1 on CPU). ``accelerate launch --cpu --num_processes 2`` silently starts one process, which is why
+pods run ``torchrun`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from kubetune.api import Distributed, Precision
+from kubetune.api.spec import FineTuneJobSpec
+
+from .errors import ConfigError
+
+
+def mixed_precision(precision: Precision, cuda: bool, bf16_ok: bool) -> str:
+    """accelerate's mixed_precision for the spec's precision on this hardware."""
+    if precision == Precision.AUTO:
+        return "bf16" if cuda and bf16_ok else "no"
+    if precision == Precision.FP16 and not cuda:
+        raise ConfigError("spec.training.precision: FP16 needs a GPU; use BF16 or FP32 on CPU")
+    return {Precision.BF16: "bf16", Precision.FP16: "fp16", Precision.FP32: "no"}[precision]
+
+
+def make_accelerator(spec: FineTuneJobSpec) -> Any:
+    import torch
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    precision = mixed_precision(spec.training.precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    kwargs: dict[str, Any] = {"mixed_precision": precision, "cpu": not cuda}
+    if spec.training.distributed == Distributed.FSDP:
+        if not cuda:
+            raise ConfigError("spec.training.distributed: FSDP needs GPUs; none is visible to this process")
+        from accelerate import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+            fsdp_version=2, auto_wrap_policy="transformer_based_wrap", state_dict_type="FULL_STATE_DICT"
+        )
+    return Accelerator(**kwargs)
+
+
+def torchrun_command(worker_args: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """``torchrun`` arguments for this pod from the standard multi-node variables."""
+    env = dict(os.environ if env is None else env)
+    nnodes = int(env.get("NNODES", "1"))
+    node_rank = env.get("NODE_RANK") or env.get("JOB_COMPLETION_INDEX") or "0"
+    nproc = env.get("NPROC_PER_NODE") or str(_gpus() or 1)
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}"]
+    if nnodes > 1:
+        addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT", "29500")
+        if not addr:
+            raise ConfigError("MASTER_ADDR must be set when NNODES > 1")
+        command += [f"--node-rank={node_rank}", f"--master-addr={addr}", f"--master-port={port}"]
+    else:
+        command += ["--standalone"]
+    return [*command, "-m", "kubetune.trainer", "worker", *worker_args]
+
+
+def _gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except ImportError:
+        return 0
