@@ -83,7 +83,7 @@ def test_unknown_field_message_names_the_path() -> None:
 
 def test_wire_round_trip_is_lossless() -> None:
     for path in EXAMPLES:
-        job = parse_job(yaml.safe_load(path.read_text()))
+        job = parse_job(_job_doc(path))
         assert parse_job(job.to_wire()) == job
 
 
