@@ -56,6 +56,10 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("negative-weight", JobBuilder().set("spec.data.datasets[0].weight", -1).build(), "spec.data.datasets[0].weight"),
     ("labels-without-classification", JobBuilder().set("spec.task", {"labels": ["a", "b"]}).build(),
      "labels is only allowed when type is Classification"),
+    ("fsdp-with-lora", JobBuilder().set("spec.training.distributed", "FSDP").set("spec.resources.gpusPerWorker", 1)
+     .build(), "FSDP requires method.type Full"),
+    ("fsdp-on-cpu", JobBuilder().set("spec.training.distributed", "FSDP").set("spec.method.type", "Full").build(),
+     "FSDP requires method.type Full and resources.gpusPerWorker > 0"),
 ]  # fmt: skip
 
 GOOD: list[tuple[str, dict[str, Any]]] = [
@@ -69,4 +73,6 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
      .set("spec.data.datasets[1]", {"name": "test", "configMap": {"name": "cm", "key": "test.csv"}, "usage": "Test"})
      .build()),
     ("name-at-limit", JobBuilder(name="x" * 52).build()),
+    ("fsdp-full-on-gpus", JobBuilder().set("spec.training.distributed", "FSDP").set("spec.method.type", "Full")
+     .set("spec.resources.gpusPerWorker", 8).build()),
 ]  # fmt: skip
