@@ -65,8 +65,9 @@ def test_explicit_test_rows_that_appear_in_training_are_dropped(tmp_path: Path) 
     (tmp_path / "test.jsonl").write_text(json.dumps({"instruction": "Count to 3", "output": "3"}) + "\n")
     rows = [{"instruction": f"Count to {i}", "output": str(i)} for i in range(10)]
     spec = data_spec(
-        tmp_path, rows, **{"spec__data__datasets[1]": {"name": "t", "pvc": {"claimName": "c", "path": "test.jsonl"},
-                                                      "usage": "Test"}}
+        tmp_path,
+        rows,
+        **{"spec__data__datasets[1]": {"name": "t", "pvc": {"claimName": "c", "path": "test.jsonl"}, "usage": "Test"}},
     )
     splits, report = run_prepare(spec, tmp_path)
     assert report.dropped["testOverlapsTrain"] == 1
@@ -82,7 +83,7 @@ def test_csv_parquet_and_directories_load_and_bad_rows_are_named(tmp_path: Path)
     (folder / "a.csv").write_text("instruction,output\nFirst,1\nSecond,2\n")
     pq.write_table(pa.Table.from_pylist([{"instruction": "Third", "output": "3"}]), folder / "b.parquet")
     spec = data_spec(tmp_path, "", **{"spec__data__datasets[0]__pvc__path": "many"})
-    splits, report = run_prepare(spec, tmp_path)
+    _splits, report = run_prepare(spec, tmp_path)
     assert report.rows_read == {"d": 3}
     (folder / "c.csv").write_text("instruction,output\nok,1\nbad,2,extra\n")
     with pytest.raises(ConfigError, match=r"spec.data.datasets\[0\] \(c.csv\): row 2 has more cells"):
@@ -104,8 +105,14 @@ def http_root(tmp_path: Path) -> Iterator[str]:
 def test_uri_datasets_are_read_through_fsspec(tmp_path: Path, http_root: str) -> None:
     (tmp_path / "remote.jsonl").write_text(json.dumps({"instruction": "Over HTTP", "output": "yes"}) + "\n")
     for uri in (f"{http_root}/remote.jsonl", f"file://{tmp_path}/remote.jsonl"):
-        spec = data_spec(tmp_path, "", **{"spec__data__datasets[0]": {"name": "d", "uri": uri, "usage": "Train"},
-                                          "spec__data__split": {"validationRatio": 0, "testRatio": 0}})
+        spec = data_spec(
+            tmp_path,
+            "",
+            **{
+                "spec__data__datasets[0]": {"name": "d", "uri": uri, "usage": "Train"},
+                "spec__data__split": {"validationRatio": 0, "testRatio": 0},
+            },
+        )
         splits, _ = run_prepare(spec, tmp_path)
         assert splits["train"][0].target == "yes"
     spec = data_spec(tmp_path, "", **{"spec__data__datasets[0]": {"name": "d", "uri": f"{http_root}/missing.jsonl"}})
@@ -115,9 +122,12 @@ def test_uri_datasets_are_read_through_fsspec(tmp_path: Path, http_root: str) ->
 
 def test_configmap_datasets_come_from_the_same_file_locally(tmp_path: Path) -> None:
     job = JobBuilder().set("spec.data.datasets[0]", {"name": "d", "configMap": {"name": "rows", "key": "r.jsonl"}})
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rows"},
-                  "data": {"r.jsonl": "".join(json.dumps({"instruction": f"Q{i}", "output": "A"}) + "\n"
-                                              for i in range(10))}}
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "rows"},
+        "data": {"r.jsonl": "".join(json.dumps({"instruction": f"Q{i}", "output": "A"}) + "\n" for i in range(10))},
+    }
     import yaml
 
     (tmp_path / "job.yaml").write_text(yaml.safe_dump_all([config_map, job.build()]))
@@ -139,8 +149,9 @@ def test_chat_rows_train_only_on_assistant_turns(tmp_path: Path, tokenizer: Any)
         {"role": "assistant", "content": "Madrid"},
     ]
     rows = [{"messages": conversation}, {"messages": [{"role": "user", "content": "hi"}]}, {"messages": "nonsense"}]
-    spec = data_spec(tmp_path, rows, spec__data__format="Chat",
-                     spec__data__split={"validationRatio": 0, "testRatio": 0})
+    spec = data_spec(
+        tmp_path, rows, spec__data__format="Chat", spec__data__split={"validationRatio": 0, "testRatio": 0}
+    )
 
     def chat(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt))
@@ -151,7 +162,7 @@ def test_chat_rows_train_only_on_assistant_turns(tmp_path: Path, tokenizer: Any)
     assert "".join(text for text, _ in example.parts) == chat(conversation, False)
     trained = [text for text, on in example.parts if on]
     assert [t.split(tokenizer.eos_token)[0] for t in trained] == ["Paris", "Madrid"]
-    ids, labels = encode(example, tokenizer)
+    _ids, labels = encode(example, tokenizer)
     learned = tokenizer.decode([t for t in labels if t != IGNORE])
     assert "Paris" in learned and "Madrid" in learned and "Spain" not in learned and "<|assistant|>" not in learned
 
@@ -159,8 +170,12 @@ def test_chat_rows_train_only_on_assistant_turns(tmp_path: Path, tokenizer: Any)
 def test_token_filters_count_drops_and_truncations_and_report_percentiles(tmp_path: Path, tokenizer: Any) -> None:
     rows = [{"instruction": "Say " + "very " * n + "long", "output": "ok"} for n in (1, 8, 60, 61)]
     shortest = len(encode(Example.pair("### Instruction:\nSay very long\n### Response:\n", "ok"), tokenizer)[0])
-    spec = data_spec(tmp_path, rows, spec__data__cleaning={"overLength": "Drop", "minTokens": shortest + 1},
-                     spec__data__split={"validationRatio": 0, "testRatio": 0})
+    spec = data_spec(
+        tmp_path,
+        rows,
+        spec__data__cleaning={"overLength": "Drop", "minTokens": shortest + 1},
+        spec__data__split={"validationRatio": 0, "testRatio": 0},
+    )
     splits, report = run_prepare(spec, tmp_path)
     kept, examples = tokenize_split(splits["train"], tokenizer, 64, spec.data.cleaning, report, "train")
     assert report.dropped["tooManyTokens"] == 2 and report.dropped["tooFewTokens"] == 1
@@ -177,8 +192,14 @@ def test_token_filters_count_drops_and_truncations_and_report_percentiles(tmp_pa
 
 def test_classification_rows_need_text_and_label(tmp_path: Path) -> None:
     rows = "text,label\ngreat film,pos\n,neg\nawful film,\n"
-    spec = data_spec(tmp_path, rows, name="d.csv", spec__data__format="Classification",
-                     spec__task={"type": "Classification"}, spec__data__split={"validationRatio": 0, "testRatio": 0})
+    spec = data_spec(
+        tmp_path,
+        rows,
+        name="d.csv",
+        spec__data__format="Classification",
+        spec__task={"type": "Classification"},
+        spec__data__split={"validationRatio": 0, "testRatio": 0},
+    )
     splits, report = run_prepare(spec, tmp_path)
     assert report.dropped == {"emptyText": 1, "emptyLabel": 1}
     assert splits["train"][0].label == "pos"

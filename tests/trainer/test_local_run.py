@@ -16,13 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lora-instruction.yaml"
 
 
-@pytest.fixture(autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path_factory.getbasetemp() / "models"
-    monkeypatch.setenv("KUBETUNE_MODEL_CACHE", str(cache))
-    return cache
-
-
 def write_manifest(tmp_path: Path, **training: object) -> Path:
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["spec"]["training"].update(training)

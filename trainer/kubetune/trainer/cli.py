@@ -32,7 +32,16 @@ from .local import Volumes, upload
 from .report import ProgressEvent, Reporter
 from .runtime import torchrun_command
 
-RUN_FILES: tuple[str, ...] = ("checkpoints", "best", "adapter", "model", "merged", "metrics.json", "prep_report.json", "baseline.json")
+RUN_FILES: tuple[str, ...] = (
+    "checkpoints",
+    "best",
+    "adapter",
+    "model",
+    "merged",
+    "metrics.json",
+    "prep_report.json",
+    "baseline.json",
+)
 RUN_FILES += ("README.md", outputs.COMPLETE)
 
 

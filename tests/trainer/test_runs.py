@@ -1,0 +1,148 @@
+"""Whole runs on the tiny Llama: every method and task, merged output, resume after a kill, two ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.trainer.errors import EXIT_CONFIG
+from kubetune.trainer.report import ProgressEvent, Reporter
+from tests.trainer.conftest import DATA, ROOT, Runner, fast_job
+
+
+def metrics(out: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_classification_reports_accuracy_f1_and_confusion_matrix_against_the_base_model(
+    run_job: Runner, tmp_path: Path
+) -> None:
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "classification.yaml").read_text()))
+    config_map, job = docs[0], docs[1]
+    job["spec"]["validation"]["everySteps"] = 5
+    assert run_job(job, config_map) == 0
+    result = metrics(tmp_path / "out")
+    test, base = result["test"], result["baseline"]
+    assert test["accuracy"] > base["accuracy"] and test["f1"] > base["f1"]
+    assert len(test["confusionMatrix"]) == 4 and sum(map(sum, test["confusionMatrix"])) == test["samples"]
+    assert result["bestValidation"]["f1"] is not None
+    assert (tmp_path / "out" / "best" / "adapter_model.safetensors").exists()
+
+
+def test_chat_run_trains_on_assistant_turns(run_job: Runner, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (DATA / "instructions.jsonl").read_text().splitlines()]
+    chats = [
+        {"conversation": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+        for r in rows
+        if r.get("instruction") and r.get("output")
+    ]
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    job = (
+        fast_job("chat", "chats.jsonl").set("spec.data.format", "Chat").set("spec.data.fields.messages", "conversation")
+    )
+    assert run_job(job.set("spec.training.epochs", 3).build(), data=tmp_path) == 0
+    result = metrics(tmp_path / "out")
+    assert result["test"]["loss"] < result["baseline"]["loss"]
+    assert {"exactMatch", "rougeL"} <= set(result["test"])
+
+
+def test_full_fine_tuning_saves_a_whole_model(run_job: Runner, tmp_path: Path) -> None:
+    job = fast_job("full").set("spec.method", {"type": "Full"}).set("spec.training.learningRate", 0.001)
+    job.set("spec.training.gradientCheckpointing", True).set("spec.training.dropout", 0.0)
+    assert run_job(job.set("spec.training.maxSteps", 12).build()) == 0
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
+    assert metrics(tmp_path / "out")["test"]["loss"] < metrics(tmp_path / "out")["baseline"]["loss"]
+
+
+def test_qlora_trains_in_4_bit_and_merges_into_a_plain_model(run_job: Runner, tmp_path: Path) -> None:
+    job = fast_job("qlora").set("spec.method", {"type": "QLoRA", "lora": {"rank": 8, "alpha": 16}})
+    job.set("spec.method.quantization", {"computeDtype": "Float32"})
+    job.set("spec.output", {"pvc": {"claimName": "data", "path": "unused"}, "mergeAdapter": True})
+    assert run_job(job.set("spec.training.maxSteps", 10).build()) == 0
+    out = tmp_path / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["versions"]["bitsandbytes"] and manifest["dataSha256"]["rows"]
+    assert "| loss |" in (out / "README.md").read_text()
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_fp16_on_cpu_is_a_configuration_error(run_job: Runner, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_job(fast_job().set("spec.training.precision", "FP16").build()) == EXIT_CONFIG
+    assert "spec.training.precision" in capsys.readouterr().err
+
+
+def _kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))}
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer", *args], env={**full_env, **(env or {})},
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    job = fast_job("resume").set("spec.checkpointing", {"everySteps": 4, "keep": 2})
+    job.set("spec.method.lora.dropout", 0.1)  # dropout draws random numbers: the RNG state must be restored too
+    job.set("spec.training.maxSteps", 20).set("spec.validation.everySteps", 5)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.build()))
+    common = [str(tmp_path / "job.yaml"), f"--volume=data={DATA}"]
+
+    straight = _kubetune("worker", *common, f"--output={tmp_path / 'straight'}", "--metrics-port=0")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed = _kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0",
+                       env={"KUBETUNE_FAULT_AFTER_STEP": "10"})  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000004", "step-00000008"], "kept 2, none half-written"
+    resumed = _kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert '"resumedFromStep": 8' in resumed.stderr
+
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "killed")
+    assert [r["step"] for r in b["history"]["train"]] == list(range(1, 21))
+    assert abs(a["history"]["train"][-1]["loss"] - b["history"]["train"][-1]["loss"]) < 1e-4
+    assert abs(a["test"]["loss"] - b["test"]["loss"]) < 1e-4
+    again = _kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0")
+    assert again.returncode == 0 and "already holds the finished run" in again.stderr
+
+
+def test_two_ranks_on_cpu_with_torchrun(tmp_path: Path) -> None:
+    job = fast_job("ddp").set("spec.training.maxSteps", 6).set("spec.checkpointing.everySteps", 3)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.build()))
+    result = _kubetune("launch", str(tmp_path / "job.yaml"), f"--volume=data={DATA}", f"--output={tmp_path / 'o'}",
+                       "--metrics-port=0", env={"NPROC_PER_NODE": "2"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--nproc-per-node=2" in result.stderr
+    out = tmp_path / "o"
+    assert metrics(out)["worldSize"] == 2
+    assert sorted(p.name for p in (out / "checkpoints" / "step-00000006").glob("rng-*")) == ["rng-0.pt", "rng-1.pt"]
+    assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2
+
+
+def test_reporter_serves_prometheus_metrics_and_progress_and_writes_the_termination_message(tmp_path: Path) -> None:
+    reporter = Reporter(enabled=True)
+    port = reporter.serve(0)
+    try:
+        reporter.progress(ProgressEvent(3, 10, 0, 1.5, 1e-3, 100.0, 7.0, validation_loss=1.7), tokens=64)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        assert "kubetune_trainer_step 3.0" in text and "kubetune_trainer_tokens_total 64.0" in text
+        assert 'kubetune_trainer_eval_loss{split="validation"} 1.7' in text
+        progress = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/progress").read())
+        assert progress["step"] == 3 and progress["totalSteps"] == 10 and progress["phase"] == "Training"
+    finally:
+        reporter.close()
+    reporter.finish({"phase": "Succeeded", "test": {"loss": 1.0}}, tmp_path / "termination-log")
+    assert json.loads((tmp_path / "termination-log").read_text())["phase"] == "Succeeded"
