@@ -51,7 +51,7 @@ def torchrun_command(worker_args: list[str], env: dict[str, str] | None = None) 
     env = dict(os.environ if env is None else env)
     nnodes = int(env.get("NNODES", "1"))
     node_rank = env.get("NODE_RANK") or env.get("JOB_COMPLETION_INDEX") or "0"
-    nproc = env.get("NPROC_PER_NODE") or str(_gpus() or 1)
+    nproc = env.get("NPROC_PER_NODE") or str(_gpus(env) or 1)
     command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}"]
     if nnodes > 1:
         addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT", "29500")
@@ -63,8 +63,8 @@ def torchrun_command(worker_args: list[str], env: dict[str, str] | None = None) 
     return [*command, "-m", "kubetune.trainer", "worker", *worker_args]
 
 
-def _gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+def _gpus(env: dict[str, str]) -> int:
+    visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip()])
     try:
