@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetune.trainer.errors import EXIT_CONFIG
+from kubetune.trainer.errors import EXIT_CONFIG, EXIT_DIVERGED
 from kubetune.trainer.report import ProgressEvent, Reporter
 from tests.trainer.conftest import DATA, ROOT, Runner, fast_job
 
@@ -82,6 +82,15 @@ def test_qlora_trains_in_4_bit_and_merges_into_a_plain_model(run_job: Runner, tm
 def test_fp16_on_cpu_is_a_configuration_error(run_job: Runner, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_job(fast_job().set("spec.training.precision", "FP16").build()) == EXIT_CONFIG
     assert "spec.training.precision" in capsys.readouterr().err
+
+
+def test_an_exploding_loss_stops_the_run_as_diverged(run_job: Runner, capsys: pytest.CaptureFixture[str]) -> None:
+    job = fast_job("diverge").set("spec.method", {"type": "Full"}).set("spec.evaluation.baseline", False)
+    job.set("spec.training", {"learningRate": 1.0, "maxGradNorm": 0, "epochs": 1, "scheduler": "Constant",
+                              "warmupSteps": 0, "perDeviceBatchSize": 8, "maxSeqLength": 128})  # fmt: skip
+    assert run_job(job.build()) == EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "spec.training.learningRate" in err
 
 
 def _kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

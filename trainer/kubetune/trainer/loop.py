@@ -31,6 +31,11 @@ from .runtime import make_accelerator
 from .tiny import ensure_model
 
 
+DIVERGENCE_FACTOR = 5.0
+DIVERGENCE_STEPS = 5
+"""The loss counts as diverged when it stays above DIVERGENCE_FACTOR x the first step's for DIVERGENCE_STEPS steps."""
+
+
 class Data:
     """Tokenized rows and the examples they came from, per split, and the class labels (Classification)."""
 
@@ -162,7 +167,7 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
     checkpoint_every = spec.checkpointing.every_steps or steps_per_epoch
     accumulation = hp.gradient_accumulation_steps
     fault_after = int(os.environ.get("KUBETUNE_FAULT_AFTER_STEP", "0"))
-    started, first_step = time.monotonic(), state.step
+    started, first_step, exploding = time.monotonic(), state.step, 0
     model.train()
     first_epoch = hp.epochs if state.step >= total_steps or state.stopped_early else state.epoch
     for epoch in range(first_epoch, hp.epochs):
@@ -187,6 +192,13 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
             if not math.isfinite(step_loss):
                 raise DivergedError(
                     f"loss became {step_loss} at step {state.step + 1}; lower spec.training.learningRate"
+                )
+            reference = state.train_history[0]["loss"] if state.train_history else step_loss
+            exploding = exploding + 1 if step_loss > DIVERGENCE_FACTOR * reference else 0
+            if exploding >= DIVERGENCE_STEPS:
+                raise DivergedError(
+                    f"loss {step_loss:.4g} at step {state.step + 1} has stayed above {DIVERGENCE_FACTOR:g}x the first "
+                    f"step's ({reference:.4g}) for {DIVERGENCE_STEPS} steps; lower spec.training.learningRate"
                 )
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), hp.max_grad_norm) if hp.max_grad_norm else None
             optimizer.step()
