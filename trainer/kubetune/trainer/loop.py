@@ -30,7 +30,6 @@ from .report import ProgressEvent, Reporter
 from .runtime import make_accelerator
 from .tiny import ensure_model
 
-
 DIVERGENCE_FACTOR = 5.0
 DIVERGENCE_STEPS = 5
 """The loss counts as diverged when it stays above DIVERGENCE_FACTOR x the first step's for DIVERGENCE_STEPS steps."""
