@@ -122,23 +122,16 @@ def order(n: int, seed: int | None) -> list[int]:
     return indices
 
 
-def chunks(rows: list[Tokenized], batch_size: int, seed: int | None) -> Iterator[list[Tokenized]]:
-    """``batch_size`` rows at a time, in a seeded shuffled order."""
-    indices = order(len(rows), seed)
-    for start in range(0, len(indices), batch_size):
-        yield [rows[i] for i in indices[start : start + batch_size]]
-
-
 def batches(
     rows: list[Tokenized], batch_size: int, pad_id: int, seed: int | None, classification: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Padded batches in a seeded shuffled order (seed None: in order)."""
-    for chunk in chunks(rows, batch_size, seed):
+    for chunk in shard_chunks(rows, batch_size, seed):
         yield collate(chunk, pad_id, classification)
 
 
 def shard_chunks(
-    rows: list[Tokenized], batch_size: int, seed: int, rank: int = 0, world: int = 1
+    rows: list[Tokenized], batch_size: int, seed: int | None, rank: int = 0, world: int = 1
 ) -> list[list[Tokenized]]:
     """This rank's micro-batches of an epoch: the seeded order cut into global batches of ``batch_size * world``
     rows, each rank taking its slice. Every rank gets the same number of micro-batches (a trailing global batch

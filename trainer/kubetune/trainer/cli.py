@@ -28,6 +28,7 @@ from kubetune.api import FineTuneJob, describe, parse_job
 
 from . import outputs
 from .errors import EXIT_CONFIG, EXIT_DIVERGED, EXIT_PREEMPTED, ConfigError, DivergedError, PreemptedError
+from .evaluate import HEADLINE
 from .local import Volumes, upload
 from .report import ProgressEvent, Reporter
 from .runtime import torchrun_command
@@ -168,8 +169,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1")
-    return {k: round(v, 6) for k, v in metrics.get("test", {}).items() if k in keys}
+    return {k: round(v, 6) for k, v in metrics.get("test", {}).items() if k in HEADLINE}
 
 
 def _progress_bar(name: str) -> Any:
@@ -191,7 +191,7 @@ def _progress_bar(name: str) -> Any:
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     print(f"done: {metrics['steps']} steps in {metrics['seconds']}s; outputs in {out}/")
     test, base = metrics["test"], metrics["baseline"]
-    for key in ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1"):
+    for key in HEADLINE:
         if key in test:
             against = f" (base model {base[key]:.4f})" if key in base else ""
             print(f"  test {key}: {test[key]:.4f}{against}")

@@ -176,5 +176,4 @@ def drop_unknown_labels(
                 kept[name].append(example)
             else:
                 report.drop("unknownLabel", example.source, example.row)
-    report.split_sizes = {name: len(rows) for name, rows in kept.items()}
     return kept

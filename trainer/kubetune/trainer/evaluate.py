@@ -15,6 +15,8 @@ from .batches import IGNORE, Tokenized, batches
 from .formats import Example
 
 _WORD = re.compile(r"\w+")
+HEADLINE = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1")
+"""The test metrics shown in summaries and the model card, in this order (those a task has)."""
 
 
 def _sum(values: list[float], accelerator: Any) -> list[float]:

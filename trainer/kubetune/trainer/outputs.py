@@ -16,6 +16,8 @@ from typing import Any
 from kubetune.api import MethodType
 from kubetune.api.spec import MUTABLE_FIELDS, FineTuneJob, FineTuneJobSpec
 
+from .evaluate import HEADLINE
+
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "safetensors", "pydantic")
 COMPLETE = "manifest.json"
 """Written last: a directory with a manifest holds a finished run."""
@@ -63,9 +65,8 @@ def write_manifest(out: Path, job: FineTuneJob, data_sha256: dict[str, str], wor
     return manifest
 
 
-def _row(name: str, metrics: dict[str, Any], key: str) -> str:
-    value = metrics.get(key)
-    return f"| {name} | {value:.4f} |" if isinstance(value, float) else f"| {name} | n/a |"
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
 
 def model_card(out: Path, job: FineTuneJob, metrics: dict[str, Any], report: dict[str, Any]) -> None:
@@ -73,7 +74,6 @@ def model_card(out: Path, job: FineTuneJob, metrics: dict[str, Any], report: dic
     spec = job.spec
     base = spec.model.cached or spec.model.uri or (spec.model.pvc.path if spec.model.pvc else "")
     test, baseline = metrics.get("test", {}), metrics.get("baseline", {})
-    keys = [k for k in ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1") if k in test]
     lines = [
         f"# {job.name}",
         "",
@@ -96,9 +96,7 @@ def model_card(out: Path, job: FineTuneJob, metrics: dict[str, Any], report: dic
         "| metric | fine-tuned | base model |",
         "|---|---|---|",
     ]
-    for key in keys:
-        tuned = _row(key, test, key)
-        lines.append(tuned + (f" {baseline[key]:.4f} |" if isinstance(baseline.get(key), float) else " n/a |"))
+    lines += [f"| {key} | {_cell(test[key])} | {_cell(baseline.get(key))} |" for key in HEADLINE if key in test]
     lines += ["", "## Use", ""]
     if spec.method.type == MethodType.FULL:
         lines.append("Load `model/` with `AutoModelForCausalLM.from_pretrained`.")
