@@ -13,6 +13,7 @@ Exit codes: 0 done, 78 bad spec or data (the message names the field or row), 3 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -134,7 +135,7 @@ def _main(args: argparse.Namespace) -> int:
         print(" ".join(command), file=sys.stderr, flush=True)
         os.execv(command[0], command)
     claims = {k: Path(v) for k, v in (item.split("=", 1) for item in args.volume)}
-    volumes = Volumes(claims=claims, config_maps=config_maps) if args.command == "run" or claims else Volumes.in_pod()
+    volumes = Volumes(claims=claims) if args.command == "run" or claims else Volumes.in_pod()
     volumes.config_maps = config_maps
     out = output_dir(job, args, volumes)
     if outputs.finished(out, job.spec):
@@ -145,7 +146,12 @@ def _main(args: argparse.Namespace) -> int:
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     rank0 = os.environ.get("RANK", "0") == "0"
-    reporter = Reporter(enabled=rank0, callback=_progress_bar(job.name) if args.command == "run" else None)
+    bar = None
+    if args.command == "run":
+        from tqdm import tqdm
+
+        bar = tqdm(desc=job.name, unit="step", dynamic_ncols=True)
+    reporter = Reporter(enabled=rank0, callback=functools.partial(_show, bar) if bar is not None else None)
     if rank0 and args.metrics_port:
         reporter.serve(args.metrics_port)
     from .loop import train
@@ -156,8 +162,8 @@ def _main(args: argparse.Namespace) -> int:
         reporter.finish({"phase": "Failed", "reason": type(error).__name__, "message": str(error)[:1000]})
         raise
     finally:
-        if reporter.callback is not None:
-            reporter.callback(None)  # type: ignore[arg-type]
+        if bar is not None:
+            bar.close()
         reporter.close()
     if rank0 and job.spec.output is not None and job.spec.output.uri is not None:
         upload(out, job.spec.output.uri)
@@ -172,20 +178,11 @@ def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 6) for k, v in metrics.get("test", {}).items() if k in HEADLINE}
 
 
-def _progress_bar(name: str) -> Any:
-    from tqdm import tqdm
-
-    bar = tqdm(desc=name, unit="step", dynamic_ncols=True)
-
-    def show(event: ProgressEvent | None) -> None:
-        if event is None:
-            bar.close()
-            return
-        bar.total = event.total_steps
-        bar.set_postfix(loss=f"{event.loss:.3f}", lr=f"{event.learning_rate:.2e}")
-        bar.update(event.step - bar.n)
-
-    return show
+def _show(bar: Any, event: ProgressEvent) -> None:
+    """Moves the local run's progress bar to ``event``."""
+    bar.total = event.total_steps
+    bar.set_postfix(loss=f"{event.loss:.3f}", lr=f"{event.learning_rate:.2e}")
+    bar.update(event.step - bar.n)
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api import DataFormat
@@ -35,11 +35,11 @@ class Example:
     label: str | None = None
     eos: bool = True
     """Append the end-of-sequence token (chat templates write their own)."""
-    key: str = field(default="", compare=False)
 
-    def __post_init__(self) -> None:
-        if not self.key:
-            self.key = "\x00".join(text for text, _ in self.parts).lower() + "\x00" + (self.label or "")
+    @property
+    def key(self) -> str:
+        """What deduplication and the overlap check compare: the lower-cased text and the label."""
+        return "\x00".join(text for text, _ in self.parts).lower() + "\x00" + (self.label or "")
 
     @classmethod
     def pair(cls, prompt: str, target: str, source: str = "", row: int = 0) -> Example:

@@ -68,29 +68,32 @@ def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report
     return Data(rows, examples, labels)
 
 
+def scores(
+    spec: FineTuneJobSpec, model: Any, tokenizer: Any, rows: list[Tokenized], data: Data, accelerator: Any
+) -> dict[str, Any]:
+    """Classification metrics of ``rows``, or their loss (CausalLM); what validation watches."""
+    batch, pad = spec.training.per_device_batch_size, tokenizer.pad_token_id
+    if data.labels is not None:
+        return evaluate.classification(model, rows, batch, pad, data.labels, accelerator)
+    return {"loss": evaluate.causal_loss(model, rows, batch, pad, accelerator)}
+
+
 def test_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
     """Test-split metrics: loss and perplexity plus exact match and ROUGE-L, or classification metrics."""
     limit = spec.evaluation.max_samples
     rows, examples = data.rows["test"][:limit], data.examples["test"][:limit]
-    batch, pad = spec.training.per_device_batch_size, tokenizer.pad_token_id
     if not rows:
         return {}
+    metrics = scores(spec, model, tokenizer, rows, data, accelerator)
     if data.labels is not None:
-        return evaluate.classification(model, rows, batch, pad, data.labels, accelerator)
-    metrics: dict[str, Any] = evaluate.loss_metrics(evaluate.causal_loss(model, rows, batch, pad, accelerator))
+        return metrics
+    metrics = evaluate.loss_metrics(metrics["loss"])
     if accelerator.is_main_process:
         metrics.update(
             evaluate.generation(accelerator.unwrap_model(model), tokenizer, examples, spec.evaluation.max_new_tokens)
         )
     accelerator.wait_for_everyone()
     return metrics
-
-
-def validate(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
-    rows, batch, pad = data.rows["validation"], spec.training.per_device_batch_size, tokenizer.pad_token_id
-    if data.labels is not None:
-        return evaluate.classification(model, rows, batch, pad, data.labels, accelerator)
-    return {"loss": evaluate.causal_loss(model, rows, batch, pad, accelerator)}
 
 
 def micro_batch(chunk: list[Tokenized], spec: FineTuneJobSpec, pad: int, device: Any) -> dict[str, Any]:
@@ -150,7 +153,7 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
     if resumed is not None:
         state = checkpoint.load(resumed, model, optimizer, scheduler, accelerator)
         baseline = json.loads((out / "baseline.json").read_text()) if (out / "baseline.json").exists() else {}
-        reporter.metrics.restarts.set(state.step)
+        reporter.metrics.resumed_from_step.set(state.step)
         reporter.phase("Training", resumedFromStep=state.step)
     elif spec.evaluation.enabled and spec.evaluation.baseline:
         reporter.phase("EvaluatingBaseModel")
@@ -213,7 +216,7 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
 
             event_validation = None
             if data.rows["validation"] and state.step % validate_every == 0:
-                values = validate(spec, model, tokenizer, data, accelerator)
+                values = scores(spec, model, tokenizer, data.rows["validation"], data, accelerator)
                 value = float(values[metric_key])
                 state.validation_history.append({"step": state.step, **{k: values[k] for k in ("loss", metric_key)}})
                 event_validation = values["loss"]

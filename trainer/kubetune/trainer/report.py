@@ -73,7 +73,9 @@ class TrainerMetrics:
         self.eval_loss = gauge("eval_loss", "Latest evaluation loss by split.", ("split",))
         self.tokens = Counter("kubetune_trainer_tokens", "Tokens trained on.", registry=self.registry)
         self.checkpoints = Counter("kubetune_trainer_checkpoints", "Checkpoints written.", registry=self.registry)
-        self.restarts = gauge("resumed_from_step", "Step of the checkpoint this process resumed from (0: none).")
+        self.resumed_from_step = gauge(
+            "resumed_from_step", "Step of the checkpoint this process resumed from (0: none)."
+        )
 
 
 class Reporter:
