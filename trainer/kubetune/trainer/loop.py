@@ -115,7 +115,6 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     reporter = reporter or Reporter(enabled=main)
     reporter.enabled = main
-    set_seed(hp.seed)
     out.mkdir(parents=True, exist_ok=True)
 
     # Data, and the plan: how many optimizer steps.
@@ -137,7 +136,8 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
     total_steps = min(hp.max_steps or 10**12, steps_per_epoch * hp.epochs)
     warmup = hp.warmup_steps if hp.warmup_steps is not None else round(total_steps * (hp.warmup_ratio or 0.03))
 
-    # Model, optimizer, schedule.
+    # Model, optimizer, schedule. Seeded here, so nothing before (a model built into the cache) shifts the RNG.
+    set_seed(hp.seed)
     model = load(model_path, spec, tokenizer, data.labels)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)

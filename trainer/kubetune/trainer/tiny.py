@@ -45,7 +45,6 @@ def build_tiny_llama(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
         tokenizer_object=tokenizer, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|eos|>", unk_token="<|unk|>"
     )
     fast.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),
         hidden_size=64,
@@ -59,7 +58,9 @@ def build_tiny_llama(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
         eos_token_id=fast.eos_token_id,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # building must not move the caller's RNG: runs stay reproducible
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp)
     fast.save_pretrained(tmp)
