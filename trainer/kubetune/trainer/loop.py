@@ -169,7 +169,8 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
     checkpoint_every = spec.checkpointing.every_steps or steps_per_epoch
     accumulation = hp.gradient_accumulation_steps
     fault_after = int(os.environ.get("KUBETUNE_FAULT_AFTER_STEP", "0"))
-    started, first_step, exploding = time.monotonic(), state.step, 0
+    # Throughput and ETA count only what this process did (a resumed run starts from a checkpoint's totals).
+    started, first_step, first_tokens, exploding = time.monotonic(), state.step, state.tokens_seen, 0
     model.train()
     first_epoch = hp.epochs if state.step >= total_steps or state.stopped_early else state.epoch
     for epoch in range(first_epoch, hp.epochs):
@@ -241,7 +242,7 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
                     epoch=epoch,
                     loss=step_loss,
                     learning_rate=row["learningRate"],
-                    tokens_per_second=round(state.tokens_seen / max(elapsed, 1e-9), 1) if first_step == 0 else 0.0,
+                    tokens_per_second=round((state.tokens_seen - first_tokens) / max(elapsed, 1e-9), 1),
                     eta_seconds=round(elapsed / done_here * (total_steps - state.step), 1),
                     validation_loss=event_validation,
                 ),
