@@ -24,6 +24,9 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     NOT_FINISHED = "NotFinished"
+    DIVERGED = "Diverged"
+    MISSING_REFERENCE = "MissingReference"
+    NOT_SUSPENDED = "NotSuspended"
 
 
 MESSAGES: dict[Reason, str] = {
@@ -40,6 +43,9 @@ MESSAGES: dict[Reason, str] = {
     Reason.SUSPENDED: "The job is suspended; workers are stopped.",
     Reason.RESUMED: "The job was resumed.",
     Reason.NOT_FINISHED: "The job has not finished.",
+    Reason.DIVERGED: "Training diverged (the loss became NaN or stayed far above its start); retrying would too: {}",
+    Reason.MISSING_REFERENCE: "Waiting for objects the spec refers to: {}",
+    Reason.NOT_SUSPENDED: "The job is not suspended.",
 }
 
 

@@ -32,7 +32,7 @@ from .errors import EXIT_CONFIG, EXIT_DIVERGED, EXIT_PREEMPTED, ConfigError, Div
 from .evaluate import HEADLINE
 from .local import Volumes, upload
 from .report import ProgressEvent, Reporter
-from .runtime import torchrun_command
+from .runtime import record_exit_code, supervise, torchrun_command
 
 RUN_FILES: tuple[str, ...] = (
     "checkpoints",
@@ -112,6 +112,12 @@ def output_dir(job: FineTuneJob, args: argparse.Namespace, volumes: Volumes) -> 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.command != "run" else logging.WARNING, format="%(message)s")
+    code = _exit_code(args)
+    record_exit_code(code)
+    return code
+
+
+def _exit_code(args: argparse.Namespace) -> int:
     try:
         return _main(args)
     except ConfigError as error:
@@ -133,7 +139,7 @@ def _main(args: argparse.Namespace) -> int:
         worker_args += [f"--output={args.output}"] if args.output else []
         command = torchrun_command(worker_args)
         print(" ".join(command), file=sys.stderr, flush=True)
-        os.execv(command[0], command)
+        return supervise(command)
     claims = {k: Path(v) for k, v in (item.split("=", 1) for item in args.volume)}
     volumes = Volumes(claims=claims) if args.command == "run" or claims else Volumes.in_pod()
     volumes.config_maps = config_maps
@@ -153,7 +159,7 @@ def _main(args: argparse.Namespace) -> int:
         bar = tqdm(desc=job.name, unit="step", dynamic_ncols=True)
     reporter = Reporter(enabled=rank0, callback=functools.partial(_show, bar) if bar is not None else None)
     if rank0 and args.metrics_port:
-        reporter.serve(args.metrics_port)
+        reporter.serve(args.metrics_port, os.environ.get("KUBETUNE_METRICS_ADDRESS", ""))
     from .loop import train
 
     try:
@@ -168,14 +174,15 @@ def _main(args: argparse.Namespace) -> int:
     if rank0 and job.spec.output is not None and job.spec.output.uri is not None:
         upload(out, job.spec.output.uri)
     location = job.spec.output.uri if job.spec.output and job.spec.output.uri else str(out)
-    reporter.finish({"phase": "Succeeded", "output": location, "steps": metrics["steps"], "test": _brief(metrics)})
+    summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"]}
+    reporter.finish({**summary, "test": _brief(metrics["test"]), "baseline": _brief(metrics["baseline"])})
     if args.command == "run":
         _print_summary(metrics, out)
     return 0
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 6) for k, v in metrics.get("test", {}).items() if k in HEADLINE}
+    return {k: round(v, 6) for k, v in (metrics or {}).items() if k in HEADLINE}
 
 
 def _show(bar: Any, event: ProgressEvent) -> None:

@@ -1,20 +1,16 @@
-"""Trainer exit codes and the errors that map to them.
-
-The operator's Job uses a pod failure policy on these codes: 78 (configuration) and 3 (diverged) fail the
-FineTuneJob at once, since a retry would fail the same way; any other failure is retried from the last checkpoint.
-"""
+"""The errors that map to the trainer's exit codes (defined in ``kubetune.api.exitcodes``, which the operator's
+pod failure policy reads too)."""
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_DIVERGED = 3
-"""The loss became NaN or infinite: retrying with the same spec would diverge again."""
-EXIT_CONFIG = 78
-"""EX_CONFIG: the spec or the data is wrong; retrying cannot help."""
-EXIT_PREEMPTED = 143
-"""Stopped by SIGTERM after writing a checkpoint (suspend, preemption); the next run resumes."""
-NON_RETRYABLE = (EXIT_DIVERGED, EXIT_CONFIG)
+from kubetune.api.exitcodes import (  # noqa: F401 - re-exported for the trainer's modules
+    EXIT_CONFIG,
+    EXIT_DIVERGED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    NON_RETRYABLE,
+)
 
 
 class ConfigError(Exception):

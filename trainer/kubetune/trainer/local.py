@@ -39,13 +39,13 @@ class Volumes:
 
     @classmethod
     def in_pod(cls) -> Volumes:
-        """The mount layout the operator gives training pods."""
-        pvc_root = Path("/mnt/pvc")
+        """The mount layout the operator gives training pods (each root can be moved by its variable)."""
+        pvc_root = Path(os.environ.get("KUBETUNE_PVC_ROOT", "/mnt/pvc"))
         claims = {p.name: p for p in pvc_root.iterdir()} if pvc_root.is_dir() else {}
         return cls(
             claims=claims,
             model_cache=Path(os.environ.get("KUBETUNE_MODEL_CACHE", "/mnt/models")),
-            config_map_root=Path("/mnt/configmaps"),
+            config_map_root=Path(os.environ.get("KUBETUNE_CONFIGMAP_ROOT", "/mnt/configmaps")),
         )
 
     def pvc(self, location: PVCLocation) -> Path:

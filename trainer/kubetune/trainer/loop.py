@@ -245,13 +245,15 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
                     tokens_per_second=round((state.tokens_seen - first_tokens) / max(elapsed, 1e-9), 1),
                     eta_seconds=round(elapsed / done_here * (total_steps - state.step), 1),
                     validation_loss=event_validation,
+                    best_validation_metric=state.best_value,
+                    best_step=state.best_step if state.validation_history else None,
                 ),
                 tokens,
             )
             finishing = state.step >= total_steps or state.stopped_early
             if state.step % checkpoint_every == 0 or (bool(totals[2]) and not finishing):
                 checkpoint.save(out, state, model, optimizer, scheduler, accelerator, spec.checkpointing.keep)
-                reporter.metrics.checkpoints.inc()
+                reporter.checkpoint(state.step)
             if bool(totals[2]):
                 raise PreemptedError(f"stopped by SIGTERM at step {state.step}; the next run resumes from there")
             if fault_after and state.step == fault_after:

@@ -41,6 +41,8 @@ class ProgressEvent:
     eta_seconds: float
     validation_loss: float | None = None
     validation_metric: float | None = None
+    best_validation_metric: float | None = None
+    best_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         camel = {
@@ -50,6 +52,8 @@ class ProgressEvent:
             "eta_seconds": "etaSeconds",
             "validation_loss": "validationLoss",
             "validation_metric": "validationMetric",
+            "best_validation_metric": "bestValidationMetric",
+            "best_step": "bestStep",
         }
         return {camel.get(k, k): v for k, v in asdict(self).items() if v is not None}
 
@@ -89,8 +93,9 @@ class Reporter:
         self.server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
 
-    def serve(self, port: int) -> int:
-        """Start the /metrics and /progress server on ``port`` (0: pick one); returns the port."""
+    def serve(self, port: int, address: str = "") -> int:
+        """Start the /metrics and /progress server on ``address:port`` (port 0: pick one; address "": all
+        interfaces); returns the port."""
         reporter = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,7 +117,7 @@ class Reporter:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("", port), Handler)
+        self.server = ThreadingHTTPServer((address, port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return int(self.server.server_address[1])
 
@@ -143,6 +148,14 @@ class Reporter:
         log.info(json.dumps({"event": "progress", **event.to_dict()}))
         if self.callback is not None:
             self.callback(event)
+
+    def checkpoint(self, step: int) -> None:
+        """A checkpoint of ``step`` was written (``checkpointStep`` in /progress)."""
+        if not self.enabled:
+            return
+        self.metrics.checkpoints.inc()
+        with self._lock:
+            self.latest = {**self.latest, "checkpointStep": step, "checkpointTime": time.time()}
 
     def finish(self, summary: dict[str, Any], path: Path | None = None) -> None:
         """The final summary: logged, served, and written as the termination message (kept under 4 KiB)."""

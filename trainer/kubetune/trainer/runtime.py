@@ -10,13 +10,17 @@ pods run ``torchrun`` directly.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from kubetune.api import Distributed, Precision
 from kubetune.api.spec import FineTuneJobSpec
 
-from .errors import ConfigError
+from .errors import EXIT_PREEMPTED, NON_RETRYABLE, ConfigError
 
 
 def mixed_precision(precision: Precision, cuda: bool, bf16_ok: bool) -> str:
@@ -73,3 +77,35 @@ def _gpus(env: dict[str, str]) -> int:
         return int(torch.cuda.device_count())
     except ImportError:
         return 0
+
+
+EXIT_CODES_DIR = "KUBETUNE_EXIT_CODES_DIR"
+
+
+def record_exit_code(code: int) -> None:
+    """A worker leaves its exit code where ``supervise`` finds it (torchrun itself only ever exits 0 or 1)."""
+    directory = os.environ.get(EXIT_CODES_DIR)
+    if directory and code:
+        Path(directory, os.environ.get("RANK", "0")).write_text(str(code))
+
+
+def supervise(command: list[str]) -> int:
+    """Run torchrun and exit as the workers did: a non-retryable code of any local worker (78 bad spec or
+    data, 3 diverged) becomes the pod's exit code, so the Job's pod failure policy can act on it. SIGTERM and
+    SIGINT are passed on to torchrun, which passes them to the workers."""
+    with tempfile.TemporaryDirectory(prefix="kubetune-exit-") as directory:
+        child = subprocess.Popen(command, env={**os.environ, EXIT_CODES_DIR: directory})
+        forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        workers = [int(p.read_text()) for p in Path(directory).iterdir()]
+    for worker in sorted(workers):
+        if worker in NON_RETRYABLE:
+            return worker
+    if code != 0 and EXIT_PREEMPTED in workers:
+        return EXIT_PREEMPTED
+    return code if code >= 0 else 128 - code

@@ -1,0 +1,206 @@
+"""Pure builders: a FineTuneJob in, its children's manifests out (dicts ready for the API server).
+
+Children (deterministic names from ``naming``; the handler adds owner references with ``kopf.adopt``):
+
+- ``<job>-spec``     ConfigMap: the resolved FineTuneJob (defaults filled in) as ``job.json``, mounted read-only.
+- ``<job>-workers``  headless Service: gives worker 0 the stable name ``<job>-workers-0.<job>-workers`` for
+                     torchrun's rendezvous.
+- ``<job>-workers``  Indexed batch/v1 Job: completions = parallelism = workers; the completion index is the
+                     torchrun node rank; pod failure policy: exit 78 (bad spec or data) and 3 (diverged) fail the
+                     job at once, disruptions are not counted, anything else restarts from the last checkpoint up
+                     to ``spec.maxRestarts`` times.
+
+Training pods get no Kubernetes API token: the operator reads their progress from rank 0's ``/progress``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubetune.api.spec import API_VERSION, KIND, FineTuneJob
+from kubetune.api.exitcodes import NON_RETRYABLE
+
+from .naming import LABEL_COMPONENT, LABEL_JOB, child_name, labels
+from .settings import Settings
+
+SPEC_KEY = "job.json"
+SPEC_DIR = "/etc/kubetune"
+PVC_ROOT = "/mnt/pvc"
+CONFIGMAP_ROOT = "/mnt/configmaps"
+MODEL_CACHE = "/mnt/models"
+TERMINATION_LOG = "/dev/termination-log"
+CONTAINER = "trainer"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU = "nvidia.com/gpu"
+
+
+def spec_name(job: FineTuneJob) -> str:
+    return child_name(job.name, "spec")
+
+
+def workers_name(job: FineTuneJob) -> str:
+    """Name of both the headless Service and the Indexed Job (pods are ``<this>-<index>-<random>``)."""
+    return child_name(job.name, "workers")
+
+
+def master_address(job: FineTuneJob) -> str:
+    """Worker 0's DNS name: Indexed Job pods get hostname ``<job>-<index>`` under the Service's subdomain."""
+    return f"{workers_name(job)}-0.{workers_name(job)}"
+
+
+def resolved(job: FineTuneJob) -> dict[str, Any]:
+    """The FineTuneJob as the trainer reads it: name and namespace, and the spec with every default filled in."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": job.name, "namespace": job.namespace},
+        "spec": job.spec.to_wire(),
+    }
+
+
+def spec_config_map(job: FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": spec_name(job), "namespace": job.namespace, "labels": labels(job.name, "spec")},
+        "data": {SPEC_KEY: json.dumps(resolved(job), indent=2, sort_keys=True)},
+    }
+
+
+def service(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": workers_name(job), "namespace": job.namespace, "labels": labels(job.name, "workers")},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # rendezvous happens before any readiness
+            "selector": {LABEL_JOB: job.name, LABEL_COMPONENT: "worker"},
+            "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
+        },
+    }
+
+
+def _volumes(job: FineTuneJob, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): the spec, each claim once, the model cache, ConfigMap datasets, /dev/shm."""
+    spec = job.spec
+    volumes: list[dict[str, Any]] = [{"name": "spec", "configMap": {"name": spec_name(job)}}]
+    mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}]
+    writable = {spec.output.pvc.claim_name} if spec.output is not None and spec.output.pvc is not None else set()
+    claims = [spec.model.pvc.claim_name] if spec.model.pvc is not None else []
+    claims += [d.pvc.claim_name for d in spec.data.datasets if d.pvc is not None]
+    claims += sorted(writable)
+    for i, claim in enumerate(dict.fromkeys(claims)):
+        read_only = claim not in writable
+        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
+    if spec.model.cached is not None:
+        cache = {"claimName": settings.model_cache_claim, "readOnly": True}
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": cache})
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE, "readOnly": True})
+    names = dict.fromkeys(d.config_map.name for d in spec.data.datasets if d.config_map is not None)
+    for i, name in enumerate(names):
+        volumes.append({"name": f"configmap-{i}", "configMap": {"name": name}})
+        mounts.append({"name": f"configmap-{i}", "mountPath": f"{CONFIGMAP_ROOT}/{name}", "readOnly": True})
+    volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})  # NCCL and DataLoader workers need shm
+    mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    volumes.append({"name": "scratch", "emptyDir": {}})
+    mounts.append({"name": "scratch", "mountPath": "/scratch"})
+    return volumes, mounts
+
+
+def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
+    r = job.spec.resources
+    plain = {
+        "NNODES": str(r.workers),
+        "NPROC_PER_NODE": str(max(r.gpus_per_worker, 1)),
+        "MASTER_ADDR": master_address(job),
+        "MASTER_PORT": str(settings.master_port),
+        "KUBETUNE_METRICS_PORT": str(settings.trainer_metrics_port),
+        "KUBETUNE_TERMINATION_LOG": TERMINATION_LOG,
+        "KUBETUNE_PVC_ROOT": PVC_ROOT,
+        "KUBETUNE_CONFIGMAP_ROOT": CONFIGMAP_ROOT,
+        "KUBETUNE_MODEL_CACHE": MODEL_CACHE,
+        "TMPDIR": "/scratch",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1" if r.gpus_per_worker else str(r.cpu),
+    }
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
+    # Node rank: the Job controller also injects JOB_COMPLETION_INDEX; NODE_RANK makes the contract explicit.
+    index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}})
+    env.append({"name": "KUBETUNE_METRICS_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    return env
+
+
+def worker_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
+    spec, r = job.spec, job.spec.resources
+    volumes, mounts = _volumes(job, settings)
+    quantities: dict[str, Any] = {"cpu": str(r.cpu), "memory": str(r.memory)}
+    if r.gpus_per_worker:
+        quantities[GPU] = str(r.gpus_per_worker)
+    container = {
+        "name": CONTAINER,
+        "image": r.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "kubetune.trainer"],
+        "args": ["launch", f"{SPEC_DIR}/{SPEC_KEY}"],
+        "env": _env(job, settings),
+        "ports": [
+            {"name": "rendezvous", "containerPort": settings.master_port},
+            {"name": "metrics", "containerPort": settings.trainer_metrics_port},
+        ],
+        "resources": {"requests": quantities, "limits": quantities},
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # a crash without a summary shows its last log lines
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the Job restarts failed workers (podFailurePolicy requires Never)
+        "subdomain": workers_name(job),
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 120,  # SIGTERM: the step finishes and a checkpoint is written
+        "containers": [container],
+        "volumes": volumes,
+    }
+    optional = {
+        "serviceAccountName": r.service_account_name,
+        "nodeSelector": r.node_selector,
+        "priorityClassName": r.priority_class_name,
+        "tolerations": [t.to_wire() for t in r.tolerations] if r.tolerations else None,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v})
+    job_labels = labels(job.name, "workers")
+    if r.queue:
+        job_labels[QUEUE_LABEL] = r.queue
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": r.workers,
+        "parallelism": r.workers,
+        "backoffLimit": spec.max_restarts * r.workers,  # one failure usually takes every worker's pod down
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": sorted(NON_RETRYABLE)},
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },  # fmt: skip
+        "suspend": spec.suspend,
+        "template": {"metadata": {"labels": labels(job.name, "worker")}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": workers_name(job), "namespace": job.namespace, "labels": job_labels},
+        "spec": job_spec,
+    }
+
+
+def children(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
+    """Every child, in creation order (the Job last: its pods mount the ConfigMap and need the Service)."""
+    return [spec_config_map(job), service(job, settings), worker_job(job, settings)]

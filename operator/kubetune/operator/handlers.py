@@ -1,0 +1,164 @@
+"""kopf handlers: thin glue between FineTuneJob events and the pure builders and status functions.
+
+Run: ``kopf run -m kubetune.operator.handlers --all-namespaces`` (the image's entrypoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kubetune.api.enums import ConditionStatus, ConditionType, Phase
+from kubetune.api.errors import describe
+from kubetune.api.reasons import Reason, message
+from kubetune.api.spec import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobSpec
+from kubetune.api.status import FineTuneJobStatus
+
+from . import builders, kube, metrics, status, validation
+from .naming import LABEL_COMPONENT, LABEL_JOB
+from .settings import Settings
+
+SETTINGS = Settings.from_env()
+RESOURCE = (GROUP, VERSION, PLURAL)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.peering.name = SETTINGS.peering
+    settings.peering.mandatory = True  # the chart installs kopf's peering CRDs: replicas never both act
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING  # our own Events mark transitions; no "handler succeeded" noise
+    metrics.serve(SETTINGS.metrics_port)
+
+
+@kopf.on.create(*RESOURCE)
+@kopf.on.resume(*RESOURCE)
+def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, **_: Any) -> None:
+    """Validate, then create the spec ConfigMap, the headless Service and the worker Job (idempotently)."""
+    with metrics.timed("create"):
+        job, namespace = _parse(body, patch), namespace or "default"
+        missing = validation.missing_references(
+            job.spec, SETTINGS.model_cache_claim, kube.claim_names(namespace),
+            kube.config_map_keys(namespace, {name for _, name, _ in validation.config_maps(job.spec)}),
+        )  # fmt: skip
+        if missing:
+            _accepted(job, patch, False, Reason.MISSING_REFERENCE, "; ".join(missing))
+            raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, "; ".join(missing)), delay=15)
+        for child in builders.children(job, SETTINGS):
+            kopf.adopt(child, owner=body)
+            kube.create(child)
+        _accepted(job, patch, True, Reason.SPEC_VALID, message(Reason.SPEC_VALID))
+
+
+@kopf.on.field(*RESOURCE, field="spec.suspend")
+def suspend_changed(body: kopf.Body, new: Any, namespace: str | None, **_: Any) -> None:
+    """spec.suspend is mirrored to the worker Job; the Job controller stops or restarts the pods."""
+    with metrics.timed("suspend"):
+        namespace = namespace or "default"
+        worker_job = builders.workers_name(_job(body))
+        if kube.worker_job(namespace, worker_job) is not None:  # created suspended otherwise
+            kube.set_suspend(namespace, worker_job, bool(new))
+
+
+@kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1)
+def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, **_: Any) -> None:
+    """Recompute the status from the worker Job, its pods and rank 0's progress; patch it when it changed."""
+    with metrics.timed("status"):
+        job, now, namespace = _job(body), datetime.now(UTC), namespace or "default"
+        if not _is_accepted(job.status) or status.finished(job.status):
+            if status.expired(job.status, job.spec.ttl_seconds_after_finished, now):
+                kube.delete_finetunejob(namespace, name)
+            metrics.observe(namespace, name, job.status or FineTuneJobStatus())
+            return
+        workers = builders.workers_name(job)
+        pods = kube.pods(namespace, f"{LABEL_JOB}={job.name},{LABEL_COMPONENT}=worker")
+        report = _rank0_progress(pods)
+        new, transitions = status.compute(job, kube.worker_job(namespace, workers), pods, report, now)
+        for t in transitions:
+            kopf.event(body, type=t.event_type, reason=t.reason, message=t.message)
+        if new != job.status:
+            patch.status.update(new.model_dump(mode="json", by_alias=True))
+        metrics.observe(namespace, name, new)
+
+
+@kopf.on.event(*RESOURCE)
+def forget_deleted(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        metrics.forget(namespace or "default", name)
+
+
+def _job(body: kopf.Body) -> FineTuneJob:
+    """The FineTuneJob of an accepted body; a status that does not parse is treated as empty."""
+    raw = json.loads(json.dumps(dict(body)))
+    raw_status = raw.pop("status", None)
+    job = FineTuneJob.model_validate({**raw, "spec": FineTuneJobSpec.model_validate_json(json.dumps(raw["spec"]))})
+    try:
+        job.status = FineTuneJobStatus.model_validate_json(json.dumps(raw_status)) if raw_status else None
+    except ValidationError:
+        job.status = None
+    return job
+
+
+def _parse(body: kopf.Body, patch: kopf.Patch) -> FineTuneJob:
+    """The validated job; an invalid one gets Accepted=False (InvalidSpec) and a PermanentError (no retries)."""
+    try:
+        job = _job(body)
+    except ValidationError as error:
+        text = describe(error, prefix="spec")
+        _invalid(body, patch, text)
+        raise kopf.PermanentError(message(Reason.INVALID_SPEC, text)) from error
+    problems = validation.problems(job.spec)
+    if problems:
+        _invalid(body, patch, "; ".join(problems))
+        raise kopf.PermanentError(message(Reason.INVALID_SPEC, "; ".join(problems)))
+    return job
+
+
+def _invalid(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
+    now, generation = datetime.now(UTC), body.get("metadata", {}).get("generation")
+    conditions: list[Any] = []
+    status.set_condition(
+        conditions, ConditionType.ACCEPTED, ConditionStatus.FALSE, Reason.INVALID_SPEC,
+        message(Reason.INVALID_SPEC, text), generation, now,
+    )  # fmt: skip
+    patch.status["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
+    patch.status["phase"] = Phase.FAILED.value
+    patch.status["observedGeneration"] = generation
+    kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
+
+
+def _accepted(job: FineTuneJob, patch: kopf.Patch, ok: bool, reason: Reason, text: str) -> None:
+    current = job.status or FineTuneJobStatus()
+    conditions = list(current.conditions)
+    state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+    generation = job.metadata.get("generation")
+    status.set_condition(conditions, ConditionType.ACCEPTED, state, reason, text, generation, datetime.now(UTC))
+    patch.status["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
+    patch.status["phase"] = (current.phase or Phase.PENDING).value
+    patch.status["observedGeneration"] = generation
+    patch.status["outputLocation"] = status.output_location(job)
+
+
+def _is_accepted(current: FineTuneJobStatus | None) -> bool:
+    return current is not None and any(
+        c.type == ConditionType.ACCEPTED and c.status == ConditionStatus.TRUE for c in current.conditions
+    )
+
+
+def _rank0_progress(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for pod in pods:
+        annotations = pod["metadata"].get("annotations") or {}
+        ip = (pod.get("status") or {}).get("podIP")
+        if (
+            annotations.get("batch.kubernetes.io/job-completion-index") == "0"
+            and ip
+            and pod["status"].get("phase") == "Running"
+        ):
+            return kube.progress(ip, SETTINGS.trainer_metrics_port, SETTINGS.progress_timeout_seconds)
+    return None

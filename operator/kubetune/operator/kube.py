@@ -1,0 +1,113 @@
+"""Kubernetes client calls and their error mapping: "already exists" on create is success, "not found" on
+read is None, anything else (429, 5xx) propagates to kopf's retry with backoff.
+
+Objects go in and come out as plain dicts with the API's camelCase keys, like the manifests ``builders`` makes.
+Rank 0's ``/progress`` is read over HTTP from the pod's IP: training pods need no API permissions at all.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from functools import cache
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api.spec import GROUP, PLURAL, VERSION
+
+
+@cache
+def _client() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+def _dict(obj: Any) -> dict[str, Any]:
+    return _client().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _core() -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(_client())
+
+
+def _batch() -> kubernetes.client.BatchV1Api:
+    return kubernetes.client.BatchV1Api(_client())
+
+
+def create(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create a child; (the object, created?). An existing child of the same name is returned as is."""
+    kind, ns, name = body["kind"], body["metadata"]["namespace"], body["metadata"]["name"]
+    create_fn, read_fn = {
+        "ConfigMap": (_core().create_namespaced_config_map, _core().read_namespaced_config_map),
+        "Service": (_core().create_namespaced_service, _core().read_namespaced_service),
+        "Job": (_batch().create_namespaced_job, _batch().read_namespaced_job),
+    }[kind]
+    try:
+        return _dict(create_fn(ns, body)), True  # type: ignore[operator]
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    return _dict(read_fn(name, ns)), False
+
+
+def worker_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return _dict(_batch().read_namespaced_job(name, namespace))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    return [_dict(p) for p in _core().list_namespaced_pod(namespace, label_selector=selector).items]
+
+
+def set_suspend(namespace: str, name: str, suspend: bool) -> None:
+    _batch().patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+
+
+def claim_names(namespace: str) -> set[str]:
+    claims = _core().list_namespaced_persistent_volume_claim(namespace).items
+    return {str(c.metadata.name) for c in claims if c.metadata is not None}
+
+
+def config_map_keys(namespace: str, names: set[str]) -> dict[str, set[str]]:
+    """Keys of each named ConfigMap that exists (data and binaryData)."""
+    found: dict[str, set[str]] = {}
+    for name in names:
+        try:
+            cm = _core().read_namespaced_config_map(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                continue
+            raise
+        found[name] = set(cm.data or {}) | set(cm.binary_data or {})
+    return found
+
+
+def delete_finetunejob(namespace: str, name: str) -> None:
+    """Delete a FineTuneJob (its children go with it through their owner references)."""
+    try:
+        kubernetes.client.CustomObjectsApi(_client()).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def progress(pod_ip: str, port: int, timeout: float) -> dict[str, Any] | None:
+    """Rank 0's /progress document, or None when it cannot be read (not started, finished, network)."""
+    try:
+        with urllib.request.urlopen(f"http://{pod_ip}:{port}/progress", timeout=timeout) as response:
+            document = json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return document if isinstance(document, dict) else None

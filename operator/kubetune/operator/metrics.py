@@ -1,0 +1,113 @@
+"""The operator's Prometheus metrics (``kubetune_*``, base units, bounded labels).
+
+Per-job series are labelled by namespace and FineTuneJob name (bounded by the jobs that exist: a deleted job's
+series are removed) and, for evaluation, by a metric name from a fixed list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from kubetune.api.enums import Phase
+from kubetune.api.status import FineTuneJobStatus
+
+EVAL_METRICS = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1")
+"""Evaluation metrics exported (the trainer's headline test metrics)."""
+
+registry = CollectorRegistry()
+JOB = ("namespace", "finetunejob")
+
+jobs = Gauge("kubetune_finetunejobs", "FineTuneJobs by phase.", ("phase",), registry=registry)
+progress_ratio = Gauge("kubetune_finetunejob_progress_ratio", "Training steps done / planned (0-1).", JOB,
+                       registry=registry)  # fmt: skip
+train_loss = Gauge("kubetune_finetunejob_train_loss", "Training loss of the latest step.", JOB, registry=registry)
+validation_loss = Gauge(
+    "kubetune_finetunejob_validation_loss", "Loss on the validation split, latest validation.", JOB, registry=registry
+)
+tokens_per_second = Gauge(
+    "kubetune_finetunejob_tokens_per_second", "Training throughput over all workers.", JOB, registry=registry
+)
+restarts = Gauge("kubetune_finetunejob_restarts", "Times the workers were restarted after a failure.", JOB,
+                 registry=registry)  # fmt: skip
+evaluation = Gauge(
+    "kubetune_finetunejob_eval_metric",
+    "Test-set metric of the tuned model (model=tuned) or the base model (model=base).",
+    (*JOB, "metric", "model"),
+    registry=registry,
+)
+reconcile_seconds = Histogram(
+    "kubetune_reconcile_duration_seconds", "Time spent in one handler call.", ("handler",), registry=registry,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)  # fmt: skip
+errors = Counter("kubetune_reconcile_errors_total", "Handler calls that raised.", ("handler",), registry=registry)
+
+_phases: dict[tuple[str, str], str] = {}
+_PER_JOB = (progress_ratio, train_loss, validation_loss, tokens_per_second, restarts)
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port, registry=registry)
+
+
+@contextmanager
+def timed(handler: str) -> Iterator[None]:
+    """Observe a handler call's duration; count it as an error when it raises."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        errors.labels(handler=handler).inc()
+        raise
+    finally:
+        reconcile_seconds.labels(handler=handler).observe(time.perf_counter() - started)
+
+
+def _refresh_phases() -> None:
+    for phase in Phase:
+        jobs.labels(phase=phase.value).set(sum(1 for p in _phases.values() if p == phase.value))
+
+
+def observe(namespace: str, name: str, status: FineTuneJobStatus) -> None:
+    """Export one job's status."""
+    key = (namespace, name)
+    _phases[key] = status.phase.value if status.phase else Phase.PENDING.value
+    _refresh_phases()
+    if status.progress is not None and status.progress.total_steps:
+        progress_ratio.labels(*key).set(min(status.progress.step / status.progress.total_steps, 1.0))
+    m = status.metrics
+    for gauge, value in (
+        (train_loss, m.loss if m else None),
+        (validation_loss, m.validation_loss if m else None),
+        (tokens_per_second, m.tokens_per_second if m else None),
+        (restarts, status.restarts),
+    ):
+        if value is not None:
+            gauge.labels(*key).set(value)
+    if status.evaluation is not None:
+        for model, values in (("tuned", status.evaluation.test), ("base", status.evaluation.baseline)):
+            for metric, value in values.items():
+                if metric in EVAL_METRICS:
+                    evaluation.labels(*key, metric, model).set(value)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Remove a deleted job's series."""
+    key = (namespace, name)
+    _phases.pop(key, None)
+    _refresh_phases()
+    for gauge in _PER_JOB:
+        try:
+            gauge.remove(*key)
+        except KeyError:
+            pass
+    for metric in EVAL_METRICS:
+        for model in ("tuned", "base"):
+            try:
+                evaluation.remove(*key, metric, model)
+            except KeyError:
+                pass

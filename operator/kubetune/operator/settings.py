@@ -1,0 +1,50 @@
+"""Operator settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return int(value) if value else default
+    except ValueError as error:
+        raise ValueError(f"${name} must be an integer, got {value!r}") from error
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator can be configured with."""
+
+    trainer_image: str = "ghcr.io/kubetune/trainer:latest"
+    """Image of the training pods when spec.resources.image is unset."""
+    image_pull_policy: str = "IfNotPresent"
+    model_cache_claim: str = "kubetune-models"
+    """PersistentVolumeClaim mounted read-only at /mnt/models in every training pod (spec.model.cached)."""
+    trainer_metrics_port: int = 9400
+    """Port of the trainer's /progress and /metrics endpoints on rank 0."""
+    master_port: int = 29500
+    """torchrun rendezvous port on worker 0."""
+    status_interval_seconds: int = 5
+    """How often a running job's status is recomputed; it is patched only when it changed."""
+    progress_timeout_seconds: float = 2.0
+    metrics_port: int = 8080
+    """The operator's own Prometheus endpoint (0 turns it off)."""
+    peering: str = "kubetune"
+    """kopf peering name: of several replicas with the same name only one is active."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        d = cls()
+        return cls(
+            trainer_image=os.environ.get("KUBETUNE_TRAINER_IMAGE", d.trainer_image),
+            image_pull_policy=os.environ.get("KUBETUNE_IMAGE_PULL_POLICY", d.image_pull_policy),
+            model_cache_claim=os.environ.get("KUBETUNE_MODEL_CACHE_CLAIM", d.model_cache_claim),
+            trainer_metrics_port=_int("KUBETUNE_TRAINER_METRICS_PORT", d.trainer_metrics_port),
+            master_port=_int("KUBETUNE_MASTER_PORT", d.master_port),
+            status_interval_seconds=_int("KUBETUNE_STATUS_INTERVAL_SECONDS", d.status_interval_seconds),
+            metrics_port=_int("KUBETUNE_METRICS_PORT", d.metrics_port),
+            peering=os.environ.get("KUBETUNE_PEERING", d.peering),
+        )

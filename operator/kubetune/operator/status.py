@@ -1,0 +1,291 @@
+"""Pure status computation: what exists now (the worker Job, its pods, rank 0's progress) and ``now`` in,
+the FineTuneJob's status out, with the condition transitions a handler turns into Events.
+
+Nothing here remembers events: the status is recomputed from the children each time, keeping only what the
+children cannot tell again (the last progress of a suspended job, transition times, the start time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubetune.api.enums import ConditionStatus, ConditionType, Phase
+from kubetune.api.exitcodes import EXIT_CONFIG, EXIT_DIVERGED
+from kubetune.api.reasons import Reason, message
+from kubetune.api.spec import FineTuneJob
+from kubetune.api.status import (
+    CheckpointStatus,
+    Condition,
+    EvaluationResults,
+    FineTuneJobStatus,
+    LatestMetrics,
+    Progress,
+    WorkerCounts,
+)
+
+from .builders import CONTAINER
+
+MESSAGE_LIMIT = 2000
+"""Characters of a worker's termination message (its summary or last log lines) kept in a condition message."""
+WARNING_REASONS = {
+    Reason.INVALID_SPEC, Reason.WORKER_FAILED, Reason.RESTARTS_EXHAUSTED, Reason.CONFIGURATION_ERROR,
+    Reason.DEADLINE_EXCEEDED, Reason.DIVERGED, Reason.MISSING_REFERENCE,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition that changed status or reason: one Kubernetes Event."""
+
+    type: str
+    reason: str
+    message: str
+
+    @property
+    def event_type(self) -> str:
+        return "Warning" if self.reason in WARNING_REASONS else "Normal"
+
+
+def set_condition(
+    conditions: list[Condition],
+    kind: ConditionType,
+    status: ConditionStatus,
+    reason: Reason,
+    text: str,
+    generation: int | None,
+    now: datetime,
+) -> bool:
+    """Set one condition in place; lastTransitionTime moves only when status changes. True when status or
+    reason changed (worth an Event)."""
+    for i, old in enumerate(conditions):
+        if old.type == kind:
+            changed = old.status != status or old.reason != reason
+            moved = old.last_transition_time if old.status == status else now
+            conditions[i] = Condition(
+                type=kind, status=status, reason=reason, message=text,
+                observed_generation=generation, last_transition_time=moved,
+            )  # fmt: skip
+            return changed
+    conditions.append(
+        Condition(type=kind, status=status, reason=reason, message=text,
+                  observed_generation=generation, last_transition_time=now)
+    )  # fmt: skip
+    return True
+
+
+def output_location(job: FineTuneJob) -> str:
+    """Where the results are, as a user would address them."""
+    out = job.spec.output
+    if out is None:
+        return "scratch space of the workers (not kept; set spec.output)"
+    if out.uri is not None:
+        return out.uri
+    assert out.pvc is not None
+    return f"pvc://{out.pvc.claim_name}/{out.pvc.path}".rstrip("/")
+
+
+def termination(pod: dict[str, Any]) -> tuple[int | None, str, dict[str, Any]]:
+    """(exit code, raw message, parsed summary) of the trainer container's last termination."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") != CONTAINER:
+            continue
+        state = (container.get("state") or {}).get("terminated") or {}
+        if not state:
+            continue
+        text = state.get("message") or ""
+        try:
+            summary = json.loads(text)
+        except ValueError:
+            summary = {}
+        return state.get("exitCode"), text, summary if isinstance(summary, dict) else {}
+    return None, "", {}
+
+
+def _last_failure(pods: list[dict[str, Any]]) -> tuple[int | None, str, dict[str, Any]]:
+    """The termination of the latest failed worker, preferring one that left a summary (rank 0 does) over
+    one whose message is only its last log lines."""
+    failed = [termination(p) for p in sorted(_failed(pods), key=_created)]
+    with_summary = [t for t in failed if t[2].get("message")]
+    return (with_summary or failed or [(None, "", {})])[-1]
+
+
+def _failed(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+
+
+def _created(pod: dict[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("creationTimestamp") or "")
+
+
+def _index(pod: dict[str, Any]) -> int:
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    return int(annotations.get("batch.kubernetes.io/job-completion-index", "0"))
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _job_condition(worker_job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for condition in (worker_job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTuneJob) -> tuple[Reason, str]:
+    """Why the worker Job failed, with the failing worker's own words (its summary or last log lines)."""
+    code, text, summary = _last_failure(pods)
+    detail = (summary.get("message") or text or "no message from the worker").strip()[-MESSAGE_LIMIT:]
+    condition = _job_condition(worker_job, "Failed") or {}
+    if code == EXIT_CONFIG:
+        return Reason.CONFIGURATION_ERROR, message(Reason.CONFIGURATION_ERROR, detail)
+    if code == EXIT_DIVERGED:
+        return Reason.DIVERGED, message(Reason.DIVERGED, detail)
+    if condition.get("reason") == "DeadlineExceeded":
+        return Reason.DEADLINE_EXCEEDED, message(Reason.DEADLINE_EXCEEDED, job.spec.active_deadline_seconds)
+    failures = (worker_job.get("status") or {}).get("failed", 0)
+    return Reason.RESTARTS_EXHAUSTED, f"{message(Reason.RESTARTS_EXHAUSTED, failures)} Last worker output: {detail}"
+
+
+def _progress(
+    job: FineTuneJob, previous: FineTuneJobStatus, report: dict[str, Any] | None, now: datetime
+) -> tuple[Progress | None, LatestMetrics | None, CheckpointStatus | None]:
+    """Progress, metrics and checkpoint from rank 0's report; the previous ones when there is no report."""
+    if not report or "step" not in report:
+        return previous.progress, previous.metrics, previous.checkpoint
+    step, total = int(report["step"]), int(report.get("totalSteps") or 0)
+    eta = report.get("etaSeconds")
+    progress = Progress(
+        step=step,
+        total_steps=total or None,
+        epoch=float(report.get("epoch", 0)),
+        percentage=min(100, math.floor(100 * step / total)) if total else 0,
+        estimated_completion_time=now + timedelta(seconds=float(eta)) if eta is not None else None,
+        update_time=now,
+    )
+    metrics = LatestMetrics(
+        loss=report.get("loss"),
+        learning_rate=report.get("learningRate"),
+        tokens_per_second=report.get("tokensPerSecond"),
+        validation_loss=report.get("validationLoss", previous.metrics.validation_loss if previous.metrics else None),
+        best_validation_metric=report.get("bestValidationMetric"),
+        best_step=report.get("bestStep"),
+    )
+    checkpoint = previous.checkpoint
+    out = job.spec.output
+    if report.get("checkpointStep") and out is not None and out.pvc is not None:
+        step_dir = f"checkpoints/step-{int(report['checkpointStep']):08d}"
+        checkpoint = CheckpointStatus(
+            step=int(report["checkpointStep"]),
+            location=f"{output_location(job)}/{step_dir}",
+            time=datetime.fromtimestamp(float(report["checkpointTime"]), now.tzinfo)
+            if report.get("checkpointTime")
+            else now,
+        )
+    return progress, metrics, checkpoint
+
+
+def compute(
+    job: FineTuneJob,
+    worker_job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+    now: datetime,
+) -> tuple[FineTuneJobStatus, list[Transition]]:
+    """The status of ``job`` given its worker Job (None: not created yet), that Job's pods and rank 0's
+    ``/progress`` document (None: not reachable)."""
+    previous = job.status or FineTuneJobStatus()
+    generation = job.metadata.get("generation")
+    status = previous.model_copy(deep=True)
+    status.observed_generation = generation
+    status.output_location = output_location(job)
+    transitions: list[Transition] = []
+
+    def condition(kind: ConditionType, ok: bool, reason: Reason, text: str | None = None) -> None:
+        text = text if text is not None else message(reason)
+        state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+        if set_condition(status.conditions, kind, state, reason, text, generation, now) and (
+            ok or reason in WARNING_REASONS
+        ):
+            transitions.append(Transition(kind, reason, text))
+
+    status.progress, status.metrics, status.checkpoint = _progress(job, previous, report, now)
+    if worker_job is None:
+        status.phase = Phase.PENDING
+        return status, transitions
+
+    counts = worker_job.get("status") or {}
+    workers = job.spec.resources.workers
+    status.workers = WorkerCounts(
+        active=int(counts.get("active", 0)), succeeded=int(counts.get("succeeded", 0)),
+        failed=int(counts.get("failed", 0)),
+    )  # fmt: skip
+    status.restarts = math.ceil(status.workers.failed / workers)
+    status.start_time = status.start_time or _time(counts.get("startTime"))
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running" and not _deleting(p)]
+    suspended = bool(worker_job.get("spec", {}).get("suspend"))
+
+    if (done := _job_condition(worker_job, "Complete")) is not None:
+        rank0 = next((p for p in pods if _index(p) == 0 and p["status"].get("phase") == "Succeeded"), None)
+        _, _, summary = termination(rank0) if rank0 else (None, "", {})
+        if summary.get("test") or summary.get("baseline"):
+            status.evaluation = EvaluationResults(test=summary.get("test", {}), baseline=summary.get("baseline", {}))
+        if status.progress is not None and summary.get("steps") is not None:
+            status.progress = status.progress.model_copy(
+                update={"step": summary["steps"], "percentage": 100, "estimated_completion_time": None}
+            )
+        status.completion_time = _time(counts.get("completionTime")) or _time(done.get("lastTransitionTime")) or now
+        condition(ConditionType.RUNNING, False, Reason.COMPLETED, message(Reason.COMPLETED, status.output_location))
+        condition(ConditionType.SUCCEEDED, True, Reason.COMPLETED, message(Reason.COMPLETED, status.output_location))
+        status.phase = Phase.SUCCEEDED
+    elif (failed := _job_condition(worker_job, "Failed")) is not None:
+        reason, text = _failure(worker_job, pods, job)
+        status.completion_time = _time(failed.get("lastTransitionTime")) or now
+        condition(ConditionType.RUNNING, False, reason, text)
+        condition(ConditionType.FAILED, True, reason, text)
+        status.phase = Phase.FAILED
+    elif suspended:
+        condition(ConditionType.RUNNING, False, Reason.SUSPENDED)
+        condition(ConditionType.SUSPENDED, True, Reason.SUSPENDED)
+        status.phase = Phase.SUSPENDED
+    else:
+        if any(c.type == ConditionType.SUSPENDED and c.status == ConditionStatus.TRUE for c in status.conditions):
+            condition(ConditionType.SUSPENDED, False, Reason.RESUMED)
+        if len(running) >= workers:
+            phase = (report or {}).get("phase")
+            if phase == "Evaluating":
+                condition(ConditionType.RUNNING, True, Reason.EVALUATING)
+            else:
+                step = status.progress.step if status.progress else 0
+                total = status.progress.total_steps if status.progress else None
+                condition(ConditionType.RUNNING, True, Reason.TRAINING, message(Reason.TRAINING, step, total or "?"))
+        elif status.workers.failed:
+            _, text, summary = _last_failure(pods)
+            detail = (summary.get("message") or text).strip()[-MESSAGE_LIMIT:]
+            used = message(Reason.WORKER_FAILED, status.restarts, job.spec.max_restarts)
+            condition(ConditionType.RUNNING, False, Reason.WORKER_FAILED, f"{used} {detail}".strip())
+        else:
+            pending = workers - len(running)
+            condition(ConditionType.RUNNING, False, Reason.WORKERS_PENDING, message(Reason.WORKERS_PENDING, pending))
+        status.phase = Phase.RUNNING if len(running) >= workers else Phase.PENDING
+    return status, transitions
+
+
+def _deleting(pod: dict[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def finished(status: FineTuneJobStatus | None) -> bool:
+    return status is not None and status.phase in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+def expired(status: FineTuneJobStatus | None, ttl_seconds: int | None, now: datetime) -> bool:
+    """True once a finished job has outlived spec.ttlSecondsAfterFinished."""
+    if ttl_seconds is None or status is None or not finished(status) or status.completion_time is None:
+        return False
+    return now >= status.completion_time + timedelta(seconds=ttl_seconds)

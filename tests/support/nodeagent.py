@@ -1,0 +1,414 @@
+"""A local node for tests: the kubelet's part of running pods, without containers.
+
+There is no container runtime here, so this agent registers a Node and runs each pod the scheduler binds to it
+as a local process group: the container's command and args, its env (plain values, ``$(VAR)`` references,
+downward-API ``fieldRef``s such as the Job completion index and ``status.podIP``, ConfigMap keys), and its
+volume mounts materialised under a per-pod directory (ConfigMaps written out, PersistentVolumeClaims linked to
+their bound PersistentVolume's ``hostPath``, emptyDirs created). Absolute paths under a mount point (and the
+termination message path) in env values and args are rewritten to those directories, and the name
+``<hostname>.<service>`` of a pod behind a headless Service is rewritten to that pod's IP: every pod gets its
+own loopback address (127.x.y.z, derived from its hostname and subdomain, so worker 0's address is known
+before it starts). Pod status (Running; Succeeded or Failed with the exit code and the termination message,
+falling back to the last log lines) goes back through the API server; the real scheduler and Job controller
+do the rest.
+
+The "image" is this repository's virtualenv: ``python`` is the venv's interpreter and the packages are on
+PYTHONPATH. readOnly mounts and resource limits are not enforced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "local-node"
+LOG_FALLBACK_LINES = 80
+LOG_FALLBACK_BYTES = 2048
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+_FIELD = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
+
+
+def pod_ip(namespace: str, hostname: str, subdomain: str) -> str:
+    """The loopback address of the pod with this hostname under this headless Service (or of this uid)."""
+    digest = hashlib.sha256(f"{namespace}/{hostname}.{subdomain}".encode()).digest()
+    return f"127.{digest[0] % 254 + 1}.{digest[1]}.{digest[2] % 254 + 1}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Api:
+    """Just enough of a Kubernetes REST client (token auth, JSON, merge patches, watches)."""
+
+    def __init__(self, server: str, token: str) -> None:
+        self.server, self.token = server, token
+        self.context = ssl._create_unverified_context()
+
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json", timeout: float = 30
+    ) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type}
+        request = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(request, context=self.context, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        try:
+            return self.request("GET", path)
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
+
+    def merge(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, body, "application/merge-patch+json")
+
+    def watch(self, path: str, stop: threading.Event) -> Any:
+        """Yield watch events of ``path`` (a list URL with a query), reconnecting until ``stop`` is set."""
+        version = ""
+        while not stop.is_set():
+            sep = "&" if "?" in path else "?"
+            url = f"{path}{sep}watch=1&timeoutSeconds=20" + (f"&resourceVersion={version}" if version else "")
+            request = urllib.request.Request(self.server + url, headers={"Authorization": f"Bearer {self.token}"})
+            try:
+                with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
+                    for line in response:
+                        if stop.is_set():
+                            return
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":  # e.g. 410 Gone: start over from a fresh list
+                            version = ""
+                            time.sleep(0.5)
+                            break
+                        version = event["object"]["metadata"].get("resourceVersion", version)
+                        yield event
+            except (OSError, ValueError):
+                time.sleep(0.5)
+
+
+class PodProcess:
+    """One pod: its directory, its process group, and the thread that reports its status."""
+
+    def __init__(self, pod: dict[str, Any], root: Path) -> None:
+        self.pod = pod
+        self.dir = root
+        self.process: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+        self.deleting = threading.Event()
+        self.finished = threading.Event()
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "log"
+
+
+class NodeAgent:
+    """Registers ``local-node`` and runs the pods bound to it; ``start()`` then ``stop()``."""
+
+    def __init__(self, server: str, token: str, workdir: Path, cpu: str = "64", memory: str = "256Gi") -> None:
+        self.api = Api(server, token)
+        self.workdir = workdir
+        self.cpu, self.memory = cpu, memory
+        self.pods: dict[str, PodProcess] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="node-agent", daemon=True)
+
+    # Node registration
+
+    def start(self) -> NodeAgent:
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "labels": {
+            "kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}}  # fmt: skip
+        try:
+            self.api.request("POST", "/api/v1/nodes", node)
+        except urllib.error.HTTPError as error:
+            if error.code != 409:
+                raise
+        # The TaintNodesByCondition admission plugin adds not-ready taints; the node lifecycle controller (off
+        # here) would remove them once the node reports Ready, so the agent does.
+        self.api.merge(f"/api/v1/nodes/{NODE}", {"spec": {"taints": None}})
+        capacity = {"cpu": self.cpu, "memory": self.memory, "pods": "110", "ephemeral-storage": "100Gi"}
+        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "local node agent",
+                 "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}  # fmt: skip
+        self.api.merge(f"/api/v1/nodes/{NODE}/status", {"status": {
+            "capacity": capacity, "allocatable": capacity, "conditions": [ready],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}],
+        }})  # fmt: skip
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            running = list(self.pods.values())
+        for pod in running:
+            self._kill(pod, signal.SIGKILL)
+        self._thread.join(timeout=30)
+
+    # Test helpers
+
+    def process(self, namespace: str, name: str) -> PodProcess | None:
+        with self._lock:
+            return next(
+                (p for p in self.pods.values()
+                 if p.pod["metadata"]["name"] == name and p.pod["metadata"]["namespace"] == namespace),
+                None,
+            )  # fmt: skip
+
+    def logs(self, namespace: str, name: str) -> str:
+        pod = self.process(namespace, name)
+        return pod.log.read_text(errors="replace") if pod is not None and pod.log.exists() else ""
+
+    def kill(self, namespace: str, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a pod's whole process group, as an OOM kill or a node failure would."""
+        pod = self.process(namespace, name)
+        assert pod is not None and pod.process is not None, f"pod {namespace}/{name} is not running here"
+        os.killpg(pod.process.pid, sig)
+
+    # The watch loop
+
+    def _run(self) -> None:
+        selector = urllib.parse.quote(f"spec.nodeName={NODE}")
+        for event in self.api.watch(f"/api/v1/pods?fieldSelector={selector}", self._stop):
+            pod = event["object"]
+            uid = pod["metadata"]["uid"]
+            with self._lock:
+                known = self.pods.get(uid)
+            if event["type"] == "DELETED":
+                if known is not None:
+                    known.deleting.set()
+                continue
+            if known is None and pod["status"].get("phase") in ("Pending", None) and not _deleting(pod):
+                pod_process = PodProcess(
+                    pod, self.workdir / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
+                )
+                with self._lock:
+                    self.pods[uid] = pod_process
+                threading.Thread(target=self._lifecycle, args=(pod_process,), daemon=True).start()
+            elif known is None and _deleting(pod):
+                self._delete(pod)  # never started here (or the agent restarted): nothing to stop
+            elif known is not None and _deleting(pod):
+                known.deleting.set()
+
+    def _lifecycle(self, pod: PodProcess) -> None:
+        meta = pod.pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        container = pod.pod["spec"]["containers"][0]
+        try:
+            command, env, termination = self._prepare(pod)
+        except Exception as error:  # noqa: BLE001 - reported on the pod like a kubelet's CreateContainerConfigError
+            pod.dir.mkdir(parents=True, exist_ok=True)
+            pod.log.write_text(f"node agent: cannot start the pod: {error}\n")
+            self._report_exit(pod, path, container, 128, str(error), _now())
+            return
+        started = _now()
+        with open(pod.log, "wb") as log:
+            pod.process = subprocess.Popen(
+                command, env=env, cwd=pod.dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        ip = env["KUBETUNE_NODE_AGENT_POD_IP"]
+        self.api.merge(f"{path}/status", {"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1", "startTime": started,
+            "conditions": _conditions(True),
+            "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
+                                   "ready": True, "started": True, "restartCount": 0,
+                                   "state": {"running": {"startedAt": started}}}],
+        }})  # fmt: skip
+        while pod.process.poll() is None:
+            if pod.deleting.wait(0.2):
+                grace = int(pod.pod["spec"].get("terminationGracePeriodSeconds", 30))
+                self._kill(pod, signal.SIGTERM, leader_only=True)
+                try:
+                    pod.process.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    self._kill(pod, signal.SIGKILL)
+        code = pod.process.wait()
+        code = 128 + -code if code < 0 else code
+        self._kill(pod, signal.SIGKILL)  # anything the main process left behind
+        text = termination.read_text(errors="replace")[:4096] if termination.exists() else ""
+        policy = container.get("terminationMessagePolicy", "File")
+        if not text.strip() and code != 0 and policy == "FallbackToLogsOnError":
+            lines = pod.log.read_text(errors="replace").splitlines()[-LOG_FALLBACK_LINES:]
+            text = "\n".join(lines)[-LOG_FALLBACK_BYTES:]
+        self._report_exit(pod, path, container, code, text, started)
+
+    def _report_exit(
+        self, pod: PodProcess, path: str, container: dict[str, Any], code: int, text: str, started: str
+    ) -> None:
+        pod.exit_code = code
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": text,
+                      "startedAt": started, "finishedAt": _now()}  # fmt: skip
+        try:
+            self.api.merge(f"{path}/status", {"status": {
+                "phase": "Succeeded" if code == 0 else "Failed", "conditions": _conditions(False),
+                "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
+                                       "ready": False, "started": False, "restartCount": 0,
+                                       "state": {"terminated": terminated}}],
+            }})  # fmt: skip
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+        pod.finished.set()
+        if pod.deleting.is_set() or _deleting(self.api.get(path) or {}):
+            self._delete(pod.pod)
+
+    def _delete(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        try:
+            self.api.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                                              "preconditions": {"uid": meta["uid"]}})  # fmt: skip
+        except urllib.error.HTTPError as error:
+            if error.code not in (404, 409):
+                raise
+
+    def _kill(self, pod: PodProcess, sig: int, leader_only: bool = False) -> None:
+        if pod.process is None:
+            return
+        try:
+            if leader_only:
+                pod.process.send_signal(sig)
+            else:
+                os.killpg(pod.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # Turning a pod spec into a process
+
+    def _prepare(self, pod: PodProcess) -> tuple[list[str], dict[str, str], Path]:
+        spec, meta = pod.pod["spec"], pod.pod["metadata"]
+        namespace = meta["namespace"]
+        container = spec["containers"][0]
+        shutil.rmtree(pod.dir, ignore_errors=True)
+        rootfs = pod.dir / "rootfs"
+        rootfs.mkdir(parents=True)
+        (pod.dir / "tmp").mkdir()
+        paths = self._mount(namespace, spec, container, rootfs)
+        termination_path = container.get("terminationMessagePath", "/dev/termination-log")
+        termination = pod.dir / "termination-log"
+        paths[termination_path] = termination
+        hostname = spec.get("hostname", meta["name"])
+        ip = pod_ip(namespace, hostname, spec.get("subdomain", meta["uid"]))
+        pod.pod["status"] = {**pod.pod.get("status", {}), "podIP": ip, "hostIP": "127.0.0.1"}
+
+        def translate(value: str) -> str:
+            for mount in sorted(paths, key=len, reverse=True):
+                if value == mount or value.startswith(mount.rstrip("/") + "/"):
+                    return str(paths[mount]) + value[len(mount) :]
+            if value.startswith("/") and any(m.startswith(value.rstrip("/") + "/") for m in paths):
+                return str(rootfs) + value  # a directory holding mount points (e.g. /mnt/pvc)
+            return self._resolve_host(namespace, value)
+
+        env: dict[str, str] = {
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+            "PYTHONPATH": f"{ROOT / 'api'}:{ROOT / 'operator'}:{ROOT / 'trainer'}",
+            "HOME": str(pod.dir), "LANG": "C.UTF-8", "TMPDIR": str(pod.dir / "tmp"), "HOSTNAME": hostname,
+            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
+            "KUBETUNE_NODE_AGENT_POD_IP": ip,
+        }  # fmt: skip
+        for var in container.get("env") or []:
+            if "value" in var:
+                value = _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), var["value"])
+            else:
+                value = self._value_from(pod.pod, var["valueFrom"])
+            env[var["name"]] = translate(value)
+        env["OMP_NUM_THREADS"] = "1"  # two cores shared by every pod and the control plane
+        argv = [*(container.get("command") or []), *(container.get("args") or [])]
+        argv = [translate(_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a)) for a in argv]
+        if argv and argv[0] == "python":
+            argv[0] = sys.executable
+        return argv, env, termination
+
+    def _mount(self, namespace: str, spec: dict[str, Any], container: dict[str, Any], rootfs: Path) -> dict[str, Path]:
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        paths: dict[str, Path] = {}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes[mount["name"]]
+            target = rootfs / mount["mountPath"].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if "configMap" in volume:
+                target.mkdir()
+                cm = self.api.get(f"/api/v1/namespaces/{namespace}/configmaps/{volume['configMap']['name']}")
+                if cm is None:
+                    raise RuntimeError(f"configmap {volume['configMap']['name']!r} not found")
+                for key, value in (cm.get("data") or {}).items():
+                    (target / key).write_text(value)
+            elif "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                pvc = self.api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+                name = (pvc or {}).get("spec", {}).get("volumeName")
+                pv = self.api.get(f"/api/v1/persistentvolumes/{name}") if name else None
+                if pv is None or "hostPath" not in pv["spec"]:
+                    raise RuntimeError(f"persistentvolumeclaim {claim!r} is not bound to a hostPath volume")
+                target.symlink_to(pv["spec"]["hostPath"]["path"])
+            elif "hostPath" in volume:
+                target.symlink_to(volume["hostPath"]["path"])
+            else:  # emptyDir and anything else: a fresh directory
+                target.mkdir(exist_ok=True)
+            paths[mount["mountPath"]] = target
+        return paths
+
+    def _value_from(self, pod: dict[str, Any], source: dict[str, Any]) -> str:
+        if "fieldRef" in source:
+            field = source["fieldRef"]["fieldPath"]
+            meta, spec = pod["metadata"], pod["spec"]
+            simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
+                      "metadata.uid": meta["uid"], "spec.nodeName": NODE,
+                      "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+                      "status.podIP": pod["status"]["podIP"], "status.hostIP": "127.0.0.1"}  # fmt: skip
+            if field in simple:
+                return str(simple[field])
+            match = _FIELD.match(field)
+            if match:
+                return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+            raise RuntimeError(f"unsupported fieldRef {field!r}")
+        if "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            cm = self.api.get(f"/api/v1/namespaces/{pod['metadata']['namespace']}/configmaps/{ref['name']}")
+            return str(((cm or {}).get("data") or {}).get(ref["key"], ""))
+        raise RuntimeError(f"unsupported valueFrom {sorted(source)}")
+
+    def _resolve_host(self, namespace: str, value: str) -> str:
+        """``<hostname>.<service>[.<namespace>[.svc[.cluster.local]]]`` of a headless Service -> the pod's IP."""
+        if not re.search(r"[a-z]", value):
+            return value
+        match = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)(?:\.([a-z0-9-]+)(?:\.svc(?:\.cluster\.local)?)?)?", value)
+        if not match:
+            return value
+        host, service, ns = match.group(1), match.group(2), match.group(3) or namespace
+        found = self.api.get(f"/api/v1/namespaces/{ns}/services/{service}")
+        if found is None or found["spec"].get("clusterIP") != "None":
+            return value
+        return pod_ip(ns, host, service)
+
+
+def _deleting(pod: dict[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def _conditions(ready: bool) -> list[dict[str, str]]:
+    now, state = _now(), "True" if ready else "False"
+    return [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+        {"type": "ContainersReady", "status": state, "lastTransitionTime": now},
+        {"type": "Ready", "status": state, "lastTransitionTime": now},
+    ]

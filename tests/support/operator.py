@@ -1,0 +1,67 @@
+"""The operator as a test starts it: ``kopf run`` of ``kubetune.operator.handlers`` in a subprocess, against
+the test control plane, with its own metrics port. ``restart()`` kills it hard, as a node failure would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.controlplane import ControlPlane, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Operator:
+    cluster: ControlPlane
+    logdir: Path
+    peering: str = "kubetune"
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.logdir / f"operator-{self.metrics_port}-{self.starts}.log"
+
+    def start(self) -> Operator:
+        self.starts += 1
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "PYTHONPATH": f"{ROOT / 'api'}:{ROOT / 'operator'}:{ROOT / 'trainer'}",
+            "KUBETUNE_METRICS_PORT": str(self.metrics_port),
+            "KUBETUNE_STATUS_INTERVAL_SECONDS": "2",
+            "KUBETUNE_PEERING": self.peering,
+            "KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:test",
+            "PYTHONWARNINGS": "ignore:Unverified HTTPS request",  # the test kubeconfig skips TLS verification
+        }
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "--all-namespaces", "--peering", self.peering,
+                 "-m", "kubetune.operator.handlers"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop(signal.SIGKILL)
+        self.start()
+
+    def log(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-6000:] for p in sorted(self.logdir.glob(f"operator-{self.metrics_port}-*"))
+        )
