@@ -93,9 +93,79 @@ def test_two_workers_train_to_success(k: Cluster, volumes: dict[str, Path]) -> N
     assert status["outputLocation"] == "pvc://kubetune-outputs/two-workers"
     assert status["evaluation"]["test"]["loss"] > 0 and "loss" in status["evaluation"]["baseline"]
     assert status["progress"]["percentage"] == 100 and status["workers"]["succeeded"] == 2
-    assert status["checkpoint"]["location"].startswith("pvc://kubetune-outputs/two-workers/checkpoints/step-")
     out = volumes["kubetune-outputs"] / "two-workers"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2
     printed = k.cp.kubectl("get", "ftj", "two-workers").stdout
     assert "Succeeded" in printed and "LoRA" in printed and "100" in printed
+
+
+def _running_with_checkpoint(k: Cluster, name: str) -> dict[str, Any] | None:
+    status = k.ftj(name).get("status", {})
+    done = status.get("progress", {}).get("percentage", 0)
+    return status if status.get("checkpoint") and status.get("phase") == "Running" and done < 80 else None
+
+
+def test_killed_worker_restarts_and_resumes_from_checkpoint(k: Cluster) -> None:
+    k.apply(e2e_job("killed").set("spec.training.epochs", 8).build())
+    wait_for("a checkpoint", lambda: _running_with_checkpoint(k, "killed"), 300, lambda: k.diagnose("killed"))
+    worker = next(p for p in k.pods("killed") if p["metadata"]["name"].startswith("killed-workers-1-"))
+    k.node.kill("default", worker["metadata"]["name"])
+    k.wait_condition("killed", "Succeeded", timeout=400)
+    status = k.ftj("killed")["status"]
+    assert status["checkpoint"]["location"].startswith("pvc://kubetune-outputs/killed/checkpoints/step-")
+    assert status["restarts"] >= 1 and status["workers"]["failed"] >= 1
+    rank0 = [p for p in k.pods("killed") if p["metadata"]["name"].startswith("killed-workers-0-")]
+    resumed = [k.node.logs("default", p["metadata"]["name"]) for p in rank0 if p["status"]["phase"] == "Succeeded"]
+    assert any('"resumedFromStep": ' in log and '"resumedFromStep": 0' not in log for log in resumed), resumed
+
+
+def test_invalid_spec_is_not_accepted_and_creates_nothing(k: Cluster) -> None:
+    doc = e2e_job("overlap", workers=1).set("spec.output", {"pvc": {"claimName": "kubetune-data", "path": ""}}).build()
+    k.apply(doc)
+    accepted = wait_for("Accepted=False", lambda: k.condition("overlap", "Accepted") or None, 60)
+    assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
+    assert "spec.output.pvc.path" in accepted["message"] and "datasets[0]" in accepted["message"]
+    assert k.ftj("overlap")["status"]["phase"] == "Failed"
+    assert k.get("job", "overlap-workers") is None and k.get("configmap", "overlap-spec") is None
+    events = k.cp.kubectl("get", "events", "--field-selector", "involvedObject.name=overlap").stdout
+    assert "InvalidSpec" in events
+
+
+def test_suspend_resume_then_delete_cleans_up(k: Cluster) -> None:
+    k.apply(e2e_job("pausing").set("spec.training.epochs", 6).build())
+    wait_for("a checkpoint", lambda: _running_with_checkpoint(k, "pausing"), 300, lambda: k.diagnose("pausing"))
+    k.cp.kubectl("patch", "ftj", "pausing", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    k.wait_condition("pausing", "Suspended", timeout=120)
+    wait_for("workers stopped", lambda: not [p for p in k.pods("pausing") if p["status"]["phase"] == "Running"], 180)
+    kept = k.ftj("pausing")["status"]["progress"]["step"]
+    assert kept > 0
+    k.cp.kubectl("patch", "ftj", "pausing", "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    k.wait_condition("pausing", "Succeeded", timeout=400)
+    assert k.condition("pausing", "Suspended")["status"] == "False"
+    assert k.ftj("pausing")["status"]["restarts"] == 0  # a suspension is not a failure
+    k.cp.kubectl("delete", "ftj", "pausing")
+    for kind, name in (("job", "pausing-workers"), ("service", "pausing-workers"), ("configmap", "pausing-spec")):
+        wait_for(f"{kind} {name} deleted", lambda kind=kind, name=name: k.get(kind, name) is None, 60)
+    wait_for("pods deleted", lambda: not k.pods("pausing"), 60)
+
+
+def test_operator_restart_mid_run_creates_no_duplicates(k: Cluster) -> None:
+    k.apply(e2e_job("restarted").set("spec.training.epochs", 4).build())
+    wait_for("running", lambda: k.ftj("restarted").get("status", {}).get("phase") == "Running", 300,
+             lambda: k.diagnose("restarted"))  # fmt: skip
+    # A second replica of lower priority stands by: it answers /metrics but reconciles nothing.
+    standby = Operator(k.cp, k.operator.logdir, priority=10).start()
+    try:
+        wait_for("the standby's metrics endpoint", lambda: standby.metrics(), 60)
+        active = k.operator.reconciles()
+        wait_for("the active replica to reconcile", lambda: k.operator.reconciles() >= active + 3, 60)
+        assert standby.reconciles() == 0, standby.log()
+        k.operator.restart()
+        k.wait_condition("restarted", "Succeeded", timeout=400)
+    finally:
+        standby.stop()
+    for kind in ("jobs", "services", "configmaps"):
+        out = k.cp.kubectl("get", kind, "-l", "kubetune.dev/finetunejob=restarted", "-o", "name").stdout.split()
+        assert len(out) == 1, out
+    assert len(k.pods("restarted")) == 2

@@ -18,6 +18,7 @@ PYTHONPATH. readOnly mounts and resource limits are not enforced.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -178,10 +179,10 @@ class NodeAgent:
         return pod.log.read_text(errors="replace") if pod is not None and pod.log.exists() else ""
 
     def kill(self, namespace: str, name: str, sig: int = signal.SIGKILL) -> None:
-        """Kill a pod's whole process group, as an OOM kill or a node failure would."""
+        """Kill all of a pod's processes, as an OOM kill or a node failure would."""
         pod = self.process(namespace, name)
         assert pod is not None and pod.process is not None, f"pod {namespace}/{name} is not running here"
-        os.killpg(pod.process.pid, sig)
+        self._kill(pod, sig)
 
     # The watch loop
 
@@ -214,7 +215,7 @@ class NodeAgent:
         container = pod.pod["spec"]["containers"][0]
         try:
             command, env, termination = self._prepare(pod)
-        except Exception as error:  # noqa: BLE001 - reported on the pod like a kubelet's CreateContainerConfigError
+        except Exception as error:
             pod.dir.mkdir(parents=True, exist_ok=True)
             pod.log.write_text(f"node agent: cannot start the pod: {error}\n")
             self._report_exit(pod, path, container, 128, str(error), _now())
@@ -281,15 +282,14 @@ class NodeAgent:
                 raise
 
     def _kill(self, pod: PodProcess, sig: int, leader_only: bool = False) -> None:
+        """Signal the pod's main process, or its whole process tree (torchrun starts its workers in new
+        sessions, so a process group is not enough; a kubelet would kill the container's cgroup)."""
         if pod.process is None:
             return
-        try:
-            if leader_only:
-                pod.process.send_signal(sig)
-            else:
-                os.killpg(pod.process.pid, sig)
-        except ProcessLookupError:
-            pass
+        pids = [pod.process.pid] if leader_only else _tree(pod.process.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     # Turning a pod spec into a process
 
@@ -398,6 +398,23 @@ class NodeAgent:
         if found is None or found["spec"].get("clusterIP") != "None":
             return value
         return pod_ip(ns, host, service)
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found[::-1]
 
 
 def _deleting(pod: dict[str, Any]) -> bool:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ class Operator:
     cluster: ControlPlane
     logdir: Path
     peering: str = "kubetune"
+    priority: int = 100
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -37,6 +39,7 @@ class Operator:
             "KUBETUNE_METRICS_PORT": str(self.metrics_port),
             "KUBETUNE_STATUS_INTERVAL_SECONDS": "2",
             "KUBETUNE_PEERING": self.peering,
+            "KUBETUNE_PEERING_PRIORITY": str(self.priority),
             "KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:test",
             "PYTHONWARNINGS": "ignore:Unverified HTTPS request",  # the test kubeconfig skips TLS verification
         }
@@ -60,6 +63,21 @@ class Operator:
     def restart(self) -> None:
         self.stop(signal.SIGKILL)
         self.start()
+
+    def metrics(self) -> str:
+        """The operator's /metrics text ("" while it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+                return str(response.read().decode())
+        except OSError:
+            return ""
+
+    def reconciles(self) -> float:
+        """Status handler calls so far (the reconcile histogram's count)."""
+        for line in self.metrics().splitlines():
+            if line.startswith('kubetune_reconcile_duration_seconds_count{handler="status"}'):
+                return float(line.split()[-1])
+        return 0.0
 
     def log(self) -> str:
         return "\n".join(

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kubetune.api.spec import API_VERSION, KIND, FineTuneJob
 from kubetune.api.exitcodes import NON_RETRYABLE
+from kubetune.api.spec import API_VERSION, KIND, FineTuneJob
 
 from .naming import LABEL_COMPONENT, LABEL_JOB, child_name, labels
 from .settings import Settings
@@ -187,7 +187,7 @@ def worker_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
                 },
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
-        },  # fmt: skip
+        },
         "suspend": spec.suspend,
         "template": {"metadata": {"labels": labels(job.name, "worker")}, "spec": pod_spec},
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,10 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.name = SETTINGS.peering
     settings.peering.mandatory = True  # the chart installs kopf's peering CRDs: replicas never both act
+    # kopf pauses every replica when two share a priority, so each process draws its own: the highest is
+    # active, the others stand by. A replica killed without notice blocks the others for one lifetime.
+    settings.peering.priority = SETTINGS.peering_priority or random.randint(1, 2**30)
+    settings.peering.lifetime = 15
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # our own Events mark transitions; no "handler succeeded" noise

@@ -6,6 +6,7 @@ series are removed) and, for evaluation, by a metric name from a fixed list.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,13 +102,9 @@ def forget(namespace: str, name: str) -> None:
     _phases.pop(key, None)
     _refresh_phases()
     for gauge in _PER_JOB:
-        try:
+        with contextlib.suppress(KeyError):
             gauge.remove(*key)
-        except KeyError:
-            pass
     for metric in EVAL_METRICS:
         for model in ("tuned", "base"):
-            try:
+            with contextlib.suppress(KeyError):
                 evaluation.remove(*key, metric, model)
-            except KeyError:
-                pass

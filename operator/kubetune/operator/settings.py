@@ -34,6 +34,8 @@ class Settings:
     """The operator's own Prometheus endpoint (0 turns it off)."""
     peering: str = "kubetune"
     """kopf peering name: of several replicas with the same name only one is active."""
+    peering_priority: int = 0
+    """Fixed kopf peering priority (0: a random one per process, so that replicas never tie)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,4 +49,5 @@ class Settings:
             status_interval_seconds=_int("KUBETUNE_STATUS_INTERVAL_SECONDS", d.status_interval_seconds),
             metrics_port=_int("KUBETUNE_METRICS_PORT", d.metrics_port),
             peering=os.environ.get("KUBETUNE_PEERING", d.peering),
+            peering_priority=_int("KUBETUNE_PEERING_PRIORITY", d.peering_priority),
         )

@@ -235,10 +235,13 @@ def compute(
         _, _, summary = termination(rank0) if rank0 else (None, "", {})
         if summary.get("test") or summary.get("baseline"):
             status.evaluation = EvaluationResults(test=summary.get("test", {}), baseline=summary.get("baseline", {}))
-        if status.progress is not None and summary.get("steps") is not None:
-            status.progress = status.progress.model_copy(
-                update={"step": summary["steps"], "percentage": 100, "estimated_completion_time": None}
-            )
+        if summary.get("steps") is not None:  # a short run may end between two progress reads
+            steps = int(summary["steps"])
+            total = status.progress.total_steps if status.progress else None
+            status.progress = Progress(
+                step=steps, total_steps=total or steps, percentage=100,
+                epoch=status.progress.epoch if status.progress else 0.0, update_time=now,
+            )  # fmt: skip
         status.completion_time = _time(counts.get("completionTime")) or _time(done.get("lastTransitionTime")) or now
         condition(ConditionType.RUNNING, False, Reason.COMPLETED, message(Reason.COMPLETED, status.output_location))
         condition(ConditionType.SUCCEEDED, True, Reason.COMPLETED, message(Reason.COMPLETED, status.output_location))
