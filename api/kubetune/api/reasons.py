@@ -37,7 +37,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.EVALUATING: "Evaluating on the test split.",
     Reason.COMPLETED: "Training finished; outputs are at {}.",
     Reason.WORKER_FAILED: "A worker failed; restarting from the last checkpoint ({} of {} restarts used).",
-    Reason.RESTARTS_EXHAUSTED: "Workers failed {} times, more than spec.maxRestarts allows.",
+    Reason.RESTARTS_EXHAUSTED: "Worker pods failed {} times, more than spec.maxRestarts allows.",
     Reason.CONFIGURATION_ERROR: "The trainer rejected the spec or data: {}",
     Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.activeDeadlineSeconds ({}s).",
     Reason.SUSPENDED: "The job is suspended; workers are stopped.",

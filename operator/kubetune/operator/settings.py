@@ -30,7 +30,7 @@ class Settings:
     status_interval_seconds: int = 5
     """How often a running job's status is recomputed; it is patched only when it changed."""
     progress_timeout_seconds: float = 2.0
-    metrics_port: int = 8080
+    metrics_port: int = 8000
     """The operator's own Prometheus endpoint (0 turns it off)."""
     peering: str = "kubetune"
     """kopf peering name: of several replicas with the same name only one is active."""

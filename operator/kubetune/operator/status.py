@@ -105,20 +105,27 @@ def termination(pod: dict[str, Any]) -> tuple[int | None, str, dict[str, Any]]:
     return None, "", {}
 
 
-def _last_failure(pods: list[dict[str, Any]]) -> tuple[int | None, str, dict[str, Any]]:
-    """The termination of the latest failed worker, preferring one that left a summary (rank 0 does) over
-    one whose message is only its last log lines."""
-    failed = [termination(p) for p in sorted(_failed(pods), key=_created)]
-    with_summary = [t for t in failed if t[2].get("message")]
-    return (with_summary or failed or [(None, "", {})])[-1]
+def _last_failure(pods: list[dict[str, Any]], workers: int) -> tuple[int | None, str, dict[str, Any]]:
+    """The termination that explains the latest failure: one that left a summary (rank 0 does) if any, else
+    the first to end among the latest round of failures (the others usually died of losing that peer)."""
+    failed = sorted(_failed(pods), key=_finished)
+    with_summary = [t for t in map(termination, failed) if t[2].get("message")]
+    if with_summary:
+        return with_summary[-1]
+    latest_round = failed[-workers:]
+    return termination(latest_round[0]) if latest_round else (None, "", {})
+
+
+def _finished(pod: dict[str, Any]) -> str:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = (container.get("state") or {}).get("terminated") or {}
+        if state.get("finishedAt"):
+            return str(state["finishedAt"])
+    return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
 
 def _failed(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
-
-
-def _created(pod: dict[str, Any]) -> str:
-    return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
 
 def _index(pod: dict[str, Any]) -> int:
@@ -139,7 +146,7 @@ def _job_condition(worker_job: dict[str, Any], kind: str) -> dict[str, Any] | No
 
 def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTuneJob) -> tuple[Reason, str]:
     """Why the worker Job failed, with the failing worker's own words (its summary or last log lines)."""
-    code, text, summary = _last_failure(pods)
+    code, text, summary = _last_failure(pods, job.spec.resources.workers)
     detail = (summary.get("message") or text or "no message from the worker").strip()[-MESSAGE_LIMIT:]
     condition = _job_condition(worker_job, "Failed") or {}
     if code == EXIT_CONFIG:
@@ -268,7 +275,7 @@ def compute(
                 total = status.progress.total_steps if status.progress else None
                 condition(ConditionType.RUNNING, True, Reason.TRAINING, message(Reason.TRAINING, step, total or "?"))
         elif status.workers.failed:
-            _, text, summary = _last_failure(pods)
+            _, text, summary = _last_failure(pods, workers)
             detail = (summary.get("message") or text).strip()[-MESSAGE_LIMIT:]
             used = message(Reason.WORKER_FAILED, status.restarts, job.spec.max_restarts)
             condition(ConditionType.RUNNING, False, Reason.WORKER_FAILED, f"{used} {detail}".strip())

@@ -3,14 +3,12 @@ pod failure policy reads too)."""
 
 from __future__ import annotations
 
-from kubetune.api.exitcodes import (  # noqa: F401 - re-exported for the trainer's modules
-    EXIT_CONFIG,
-    EXIT_DIVERGED,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    NON_RETRYABLE,
-)
+from kubetune.api.exitcodes import EXIT_CONFIG as EXIT_CONFIG
+from kubetune.api.exitcodes import EXIT_DIVERGED as EXIT_DIVERGED
+from kubetune.api.exitcodes import EXIT_FAILED as EXIT_FAILED
+from kubetune.api.exitcodes import EXIT_OK as EXIT_OK
+from kubetune.api.exitcodes import EXIT_PREEMPTED as EXIT_PREEMPTED
+from kubetune.api.exitcodes import NON_RETRYABLE as NON_RETRYABLE
 
 
 class ConfigError(Exception):

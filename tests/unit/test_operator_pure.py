@@ -1,0 +1,271 @@
+"""The operator's pure parts: child manifests, semantic validation, and status from observed children."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kubetune.api.spec import parse_job
+from kubetune.api.status import FineTuneJobStatus
+from kubetune.operator import builders, status, validation
+from kubetune.operator.naming import child_name
+from kubetune.operator.settings import Settings
+from tests.support.builders import JobBuilder
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+SETTINGS = Settings()
+
+
+def job(builder: JobBuilder | None = None, **status_doc: Any) -> Any:
+    doc = (builder or JobBuilder("demo")).build()
+    doc["metadata"].update(namespace="team", generation=2)
+    if status_doc:
+        doc["status"] = status_doc
+    return parse_job(doc)
+
+
+def two_workers() -> JobBuilder:
+    return (
+        JobBuilder("demo")
+        .set("spec.resources", {"workers": 2, "gpusPerWorker": 4, "queue": "team-ml", "priorityClassName": "high"})
+        .set("spec.output", {"pvc": {"claimName": "out", "path": "demo"}})
+        .set("spec.maxRestarts", 2)
+        .set("spec.activeDeadlineSeconds", 3600)
+    )
+
+
+# Builders
+
+
+def test_children_have_deterministic_names_and_the_job_last() -> None:
+    kinds = [(c["kind"], c["metadata"]["name"]) for c in builders.children(job(), SETTINGS)]
+    assert kinds == [("ConfigMap", "demo-spec"), ("Service", "demo-workers"), ("Job", "demo-workers")]
+    assert builders.children(job(), SETTINGS) == builders.children(job(), SETTINGS)
+
+
+def test_long_names_stay_within_63_characters() -> None:
+    name = child_name("x" * 60, "workers")
+    assert len(name) <= 63 and name.endswith("-workers") and name == child_name("x" * 60, "workers")
+
+
+def test_worker_job_is_indexed_torchrun_with_rendezvous_on_worker_0() -> None:
+    manifest = builders.worker_job(job(two_workers()), SETTINGS)
+    spec = manifest["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["backoffLimit"] == 4 and spec["activeDeadlineSeconds"] == 3600 and spec["suspend"] is False
+    assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-ml"
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "demo-workers" and pod["restartPolicy"] == "Never"
+    assert pod["priorityClassName"] == "high" and pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["NNODES"] == "2" and env["NPROC_PER_NODE"] == "4"
+    assert env["MASTER_ADDR"] == "demo-workers-0.demo-workers"
+    assert "job-completion-index" in env["NODE_RANK"]["fieldRef"]["fieldPath"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert container["args"] == ["launch", "/etc/kubetune/job.json"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_pod_failure_policy_fails_at_once_on_configuration_and_divergence() -> None:
+    rules = builders.worker_job(job(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3, 78]},
+    }
+    assert rules[1]["action"] == "Ignore"
+
+
+def test_volumes_mount_each_claim_once_and_only_the_output_writable() -> None:
+    b = two_workers().set("spec.data.datasets[1]", {"name": "more", "pvc": {"claimName": "data", "path": "b.jsonl"}})
+    b.set("spec.data.datasets[2]", {"name": "inline", "configMap": {"name": "rows", "key": "a.jsonl"}})
+    pod = builders.worker_job(job(b), SETTINGS)["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/mnt/pvc/data"] is True and mounts["/mnt/pvc/out"] is False
+    assert mounts["/mnt/models"] is True and mounts["/mnt/configmaps/rows"] is True
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert sorted(claims) == ["data", "kubetune-models", "out"]
+
+
+def test_spec_config_map_holds_the_resolved_spec() -> None:
+    data = json.loads(builders.spec_config_map(job())["data"]["job.json"])
+    assert data["metadata"] == {"name": "demo", "namespace": "team"}
+    assert data["spec"]["training"]["epochs"] >= 1  # defaults filled in
+    assert parse_job(data).spec == job().spec
+
+
+# Validation
+
+
+@pytest.mark.parametrize(
+    ("output_path", "data_path", "problem"),
+    [
+        ("", "train.jsonl", True),
+        ("train.jsonl", "train.jsonl", True),
+        ("runs/a", "runs", True),
+        ("runs/a", "data/train.jsonl", False),
+    ],
+)
+def test_output_must_not_overlap_the_data(output_path: str, data_path: str, problem: bool) -> None:
+    b = JobBuilder().set("spec.data.datasets[0].pvc", {"claimName": "data", "path": data_path})
+    b.set("spec.output", {"pvc": {"claimName": "data", "path": output_path}})
+    found = validation.problems(job(b).spec)
+    assert bool(found) == problem
+    if problem:
+        assert found[0].startswith("spec.output.pvc.path:") and "datasets[0]" in found[0]
+
+
+def test_several_workers_need_an_output() -> None:
+    found = validation.problems(job(JobBuilder().set("spec.resources", {"workers": 2})).spec)
+    assert found == [f for f in found if f.startswith("spec.output:")] and found
+
+
+def test_missing_references_name_the_field() -> None:
+    b = JobBuilder().set("spec.data.datasets[1]", {"name": "inline", "configMap": {"name": "rows", "key": "a.jsonl"}})
+    spec = job(b).spec
+    found = validation.missing_references(spec, "kubetune-models", {"kubetune-models"}, {"rows": {"b.jsonl"}})
+    assert found == [
+        "spec.data.datasets[0].pvc.claimName: PersistentVolumeClaim 'data' does not exist",
+        "spec.data.datasets[1].configMap.key: ConfigMap 'rows' has no key 'a.jsonl'",
+    ]
+    assert not validation.missing_references(
+        spec, "kubetune-models", {"data", "kubetune-models"}, {"rows": {"a.jsonl"}}
+    )
+
+
+# Status
+
+
+def worker_job(*conditions: str, suspend: bool = False, **counts: int) -> dict[str, Any]:
+    return {
+        "spec": {"suspend": suspend},
+        "status": {
+            "startTime": "2026-11-25T11:00:00Z",
+            **counts,
+            "conditions": [
+                {"type": c, "status": "True", "lastTransitionTime": "2026-11-25T11:59:00Z"} for c in conditions
+            ],
+        },
+    }
+
+
+def pod(index: int, phase: str, code: int | None = None, message: str = "") -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "trainer"}
+    if code is not None:
+        finished = f"2026-11-25T11:30:0{index}Z"
+        container["state"] = {"terminated": {"exitCode": code, "message": message, "finishedAt": finished}}
+    return {
+        "metadata": {
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+            "creationTimestamp": f"2026-11-25T11:0{index}:00Z",
+        },
+        "status": {"phase": phase, "containerStatuses": [container]},
+    }
+
+
+def accepted_job(builder: JobBuilder | None = None) -> Any:
+    accepted = {"type": "Accepted", "status": "True", "reason": "SpecValid", "message": "ok",
+                "lastTransitionTime": "2026-11-25T10:00:00Z"}  # fmt: skip
+    return job(builder or two_workers(), conditions=[accepted])
+
+
+def conditions(s: FineTuneJobStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status.value, c.reason) for c in s.conditions}
+
+
+def test_running_status_takes_progress_from_rank_0() -> None:
+    report = {"phase": "Training", "step": 25, "totalSteps": 100, "epoch": 1, "loss": 1.5, "learningRate": 1e-4,
+              "etaSeconds": 60.0, "checkpointStep": 20, "checkpointTime": NOW.timestamp()}  # fmt: skip
+    s, transitions = status.compute(
+        accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], report, NOW
+    )
+    assert s.phase == "Running" and conditions(s)["Running"] == ("True", "Training")
+    assert s.progress is not None and (s.progress.step, s.progress.percentage) == (25, 25)
+    assert s.progress.estimated_completion_time == NOW + timedelta(seconds=60)
+    assert s.metrics is not None and s.metrics.loss == 1.5
+    assert s.checkpoint is not None and s.checkpoint.location == "pvc://out/demo/checkpoints/step-00000020"
+    assert s.observed_generation == 2 and s.start_time == datetime(2026, 11, 25, 11, tzinfo=UTC)
+    assert [t.reason for t in transitions] == ["Training"]
+
+
+def test_transition_time_moves_only_when_the_status_changes() -> None:
+    first, _ = status.compute(accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], None, NOW)
+    again_job = accepted_job()
+    again_job.status = first
+    later = NOW + timedelta(minutes=5)
+    second, transitions = status.compute(
+        again_job, worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], None, later
+    )
+    running = next(c for c in second.conditions if c.type == "Running")
+    assert running.last_transition_time == NOW and transitions == []
+
+
+def test_pending_workers() -> None:
+    s, _ = status.compute(accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Pending")], None, NOW)
+    assert s.phase == "Pending" and conditions(s)["Running"] == ("False", "WorkersPending")
+
+
+def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
+    summary = json.dumps({"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4}})
+    pods = [pod(0, "Succeeded", 0, summary), pod(1, "Succeeded", 0)]
+    s, transitions = status.compute(accepted_job(), worker_job("Complete", succeeded=2), pods, None, NOW)
+    assert s.phase == "Succeeded" and conditions(s)["Succeeded"] == ("True", "Completed")
+    assert s.evaluation is not None and s.evaluation.test == {"loss": 1.2} and s.evaluation.baseline == {"loss": 3.4}
+    assert s.progress is not None and (s.progress.step, s.progress.percentage) == (40, 100)
+    assert s.output_location == "pvc://out/demo" and s.completion_time is not None
+    assert ("Succeeded", "Completed") in [(t.type, t.reason) for t in transitions]
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "reason", "expected"),
+    [
+        (78, json.dumps({"message": "spec.data.datasets[0]: row 3 is empty"}), "ConfigurationError", "row 3"),
+        (3, json.dumps({"message": "loss is nan at step 7"}), "Diverged", "step 7"),
+        (137, "Traceback ...\nMemoryError: out of memory", "RestartsExhausted", "MemoryError"),
+    ],
+)
+def test_failure_reason_and_the_workers_words_reach_the_failed_condition(
+    code: int, message: str, reason: str, expected: str
+) -> None:
+    pods = [pod(0, "Failed", code, message), pod(1, "Failed", 1, "peer went away")]
+    s, transitions = status.compute(accepted_job(), worker_job("Failed", failed=2), pods, None, NOW)
+    failed = next(c for c in s.conditions if c.type == "Failed")
+    assert s.phase == "Failed" and failed.reason == reason and expected in failed.message
+    assert transitions[-1].event_type == "Warning"
+
+
+def test_deadline_exceeded() -> None:
+    job_doc = worker_job("Failed", failed=0)
+    job_doc["status"]["conditions"][0]["reason"] = "DeadlineExceeded"
+    s, _ = status.compute(accepted_job(), job_doc, [], None, NOW)
+    assert conditions(s)["Failed"] == ("True", "DeadlineExceeded")
+
+
+def test_worker_failure_while_restarting_counts_restarts() -> None:
+    pods = [pod(0, "Failed", 137, "killed"), pod(1, "Pending")]
+    s, _ = status.compute(accepted_job(), worker_job(active=1, failed=2), pods, None, NOW)
+    assert s.restarts == 1 and conditions(s)["Running"] == ("False", "WorkerFailed")
+
+
+def test_suspend_keeps_progress_then_resume_clears_suspended() -> None:
+    report = {"step": 10, "totalSteps": 100}
+    running, _ = status.compute(
+        accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], report, NOW
+    )
+    j = accepted_job()
+    j.status = running
+    suspended, transitions = status.compute(j, worker_job("Suspended", suspend=True), [], None, NOW)
+    assert suspended.phase == "Suspended" and suspended.progress is not None and suspended.progress.step == 10
+    assert ("Suspended", "Suspended") in [(t.type, t.reason) for t in transitions]
+    j.status = suspended
+    resumed, _ = status.compute(j, worker_job(active=2), [pod(0, "Pending")], None, NOW)
+    assert conditions(resumed)["Suspended"] == ("False", "Resumed")
+
+
+def test_ttl_after_finished() -> None:
+    done = FineTuneJobStatus.model_validate_json('{"phase": "Succeeded", "completionTime": "2026-11-25T11:00:00Z"}')
+    assert status.expired(done, 3600, NOW) and not status.expired(done, 3601, NOW)
+    assert not status.expired(done, None, NOW)
