@@ -42,12 +42,12 @@ def _volume(cluster: ControlPlane, claim: str, path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def volumes(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Claims kubetune-data (a copy of examples/data), kubetune-outputs and kubetune-models (tiny Llama)."""
+    """Claims kubetune-data (holding a copy of examples/data), kubetune-outputs and kubetune-models (tiny Llama)."""
     from kubetune.trainer.tiny import TINY_LLAMA, ensure_model
 
     root = tmp_path_factory.mktemp("volumes")
     paths = {"kubetune-data": root / "data", "kubetune-outputs": root / "outputs", "kubetune-models": root / "models"}
-    shutil.copytree(ROOT / "examples" / "data", paths["kubetune-data"])
+    shutil.copytree(ROOT / "examples" / "data", paths["kubetune-data"] / "examples" / "data")
     paths["kubetune-outputs"].mkdir()
     ensure_model(paths["kubetune-models"] / TINY_LLAMA, TINY_LLAMA)
     for claim, path in paths.items():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.operator.conftest import wait_for
+from tests.operator.conftest import ROOT, wait_for
 from tests.support.builders import JobBuilder
 from tests.support.controlplane import ControlPlane
 from tests.support.nodeagent import NodeAgent
@@ -22,7 +23,7 @@ def e2e_job(name: str, workers: int = 2) -> JobBuilder:
         JobBuilder(name)
         .set(
             "spec.data.datasets[0]",
-            {"name": "rows", "pvc": {"claimName": "kubetune-data", "path": "instructions.jsonl"}},
+            {"name": "rows", "pvc": {"claimName": "kubetune-data", "path": "examples/data/instructions.jsonl"}},
         )
         .set("spec.data.split", {"validationRatio": 0.1, "testRatio": 0.1, "seed": 7})
         .set("spec.method", {"type": "LoRA", "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}})
@@ -86,18 +87,40 @@ def k(cluster: ControlPlane, node: NodeAgent, operator: Operator) -> Cluster:
 
 
 def test_two_workers_train_to_success(k: Cluster, volumes: dict[str, Path]) -> None:
-    k.apply(e2e_job("two-workers").build())
-    k.wait_condition("two-workers", "Succeeded")
-    status = k.ftj("two-workers")["status"]
+    k.cp.kubectl("apply", "-f", str(ROOT / "examples" / "two-workers-cpu.yaml"))
+    name = "two-workers-lora"
+    k.wait_condition(name, "Succeeded")
+    status = k.ftj(name)["status"]
     assert status["phase"] == "Succeeded"
-    assert status["outputLocation"] == "pvc://kubetune-outputs/two-workers"
+    assert status["outputLocation"] == f"pvc://kubetune-outputs/{name}"
     assert status["evaluation"]["test"]["loss"] > 0 and "loss" in status["evaluation"]["baseline"]
     assert status["progress"]["percentage"] == 100 and status["workers"]["succeeded"] == 2
-    out = volumes["kubetune-outputs"] / "two-workers"
+    out = volumes["kubetune-outputs"] / name
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2
-    printed = k.cp.kubectl("get", "ftj", "two-workers").stdout
+    assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2  # torchrun ran 2 ranks
+    printed = k.cp.kubectl("get", "ftj", name).stdout
     assert "Succeeded" in printed and "LoRA" in printed and "100" in printed
+    events = k.cp.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}").stdout
+    assert "Completed" in events and "Training" in events
+    exported = wait_for("job metrics", lambda: _series(k.operator.metrics(), name), 30)
+    assert 'kubetune_finetunejobs{phase="Succeeded"}' in k.operator.metrics()
+    assert exported["kubetune_finetunejob_progress_ratio"] == 1.0
+    assert exported['kubetune_finetunejob_eval_metric{metric="loss",model="tuned"}'] > 0
+
+
+def _series(text: str, name: str) -> dict[str, float]:
+    """The operator's series of one FineTuneJob, keyed by metric name and its other labels."""
+    found = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)\{(.*)\} (\S+)", line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+        if labels.pop("finetunejob", None) != name or labels.pop("namespace", None) != "default":
+            continue
+        rest = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        found[match.group(1) + (f"{{{rest}}}" if rest else "")] = float(match.group(3))
+    return found
 
 
 def _running_with_checkpoint(k: Cluster, name: str) -> dict[str, Any] | None:
