@@ -123,6 +123,16 @@ def _series(text: str, name: str) -> dict[str, float]:
     return found
 
 
+def _resumed_from(k: Cluster, name: str) -> int:
+    """The step the successful rank-0 pod resumed training from (its "phase: Training" log line)."""
+    for pod in k.pods(name):
+        if pod["metadata"]["name"].startswith(f"{name}-workers-0-") and pod["status"]["phase"] == "Succeeded":
+            for line in k.node.logs("default", pod["metadata"]["name"]).splitlines():
+                if line.startswith('{"event": "phase", "phase": "Training"'):
+                    return int(json.loads(line)["resumedFromStep"])
+    raise AssertionError(f"no successful rank-0 pod of {name} logged its start: {k.diagnose(name)}")
+
+
 def _running_with_checkpoint(k: Cluster, name: str) -> dict[str, Any] | None:
     status = k.ftj(name).get("status", {})
     done = status.get("progress", {}).get("percentage", 0)
@@ -138,9 +148,7 @@ def test_killed_worker_restarts_and_resumes_from_checkpoint(k: Cluster) -> None:
     status = k.ftj("killed")["status"]
     assert status["checkpoint"]["location"].startswith("pvc://kubetune-outputs/killed/checkpoints/step-")
     assert status["restarts"] >= 1 and status["workers"]["failed"] >= 1
-    rank0 = [p for p in k.pods("killed") if p["metadata"]["name"].startswith("killed-workers-0-")]
-    resumed = [k.node.logs("default", p["metadata"]["name"]) for p in rank0 if p["status"]["phase"] == "Succeeded"]
-    assert any('"resumedFromStep": ' in log and '"resumedFromStep": 0' not in log for log in resumed), resumed
+    assert _resumed_from(k, "killed") > 0
 
 
 def test_invalid_spec_is_not_accepted_and_creates_nothing(k: Cluster) -> None:
@@ -167,6 +175,7 @@ def test_suspend_resume_then_delete_cleans_up(k: Cluster) -> None:
     k.wait_condition("pausing", "Succeeded", timeout=400)
     assert k.condition("pausing", "Suspended")["status"] == "False"
     assert k.ftj("pausing")["status"]["restarts"] == 0  # a suspension is not a failure
+    assert _resumed_from(k, "pausing") > 0
     k.cp.kubectl("delete", "ftj", "pausing")
     for kind, name in (("job", "pausing-workers"), ("service", "pausing-workers"), ("configmap", "pausing-spec")):
         wait_for(f"{kind} {name} deleted", lambda kind=kind, name=name: k.get(kind, name) is None, 60)
@@ -192,3 +201,30 @@ def test_operator_restart_mid_run_creates_no_duplicates(k: Cluster) -> None:
         out = k.cp.kubectl("get", kind, "-l", "kubetune.dev/finetunejob=restarted", "-o", "name").stdout.split()
         assert len(out) == 1, out
     assert len(k.pods("restarted")) == 2
+
+
+def test_configuration_error_fails_at_once_and_ttl_deletes_the_job(k: Cluster) -> None:
+    doc = e2e_job("bad-data", workers=1).set("spec.data.datasets[0].pvc.path", "examples/data/missing.jsonl")
+    k.apply(doc.set("spec.ttlSecondsAfterFinished", 10).build())
+    failed = k.wait_condition("bad-data", "Failed", timeout=180)
+    assert failed["reason"] == "ConfigurationError"
+    assert "spec.data.datasets[0].pvc.path" in failed["message"] and "missing.jsonl" in failed["message"]
+    assert k.ftj("bad-data")["status"]["restarts"] == 0  # exit 78: the pod failure policy does not retry
+    wait_for("the TTL to delete the job", lambda: k.get("finetunejob", "bad-data") is None, 90)
+    wait_for("its worker Job to go", lambda: k.get("job", "bad-data-workers") is None, 60)
+
+
+def test_missing_config_map_waits_then_starts_when_it_appears(k: Cluster) -> None:
+    doc = e2e_job("late-rows", workers=1).set(
+        "spec.data.datasets[0]", {"name": "rows", "configMap": {"name": "late-rows-data", "key": "rows.jsonl"}}
+    )
+    k.apply(doc.build())
+    waiting = wait_for("Accepted=False", lambda: k.condition("late-rows", "Accepted") or None, 60)
+    assert waiting["status"] == "False" and waiting["reason"] == "MissingReference"
+    assert "spec.data.datasets[0].configMap.name" in waiting["message"] and "late-rows-data" in waiting["message"]
+    assert k.get("job", "late-rows-workers") is None
+    rows = (ROOT / "examples" / "data" / "instructions.jsonl").read_text()
+    k.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late-rows-data"},
+             "data": {"rows.jsonl": rows}})  # fmt: skip
+    k.wait_condition("late-rows", "Accepted", timeout=60)
+    k.wait_condition("late-rows", "Succeeded", timeout=300)

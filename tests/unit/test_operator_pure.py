@@ -234,6 +234,7 @@ def test_failure_reason_and_the_workers_words_reach_the_failed_condition(
     s, transitions = status.compute(accepted_job(), worker_job("Failed", failed=2), pods, None, NOW)
     failed = next(c for c in s.conditions if c.type == "Failed")
     assert s.phase == "Failed" and failed.reason == reason and expected in failed.message
+    assert s.restarts == 0  # one round of failures, not restarted
     assert transitions[-1].event_type == "Warning"
 
 

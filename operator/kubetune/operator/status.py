@@ -256,6 +256,7 @@ def compute(
     elif (failed := _job_condition(worker_job, "Failed")) is not None:
         reason, text = _failure(worker_job, pods, job)
         status.completion_time = _time(failed.get("lastTransitionTime")) or now
+        status.restarts = max(status.restarts - 1, 0)  # the last round of failures was not restarted
         condition(ConditionType.RUNNING, False, reason, text)
         condition(ConditionType.FAILED, True, reason, text)
         status.phase = Phase.FAILED
