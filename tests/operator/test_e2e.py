@@ -180,6 +180,7 @@ def test_suspend_resume_then_delete_cleans_up(k: Cluster) -> None:
     for kind, name in (("job", "pausing-workers"), ("service", "pausing-workers"), ("configmap", "pausing-spec")):
         wait_for(f"{kind} {name} deleted", lambda kind=kind, name=name: k.get(kind, name) is None, 60)
     wait_for("pods deleted", lambda: not k.pods("pausing"), 60)
+    wait_for("its metric series removed", lambda: not _series(k.operator.metrics(), "pausing"), 30)
 
 
 def test_operator_restart_mid_run_creates_no_duplicates(k: Cluster) -> None:

@@ -92,10 +92,10 @@ def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, na
         metrics.observe(namespace, name, new)
 
 
-@kopf.on.event(*RESOURCE)
-def forget_deleted(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
-    if event["type"] == "DELETED":
-        metrics.forget(namespace or "default", name)
+@kopf.on.event(*RESOURCE, when=lambda type, **_: type == "DELETED")
+def forget_deleted(namespace: str | None, name: str, **_: Any) -> None:
+    """A deleted job's metric series go with it (no finalizer: garbage collection deletes the children)."""
+    metrics.forget(namespace or "default", name)
 
 
 def _job(body: kopf.Body) -> FineTuneJob:
