@@ -35,9 +35,14 @@ control-plane: ## Build or reuse kube-apiserver, controller-manager, scheduler, 
 run: venv ## Fine-tune a tiny model locally from $(EXAMPLE) (no cluster needed)
 	$(PY) -m kubetune.trainer run $(EXAMPLE)
 
+.PHONY: dashboards
+dashboards: ## Rewrite the Grafana dashboards (charts/kubetune/files/dashboards) from hack/dashboards.py
+	python3 hack/dashboards.py
+
 .PHONY: crds
-crds: venv ## Regenerate crds/ from the pydantic API
+crds: venv ## Regenerate crds/ from the pydantic API (and the chart's copy of crds/)
 	$(PY) -m kubetune.api.crd > crds/kubetune.dev_finetunejobs.yaml
+	rm -f charts/kubetune/files/crds/*.yaml && cp crds/*.yaml charts/kubetune/files/crds/
 
 .PHONY: lint
 lint: venv ## ruff, mypy (strict on api and operator), import-linter
@@ -50,9 +55,13 @@ lint: venv ## ruff, mypy (strict on api and operator), import-linter
 test: ## Everything: set-up, lint, the whole pytest suite on the real control plane
 	# The control-plane build (CPU-bound, ~20 min once) runs beside the venv install (download-bound).
 	bash hack/build-control-plane.sh > .control-plane-build.log 2>&1 & build=$$!
+	bash hack/build-helm.sh > .helm-build.log 2>&1 & helm=$$!
 	bash hack/venv.sh >/dev/null
 	wait $$build || { cat .control-plane-build.log; exit 1; }
+	wait $$helm || { cat .helm-build.log; exit 1; }
 	export KUBETUNE_BIN_DIR="$$(tail -n 1 .control-plane-build.log)"
+	export KUBETUNE_HELM="$$(tail -n 1 .helm-build.log)"
+	set -a; eval "$$(bash hack/install-tools.sh)"; set +a  # prometheus, promtool, hadolint
 	$(MAKE) --no-print-directory lint
 	$(PY) -c "import enum, operator; assert operator.add(1, 2) == 3"
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,13 +1,18 @@
-"""Shared fixtures: the real control plane (session-wide) and the repository root."""
+"""Shared fixtures: the real control plane (session-wide), the local node agent, hostPath volumes (data, outputs,
+the model cache with the tiny Llama) and the repository root."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import controlplane
+from tests.support.controlplane import ControlPlane
+from tests.support.nodeagent import NodeAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,3 +32,39 @@ def cluster() -> Iterator[controlplane.ControlPlane]:
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def node(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
+    agent = NodeAgent(cluster.server, cluster.token, tmp_path_factory.mktemp("node")).start()
+    yield agent
+    agent.stop()
+
+
+def _volume(cluster: ControlPlane, claim: str, path: Path) -> None:
+    """A hostPath PersistentVolume pre-bound to a claim of the same name in 'default'."""
+    docs = [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"pv-{claim}"},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "hostPath": {"path": str(path)},
+                  "claimRef": {"namespace": "default", "name": claim}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": "default"},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"pv-{claim}",
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+    ]  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+
+
+@pytest.fixture(scope="session")
+def volumes(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Claims kubetune-data (holding a copy of examples/data), kubetune-outputs and kubetune-models (tiny Llama)."""
+    from kubetune.trainer.tiny import TINY_LLAMA, ensure_model
+
+    root = tmp_path_factory.mktemp("volumes")
+    paths = {"kubetune-data": root / "data", "kubetune-outputs": root / "outputs", "kubetune-models": root / "models"}
+    shutil.copytree(ROOT / "examples" / "data", paths["kubetune-data"] / "examples" / "data")
+    paths["kubetune-outputs"].mkdir()
+    ensure_model(paths["kubetune-models"] / TINY_LLAMA, TINY_LLAMA)
+    for claim, path in paths.items():
+        _volume(cluster, claim, path)
+    return paths

@@ -174,6 +174,7 @@ def start(workdir: Path | None = None) -> ControlPlane:
             "--secure-port", str(free_port()),
             "--use-service-account-credentials=true",
             "--service-account-private-key-file", str(workdir / "sa.key"),
+            "--root-ca-file", str(workdir / "certs" / "apiserver.crt"),  # published as kube-root-ca.crt
             "--cluster-signing-duration", "24h",
             "--controllers", "*,-nodeipam,-nodelifecycle,-service-lb-controller,-cloud-node-lifecycle",
         ])  # fmt: skip

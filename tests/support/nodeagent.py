@@ -12,8 +12,16 @@ before it starts). Pod status (Running; Succeeded or Failed with the exit code a
 falling back to the last log lines) goes back through the API server; the real scheduler and Job controller
 do the rest.
 
-The "image" is this repository's virtualenv: ``python`` is the venv's interpreter and the packages are on
-PYTHONPATH. readOnly mounts and resource limits are not enforced.
+Projected volumes are materialised too, above all the ServiceAccount token volume the API server adds to pods that
+automount a token: the token comes from the TokenRequest API (bound to the pod), ``ca.crt`` from the
+``kube-root-ca.crt`` ConfigMap, ``namespace`` from the downward API. Programs read those at fixed paths
+(``/var/run/secrets/kubernetes.io/serviceaccount``), so projected volumes are bind-mounted at their real mount path
+in a private mount namespace of the pod's process (``unshare --mount``); ``KUBERNETES_SERVICE_HOST``/``PORT`` point
+at the API server, as kube-proxy would make the ``kubernetes`` Service do. An in-cluster client (the operator
+installed by the Helm chart) thus talks to the API server as its own ServiceAccount, under the chart's RBAC.
+
+The "image" is this repository's virtualenv: ``python`` is the venv's interpreter, its ``bin`` (kopf, torchrun)
+is on PATH and the packages are on PYTHONPATH. readOnly mounts and resource limits are not enforced.
 """
 
 from __future__ import annotations
@@ -126,6 +134,8 @@ class NodeAgent:
 
     def __init__(self, server: str, token: str, workdir: Path, cpu: str = "64", memory: str = "256Gi") -> None:
         self.api = Api(server, token)
+        address = urllib.parse.urlsplit(server)
+        self.api_host, self.api_port = address.hostname or "127.0.0.1", str(address.port or 443)
         self.workdir = workdir
         self.cpu, self.memory = cpu, memory
         self.pods: dict[str, PodProcess] = {}
@@ -301,13 +311,13 @@ class NodeAgent:
         rootfs = pod.dir / "rootfs"
         rootfs.mkdir(parents=True)
         (pod.dir / "tmp").mkdir()
-        paths = self._mount(namespace, spec, container, rootfs)
-        termination_path = container.get("terminationMessagePath", "/dev/termination-log")
-        termination = pod.dir / "termination-log"
-        paths[termination_path] = termination
         hostname = spec.get("hostname", meta["name"])
         ip = pod_ip(namespace, hostname, spec.get("subdomain", meta["uid"]))
         pod.pod["status"] = {**pod.pod.get("status", {}), "podIP": ip, "hostIP": "127.0.0.1"}
+        paths, binds = self._mount(pod.pod, container, rootfs)
+        termination_path = container.get("terminationMessagePath", "/dev/termination-log")
+        termination = pod.dir / "termination-log"
+        paths[termination_path] = termination
 
         def translate(value: str) -> str:
             for mount in sorted(paths, key=len, reverse=True):
@@ -323,6 +333,8 @@ class NodeAgent:
             "HOME": str(pod.dir), "LANG": "C.UTF-8", "TMPDIR": str(pod.dir / "tmp"), "HOSTNAME": hostname,
             "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
             "KUBETUNE_NODE_AGENT_POD_IP": ip,
+            "KUBERNETES_SERVICE_HOST": self.api_host, "KUBERNETES_SERVICE_PORT": self.api_port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": self.api_port,
         }  # fmt: skip
         for var in container.get("env") or []:
             if "value" in var:
@@ -335,11 +347,22 @@ class NodeAgent:
         argv = [translate(_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a)) for a in argv]
         if argv and argv[0] == "python":
             argv[0] = sys.executable
+        if binds:  # bind-mount at the real paths, in a mount namespace of the pod's own
+            script = 'while [ "$1" != -- ]; do mkdir -p "$1" && mount --bind "$2" "$1" || exit 126; shift 2; done'
+            pairs = [str(x) for target, source in binds.items() for x in (target, source)]
+            argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script + '; shift; exec "$@"',
+                    "sh", *pairs, "--", *argv]  # fmt: skip
         return argv, env, termination
 
-    def _mount(self, namespace: str, spec: dict[str, Any], container: dict[str, Any], rootfs: Path) -> dict[str, Path]:
+    def _mount(
+        self, pod: dict[str, Any], container: dict[str, Any], rootfs: Path
+    ) -> tuple[dict[str, Path], dict[str, Path]]:
+        """Materialise the container's volume mounts under ``rootfs``: (mount path -> directory to rewrite paths
+        to, mount path -> directory to bind-mount there)."""
+        namespace, spec = pod["metadata"]["namespace"], pod["spec"]
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         paths: dict[str, Path] = {}
+        binds: dict[str, Path] = {}
         for mount in container.get("volumeMounts") or []:
             volume = volumes[mount["name"]]
             target = rootfs / mount["mountPath"].lstrip("/")
@@ -361,10 +384,43 @@ class NodeAgent:
                 target.symlink_to(pv["spec"]["hostPath"]["path"])
             elif "hostPath" in volume:
                 target.symlink_to(volume["hostPath"]["path"])
+            elif "projected" in volume:
+                target.mkdir()
+                self._project(pod, volume["projected"], target)
+                binds[mount["mountPath"]] = target
+                continue
             else:  # emptyDir and anything else: a fresh directory
                 target.mkdir(exist_ok=True)
             paths[mount["mountPath"]] = target
-        return paths
+        return paths, binds
+
+    def _project(self, pod: dict[str, Any], projected: dict[str, Any], target: Path) -> None:
+        """Write a projected volume's files: ServiceAccount token, ConfigMap keys, downward-API fields."""
+        meta = pod["metadata"]
+        for source in projected.get("sources") or []:
+            if "serviceAccountToken" in source:
+                request = source["serviceAccountToken"]
+                account = pod["spec"].get("serviceAccountName", "default")
+                body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
+                    "audiences": [request["audience"]] if request.get("audience") else [],
+                    "expirationSeconds": int(request.get("expirationSeconds", 3600)),
+                    "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+                }}  # fmt: skip
+                path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token"
+                token = self.api.request("POST", path, body)["status"]["token"]
+                (target / request["path"]).write_text(token)
+            elif "configMap" in source:
+                ref = source["configMap"]
+                cm = self.api.get(f"/api/v1/namespaces/{meta['namespace']}/configmaps/{ref['name']}")
+                data = (cm or {}).get("data") or {}
+                if cm is None and not ref.get("optional"):
+                    raise RuntimeError(f"configmap {ref['name']!r} not found")
+                items = ref.get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    (target / item["path"]).write_text(data.get(item["key"], ""))
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"].get("items") or []:
+                    (target / item["path"]).write_text(self._value_from(pod, item))
 
     def _value_from(self, pod: dict[str, Any], source: dict[str, Any]) -> str:
         if "fieldRef" in source:

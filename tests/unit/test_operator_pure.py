@@ -209,12 +209,16 @@ def test_pending_workers() -> None:
 
 
 def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
-    summary = json.dumps({"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4}})
+    final = {"epoch": 2, "loss": 0.9, "learningRate": 0.0, "tokensPerSecond": 2100.5, "validationLoss": 1.1}
+    summary = json.dumps({"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4},
+                          "final": final})  # fmt: skip
     pods = [pod(0, "Succeeded", 0, summary), pod(1, "Succeeded", 0)]
     s, transitions = status.compute(accepted_job(), worker_job("Complete", succeeded=2), pods, None, NOW)
     assert s.phase == "Succeeded" and conditions(s)["Succeeded"] == ("True", "Completed")
     assert s.evaluation is not None and s.evaluation.test == {"loss": 1.2} and s.evaluation.baseline == {"loss": 3.4}
-    assert s.progress is not None and (s.progress.step, s.progress.percentage) == (40, 100)
+    assert s.progress is not None and (s.progress.step, s.progress.percentage, s.progress.epoch) == (40, 100, 2)
+    assert s.metrics is not None and (s.metrics.loss, s.metrics.tokens_per_second, s.metrics.validation_loss) == (
+        0.9, 2100.5, 1.1)  # fmt: skip
     assert s.output_location == "pvc://out/demo" and s.completion_time is not None
     assert ("Succeeded", "Completed") in [(t.type, t.reason) for t in transitions]
 
@@ -270,3 +274,29 @@ def test_ttl_after_finished() -> None:
     done = FineTuneJobStatus.model_validate_json('{"phase": "Succeeded", "completionTime": "2026-11-25T11:00:00Z"}')
     assert status.expired(done, 3600, NOW) and not status.expired(done, 3601, NOW)
     assert not status.expired(done, None, NOW)
+
+
+def test_metrics_export_a_jobs_phase_workers_and_eta_and_forget_it() -> None:
+    from kubetune.operator import metrics
+
+    eta = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    status = FineTuneJobStatus.model_validate_json(json.dumps(
+        {"phase": "Running", "workers": {"active": 2}, "progress": {"step": 3, "totalSteps": 12,
+                                                                     "estimatedCompletionTime": eta.isoformat()}}
+    ))  # fmt: skip
+    metrics.observe("ml", "m1", status)
+    job_labels = {"namespace": "ml", "finetunejob": "m1"}
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {**job_labels, **labels})
+
+    assert value("kubetune_finetunejob_status_phase", phase="Running") == 1
+    assert value("kubetune_finetunejob_status_phase", phase="Failed") == 0
+    assert value("kubetune_finetunejob_workers", state="active") == 2
+    assert value("kubetune_finetunejob_progress_ratio") == 0.25
+    assert value("kubetune_finetunejob_estimated_completion_timestamp_seconds") == eta.timestamp()
+    assert metrics.registry.get_sample_value("kubetune_reconcile_errors_total", {"handler": "create"}) == 0
+    metrics.forget("ml", "m1")
+    assert value("kubetune_finetunejob_status_phase", phase="Running") is None
+    assert value("kubetune_finetunejob_workers", state="active") is None
+    assert value("kubetune_finetunejob_estimated_completion_timestamp_seconds") is None

@@ -39,6 +39,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # our own Events mark transitions; no "handler succeeded" noise
+    kube.ensure_peering(SETTINGS.peering)
     metrics.serve(SETTINGS.metrics_port)
 
 

@@ -103,6 +103,18 @@ def delete_finetunejob(namespace: str, name: str) -> None:
             raise
 
 
+def ensure_peering(name: str) -> None:
+    """Create the ClusterKopfPeering the replicas share (kopf's mandatory peering waits for it otherwise)."""
+    body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+    try:
+        kubernetes.client.CustomObjectsApi(_client()).create_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", body
+        )
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
 def progress(pod_ip: str, port: int, timeout: float) -> dict[str, Any] | None:
     """Rank 0's /progress document, or None when it cannot be read (not started, finished, network)."""
     try:

@@ -23,6 +23,22 @@ registry = CollectorRegistry()
 JOB = ("namespace", "finetunejob")
 
 jobs = Gauge("kubetune_finetunejobs", "FineTuneJobs by phase.", ("phase",), registry=registry)
+phase = Gauge(
+    "kubetune_finetunejob_status_phase",
+    "1 for the job's current phase, 0 for the others.",
+    (*JOB, "phase"),
+    registry=registry,
+)
+workers = Gauge(
+    "kubetune_finetunejob_workers",
+    "Worker pods by state (active: running or pending).",
+    (*JOB, "state"),
+    registry=registry,
+)
+completion_time = Gauge(
+    "kubetune_finetunejob_estimated_completion_timestamp_seconds",
+    "When training is expected to end (Unix time), from the trainer's ETA.", JOB, registry=registry,
+)  # fmt: skip
 progress_ratio = Gauge("kubetune_finetunejob_progress_ratio", "Training steps done / planned (0-1).", JOB,
                        registry=registry)  # fmt: skip
 train_loss = Gauge("kubetune_finetunejob_train_loss", "Training loss of the latest step.", JOB, registry=registry)
@@ -45,9 +61,13 @@ reconcile_seconds = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )  # fmt: skip
 errors = Counter("kubetune_reconcile_errors_total", "Handler calls that raised.", ("handler",), registry=registry)
+HANDLERS = ("create", "suspend", "status")
+for _handler in HANDLERS:  # export zeros from the start, so rates and alerts see every handler
+    errors.labels(handler=_handler)
 
 _phases: dict[tuple[str, str], str] = {}
-_PER_JOB = (progress_ratio, train_loss, validation_loss, tokens_per_second, restarts)
+_PER_JOB = (progress_ratio, train_loss, validation_loss, tokens_per_second, restarts, completion_time)
+WORKER_STATES = ("active", "succeeded", "failed")
 
 
 def serve(port: int) -> None:
@@ -78,8 +98,15 @@ def observe(namespace: str, name: str, status: FineTuneJobStatus) -> None:
     key = (namespace, name)
     _phases[key] = status.phase.value if status.phase else Phase.PENDING.value
     _refresh_phases()
+    for each in Phase:
+        phase.labels(*key, each.value).set(1 if each.value == _phases[key] else 0)
+    if status.workers is not None:
+        for state in WORKER_STATES:
+            workers.labels(*key, state).set(getattr(status.workers, state))
     if status.progress is not None and status.progress.total_steps:
         progress_ratio.labels(*key).set(min(status.progress.step / status.progress.total_steps, 1.0))
+    if status.progress is not None and status.progress.estimated_completion_time is not None:
+        completion_time.labels(*key).set(status.progress.estimated_completion_time.timestamp())
     m = status.metrics
     for gauge, value in (
         (train_loss, m.loss if m else None),
@@ -104,6 +131,10 @@ def forget(namespace: str, name: str) -> None:
     for gauge in _PER_JOB:
         with contextlib.suppress(KeyError):
             gauge.remove(*key)
+    for labelled, values in ((phase, [p.value for p in Phase]), (workers, list(WORKER_STATES))):
+        for value in values:
+            with contextlib.suppress(KeyError):
+                labelled.remove(*key, value)
     for metric in EVAL_METRICS:
         for model in ("tuned", "base"):
             with contextlib.suppress(KeyError):

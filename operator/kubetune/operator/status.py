@@ -197,6 +197,15 @@ def _progress(
     return progress, metrics, checkpoint
 
 
+def _final_metrics(previous: LatestMetrics | None, final: dict[str, Any]) -> LatestMetrics:
+    """The latest metrics updated with the last step's figures from rank 0's final summary."""
+    fields = {"loss": "loss", "learningRate": "learning_rate", "tokensPerSecond": "tokens_per_second",
+              "validationLoss": "validation_loss", "bestValidationMetric": "best_validation_metric",
+              "bestStep": "best_step"}  # fmt: skip
+    update = {name: final[key] for key, name in fields.items() if final.get(key) is not None}
+    return (previous or LatestMetrics()).model_copy(update=update)
+
+
 def compute(
     job: FineTuneJob,
     worker_job: dict[str, Any] | None,
@@ -242,13 +251,16 @@ def compute(
         _, _, summary = termination(rank0) if rank0 else (None, "", {})
         if summary.get("test") or summary.get("baseline"):
             status.evaluation = EvaluationResults(test=summary.get("test", {}), baseline=summary.get("baseline", {}))
+        final = summary.get("final") or {}
         if summary.get("steps") is not None:  # a short run may end between two progress reads
             steps = int(summary["steps"])
             total = status.progress.total_steps if status.progress else None
+            epoch = final.get("epoch", status.progress.epoch if status.progress else 0.0)
             status.progress = Progress(
-                step=steps, total_steps=total or steps, percentage=100,
-                epoch=status.progress.epoch if status.progress else 0.0, update_time=now,
-            )  # fmt: skip
+                step=steps, total_steps=total or steps, percentage=100, epoch=float(epoch), update_time=now
+            )
+        if final:
+            status.metrics = _final_metrics(status.metrics, final)
         status.completion_time = _time(counts.get("completionTime")) or _time(done.get("lastTransitionTime")) or now
         condition(ConditionType.RUNNING, False, Reason.COMPLETED, message(Reason.COMPLETED, status.output_location))
         condition(ConditionType.SUCCEEDED, True, Reason.COMPLETED, message(Reason.COMPLETED, status.output_location))

@@ -34,6 +34,9 @@ from .local import Volumes, upload
 from .report import ProgressEvent, Reporter
 from .runtime import record_exit_code, supervise, torchrun_command
 
+FINAL = ("epoch", "loss", "learningRate", "tokensPerSecond", "validationLoss", "bestValidationMetric", "bestStep")
+"""The last progress figures kept in the final summary (``final``)."""
+
 RUN_FILES: tuple[str, ...] = (
     "checkpoints",
     "best",
@@ -174,11 +177,16 @@ def _main(args: argparse.Namespace) -> int:
     if rank0 and job.spec.output is not None and job.spec.output.uri is not None:
         upload(out, job.spec.output.uri)
     location = job.spec.output.uri if job.spec.output and job.spec.output.uri else str(out)
-    summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"]}
+    summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"], "final": _final(reporter)}
     reporter.finish({**summary, "test": _brief(metrics["test"]), "baseline": _brief(metrics["baseline"])})
     if args.command == "run":
         _print_summary(metrics, out)
     return 0
+
+
+def _final(reporter: Reporter) -> dict[str, Any]:
+    """The last step's figures, so a run that ends between two of the operator's reads still reports them."""
+    return {k: v for k, v in reporter.latest.items() if k in FINAL and v is not None}
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import contextlib
 import json
 import logging
 import os
+import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +79,11 @@ class TrainerMetrics:
         self.eval_loss = gauge("eval_loss", "Latest evaluation loss by split.", ("split",))
         self.tokens = Counter("kubetune_trainer_tokens", "Tokens trained on.", registry=self.registry)
         self.checkpoints = Counter("kubetune_trainer_checkpoints", "Checkpoints written.", registry=self.registry)
+        self.peak_memory = gauge(
+            "peak_memory_bytes",
+            "Peak memory of rank 0: host (resident set) and gpu (allocated by torch).",
+            ("device",),
+        )
         self.resumed_from_step = gauge(
             "resumed_from_step", "Step of the checkpoint this process resumed from (0: none)."
         )
@@ -141,6 +148,8 @@ class Reporter:
         m.tokens_per_second.set(event.tokens_per_second)
         m.eta.set(event.eta_seconds)
         m.tokens.inc(tokens)
+        for device, peak in _peak_memory().items():
+            m.peak_memory.labels(device=device).set(peak)
         if event.validation_loss is not None:
             m.eval_loss.labels(split="validation").set(event.validation_loss)
         with self._lock:
@@ -177,6 +186,15 @@ class Reporter:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+def _peak_memory() -> dict[str, int]:
+    """Peak host RSS of this process and, on CUDA, the peak memory torch allocated on its device."""
+    peaks = {"host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux reports KiB
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["gpu"] = int(torch.cuda.max_memory_allocated())
+    return peaks
 
 
 def _termination_log() -> Path | None:
