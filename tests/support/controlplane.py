@@ -122,7 +122,17 @@ def _write_kubeconfig(path: Path, server: str, token: str) -> None:
     path.write_text(json.dumps(config))
 
 
-def start(workdir: Path | None = None) -> ControlPlane:
+AUDIT_WRITES = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+
+
+def start(workdir: Path | None = None, audit_writes: bool = False) -> ControlPlane:
     """Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler; return when all are ready."""
     binaries = bin_dir()
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
@@ -132,6 +142,7 @@ def start(workdir: Path | None = None) -> ControlPlane:
     server = f"https://127.0.0.1:{api_port}"
     cp = ControlPlane(binaries, workdir, server, token, workdir / "kubeconfig")
     try:
+        (workdir / "audit-policy.yaml").write_text(AUDIT_WRITES)
         (workdir / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
         subprocess.run(["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"], check=True, capture_output=True)
         subprocess.run(
@@ -162,6 +173,9 @@ def start(workdir: Path | None = None) -> ControlPlane:
             "--service-account-signing-key-file", str(workdir / "sa.key"),
             "--service-cluster-ip-range", "10.0.0.0/24",
             "--allow-privileged=true",
+            *(["--audit-policy-file", str(workdir / "audit-policy.yaml"), "--audit-log-path",
+               str(workdir / "audit.log"), "--audit-log-format", "json", "--audit-log-mode", "blocking"]
+              if audit_writes else []),
             "--v", "1",
         ])  # fmt: skip
 

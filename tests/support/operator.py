@@ -25,6 +25,8 @@ class Operator:
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment (e.g. a longer KUBETUNE_STATUS_INTERVAL_SECONDS)."""
 
     @property
     def log_path(self) -> Path:
@@ -42,6 +44,7 @@ class Operator:
             "KUBETUNE_PEERING_PRIORITY": str(self.priority),
             "KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:test",
             "PYTHONWARNINGS": "ignore:Unverified HTTPS request",  # the test kubeconfig skips TLS verification
+            **self.env,
         }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(

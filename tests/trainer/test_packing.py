@@ -59,3 +59,32 @@ def test_without_reset_positions_the_losses_differ(tiny: tuple[object, object]) 
         padded = model(**collate(rows, tokenizer.pad_token_id)).loss  # type: ignore[operator, attr-defined]
         leaky = model(**batch).loss  # type: ignore[operator]
     assert abs(float(padded) - float(leaky)) > 1e-4
+
+
+def test_packed_attention_keeps_the_loss_and_its_gradients(tmp_path: Path) -> None:
+    """``kubetune_packed`` (causal attention per example, from the batch's boundaries) against SDPA on the padded
+    batch: same loss and same gradients, and it reads the boundaries (dropping them leaks across examples)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune.trainer.packing import register_packed_attention
+
+    path = build_tiny_llama(tmp_path / "tiny", seed=3)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows = tokenize(EXAMPLES, tokenizer, max_len=128)
+    sdpa = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    packed = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=register_packed_attention()
+    )
+    padded_loss = sdpa(**collate(rows, tokenizer.pad_token_id)).loss
+    packed_loss = packed(**collate_packed(rows)).loss
+    padded_loss.backward()
+    packed_loss.backward()
+    assert abs(padded_loss.item() - packed_loss.item()) < 1e-4
+    for (name, a), (_, b) in zip(sdpa.named_parameters(), packed.named_parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    batch = collate_packed(rows)
+    for key in ("cu_seq_lens_q", "cu_seq_lens_k", "position_ids"):
+        del batch[key]
+    with torch.no_grad():
+        assert abs(float(packed(**batch).loss) - float(packed_loss)) > 1e-3

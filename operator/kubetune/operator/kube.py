@@ -18,6 +18,8 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.spec import GROUP, PLURAL, VERSION
 
+USER_AGENT = "kubetune-operator"
+
 
 @cache
 def _client() -> kubernetes.client.ApiClient:
@@ -25,7 +27,9 @@ def _client() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+    client = kubernetes.client.ApiClient()
+    client.user_agent = USER_AGENT  # names the operator in audit logs (kopf's own calls say kopf/<version>)
+    return client
 
 
 def _dict(obj: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.training import LoRA, Method
 
 from .errors import ConfigError
+from .packing import register_packed_attention
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
@@ -44,6 +45,8 @@ def load(path: Path, spec: FineTuneJobSpec, tokenizer: Any, labels: list[str] | 
             **kwargs,
         )
     else:
+        if spec.training.packing:
+            kwargs["attn_implementation"] = register_packed_attention()
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if spec.training.dropout is not None:
         set_dropout(model, spec.training.dropout)

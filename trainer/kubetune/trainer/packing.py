@@ -1,15 +1,23 @@
 """Padding-free sample packing: examples laid end to end in one row, position ids restarting at 0 for each.
 
-Transformers builds a block-diagonal causal mask from the restarting position ids (no attention between
-packed examples), so a packed batch has the same loss as the padded batch of the same examples (a test
-holds it to 1e-4) without computing a single padding token. Training uses ``use_cache=False``.
+No padding token is computed, and no attention crosses examples: the batch carries the examples' boundaries
+(``cu_seq_lens_q``/``_k``, as flash-attention's varlen kernels take them), and the ``kubetune_packed`` attention
+runs causal SDPA within each example, so attention costs the sum of the squared example lengths rather than the
+square of the packed row's (a block-diagonal mask over the whole row would). Flash-attention kernels read the same
+boundaries. A packed batch has the same loss as the padded batch of the same examples (a test holds it to 1e-4).
+Batches without boundaries (evaluation, generation) get plain SDPA with their mask. Training uses
+``use_cache=False``.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from .batches import Tokenized
+
+PACKED_ATTENTION = "kubetune_packed"
+"""The attention implementation name models trained with packing are loaded with."""
 
 
 def pack(rows: list[Tokenized], max_tokens: int) -> list[list[Tokenized]]:
@@ -35,9 +43,54 @@ def collate_packed(group: list[Tokenized]) -> dict[str, Any]:
     ids = [t for row in group for t in row[0]]
     labels = [t for row in group for t in row[1]]
     positions = [p for row in group for p in range(len(row[0]))]
+    bounds = [0]
+    for row in group:
+        bounds.append(bounds[-1] + len(row[0]))
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    longest = max(len(row[0]) for row in group)
     return {
         "input_ids": torch.tensor([ids]),
         "labels": torch.tensor([labels]),
         "position_ids": torch.tensor([positions]),
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
         "use_cache": False,
     }
+
+
+def packed_attention(
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+    scaling: float | None = None, **kwargs: Any,
+) -> tuple[Any, None]:  # fmt: skip
+    """Causal attention within each packed example; any batch without boundaries goes to transformers' SDPA."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)  # fmt: skip
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    cuts = [int(b) for b in bounds.tolist()]
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, is_causal=True, scale=scaling
+        )
+        for a, b in itertools.pairwise(cuts)
+        if b > a
+    ]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_packed_attention() -> str:
+    """Make ``kubetune_packed`` known to transformers (attention and its mask, built as for SDPA); idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    return PACKED_ATTENTION

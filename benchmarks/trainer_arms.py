@@ -1,0 +1,164 @@
+"""One arm of the trainer throughput benchmark, run in its own process (so its peak RSS is its own):
+``python -m benchmarks.trainer_arms CONFIG.json`` prints one JSON line of figures.
+
+Arms: ``hf`` (transformers' Trainer + PEFT LoRA, dynamic padding to the longest row of each batch), ``hf-grouped``
+(the same with ``train_sampling_strategy="group_by_length"``) and ``kubetune`` (our trainer's own loop, run through
+``kubetune.trainer.loop.train`` on a FineTuneJob, which packs each micro-batch padding-free). Every arm trains the
+same model on the same rows with the same LoRA, optimizer, schedule, batch size and seed. Figures count only the
+steps after the warm-up: real (non-padding) input tokens per second, padding waste (padding / all positions
+computed), the mean loss of the last steps, and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Meter:
+    """Per step: when it ended, real input tokens, positions computed (with padding), loss."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+        self.batches: list[tuple[int, int]] = []
+        self.losses: list[float] = []
+
+    def figures(self, warmup: int) -> dict[str, Any]:
+        steps = len(self.ends)
+        if steps <= warmup + 1:
+            raise RuntimeError(f"only {steps} steps ran; need more than warm-up ({warmup}) + 1")
+        seconds = self.ends[-1] - self.ends[warmup - 1] if warmup else self.ends[-1] - self.ends[0]
+        measured = self.batches[warmup:steps] if warmup else self.batches[1:steps]
+        real, computed = sum(b[0] for b in measured), sum(b[1] for b in measured)
+        last = self.losses[-min(5, len(self.losses)) :]
+        return {
+            "steps": steps,
+            "measured_steps": len(measured),
+            "seconds": round(seconds, 3),
+            "tokens_per_second": real / seconds,
+            "padding_waste": 1 - real / computed if computed else 0.0,
+            "final_loss": sum(last) / len(last),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+
+
+def encode(texts: list[str], tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """BOS + text + EOS; labels mask BOS only, exactly as kubetune's Completion rows are encoded."""
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append(([tokenizer.bos_token_id, *ids, tokenizer.eos_token_id], [-100, *ids, tokenizer.eos_token_id]))
+    return rows
+
+
+def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    meter = Meter()
+    tokenizer = AutoTokenizer.from_pretrained(config["model"])
+    texts = [json.loads(line)["text"] for line in Path(config["data"]).read_text().splitlines()]
+    rows = [{"input_ids": ids, "labels": labels} for ids, labels in encode(texts, tokenizer)]
+    pad = tokenizer.pad_token_id
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        longest = max(len(r["input_ids"]) for r in batch)
+        ids = torch.full((len(batch), longest), pad)
+        labels = torch.full((len(batch), longest), -100)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for i, r in enumerate(batch):
+            n = len(r["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
+        meter.batches.append((int(mask.sum()), ids.numel()))
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    class Timing(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            meter.ends.append(time.perf_counter())
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                meter.losses.append(float(logs["loss"]))
+
+    torch.manual_seed(config["seed"])
+    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32)
+    lora = LoraConfig(r=config["lora_rank"], lora_alpha=config["lora_alpha"], lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+    model = get_peft_model(model, lora)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=config["batch_size"], max_steps=config["steps"],
+            learning_rate=config["learning_rate"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+            max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], seed=config["seed"],
+            data_seed=config["seed"], dataloader_num_workers=0, use_cpu=True, disable_tqdm=True,
+            remove_unused_columns=False, train_sampling_strategy="group_by_length" if grouped else "random",
+        )  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timing()])
+        trainer.train()
+    return meter.figures(config["warmup"])
+
+
+def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
+    from kubetune.api.spec import parse_job
+    from kubetune.trainer import loop
+    from kubetune.trainer.local import Volumes
+    from kubetune.trainer.report import ProgressEvent, Reporter
+
+    meter = Meter()
+    packed = loop.collate_packed
+
+    def counting(group: Any) -> dict[str, Any]:
+        batch = packed(group)
+        meter.batches.append((int(batch["input_ids"].numel()), int(batch["input_ids"].numel())))
+        return batch
+
+    loop.collate_packed = counting  # count what the loop computes; the loop itself is untouched
+
+    class Timing(Reporter):
+        def progress(self, event: ProgressEvent, tokens: int) -> None:
+            meter.ends.append(time.perf_counter())
+            meter.losses.append(event.loss)
+
+    root = Path(config["data"]).parent
+    doc = {
+        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bench"},
+        "spec": {
+            "model": {"pvc": {"claimName": "bench", "path": Path(config["model"]).relative_to(root).as_posix()}},
+            "data": {"format": "Completion", "datasets": [{"name": "synthetic", "pvc": {
+                "claimName": "bench", "path": Path(config["data"]).name}}],
+                "split": {"validationRatio": 0.0, "testRatio": 0.0, "seed": config["seed"]},
+                "cleaning": {"deduplicate": False}},
+            "method": {"type": "LoRA", "lora": {"rank": config["lora_rank"], "alpha": config["lora_alpha"],
+                                                "dropout": 0.0, "targetModules": ["all-linear"]}},
+            "training": {"learningRate": config["learning_rate"], "epochs": 1, "maxSteps": config["steps"],
+                         "perDeviceBatchSize": config["batch_size"], "maxSeqLength": config["max_length"],
+                         "packing": True, "scheduler": "Constant", "warmupSteps": 0, "weightDecay": 0.0,
+                         "maxGradNorm": 1.0, "seed": config["seed"], "precision": "FP32"},
+            "evaluation": {"enabled": False},
+            "checkpointing": {"everySteps": 10**6},
+        },
+    }  # fmt: skip
+    job = parse_job(doc)
+    with tempfile.TemporaryDirectory() as out:
+        loop.train(job, Volumes(claims={"bench": root}), Path(out), Timing(enabled=True))
+    return meter.figures(config["warmup"])
+
+
+def main() -> None:
+    config = json.loads(Path(sys.argv[1]).read_text())
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    arm = config["arm"]
+    figures = run_kubetune(config) if arm == "kubetune" else run_hf(config, grouped=arm == "hf-grouped")
+    print(json.dumps({"arm": arm, **figures}))
+
+
+if __name__ == "__main__":
+    main()

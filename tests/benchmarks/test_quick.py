@@ -1,0 +1,41 @@
+"""Each benchmark's --quick mode runs and prints its figures (never an assertion on the figures themselves)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(module: str, timeout: float = 600) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--quick"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_trainer_throughput_quick() -> None:
+    out = run("trainer_throughput")
+    for arm in ("hf", "hf-grouped", "kubetune"):
+        assert f"| high-variance | {arm} |" in out, out
+    assert "ours / dynamic padding" in out and "x (" in out
+
+
+def test_gpu_throughput_quick() -> None:
+    out = run("gpu_throughput")
+    results = json.loads(out.strip().splitlines()[-1])
+    assert {r["method"] for r in results} == {"lora", "full"}
+    assert all(r["tokens_per_second_per_gpu"] > 0 for r in results)
+
+
+def test_operator_scale_quick() -> None:
+    """It starts a control plane of its own (with an audit log), from the binaries `make test` built."""
+    out = run("operator_scale")
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["jobs"] == 20 and figures["jobs_per_second"] > 0 and figures["api_writes_per_job"] > 0
+    assert "single job: apply -> pods created" in out
