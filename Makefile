@@ -46,8 +46,8 @@ crds: venv ## Regenerate crds/ from the pydantic API (and the chart's copy of cr
 
 .PHONY: lint
 lint: venv ## ruff, mypy (strict on api and operator), import-linter
-	.venv/bin/ruff check api operator trainer tests
-	.venv/bin/ruff format --check api operator trainer tests
+	.venv/bin/ruff check api operator trainer tests benchmarks
+	.venv/bin/ruff format --check api operator trainer tests benchmarks
 	.venv/bin/mypy -p kubetune.api -p kubetune.operator -p kubetune.trainer
 	.venv/bin/lint-imports
 

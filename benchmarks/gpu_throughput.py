@@ -22,7 +22,8 @@ LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers
              "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
              "rope_theta": 500000.0, "tie_word_embeddings": False}  # fmt: skip
 TINY = {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 256, "tie_word_embeddings": False}  # fmt: skip
+        "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 256,
+        "tie_word_embeddings": False}  # fmt: skip
 
 
 def measure(shape: dict[str, Any], method: str, layers: int, batch: int, seq: int, steps: int, warmup: int,
@@ -89,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shape = LLAMA3_8B
     if args.quick:
-        shape, args.lora_layers, args.full_layers, args.batch, args.seq, args.steps, args.warmup = TINY, 2, 2, 2, 64, 4, 1
+        shape, args.lora_layers, args.full_layers, args.batch, args.seq, args.steps, args.warmup = (
+            TINY,
+            2,
+            2,
+            2,
+            64,
+            4,
+            1,
+        )
     print(f"# GPU throughput: Llama-3-8B shape {'(tiny: --quick)' if args.quick else ''}, batch {args.batch} x "
           f"seq {args.seq}, {args.steps} steps ({args.warmup} warm-up), peak {args.peak_tflops} TFLOP/s")  # fmt: skip
     print("| method | layers | params (non-embedding) | trainable | tokens/s per GPU | peak memory (GiB) | MFU |")
@@ -102,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (cpu)"
         print(f"| {method} | {layers} | {r['params_non_embedding'] / 1e9:.3f} B | {r['trainable'] / 1e6:.1f} M | "
-              f"{r['tokens_per_second_per_gpu']:.1f} | {r['peak_memory_gib'] or 'n/a'} | {mfu} |", flush=True)  # fmt: skip
+              f"{r['tokens_per_second_per_gpu']:.1f} | {r['peak_memory_gib'] or 'n/a'} | {mfu} |",
+              flush=True)  # fmt: skip
     print(json.dumps(results))
     return 0
 

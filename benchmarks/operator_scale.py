@@ -19,6 +19,7 @@ import json
 import os
 import ssl
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -64,18 +65,30 @@ class Api:
             response.read()
 
     def watch(self, path: str, seen: dict[str, float], stop: threading.Event) -> None:
-        """Record when each FineTuneJob's first object of this kind appears (by its label)."""
-        url = f"{self.server}{path}?watch=1&timeoutSeconds=600&labelSelector={urllib.parse.quote(LABEL)}"
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}",
-                                                       "User-Agent": "kubetune-bench"})  # fmt: skip
-        with urllib.request.urlopen(request, context=self.context, timeout=700) as response:
-            for line in response:
-                if stop.is_set():
-                    return
-                event = json.loads(line)
-                name = (event["object"]["metadata"].get("labels") or {}).get(LABEL)
-                if event["type"] == "ADDED" and name and name not in seen:
-                    seen[name] = time.monotonic()
+        """Record when each FineTuneJob's first object of this kind appears (by its label); reconnects."""
+        version = ""
+        while not stop.is_set():
+            query = f"watch=1&timeoutSeconds=60&labelSelector={urllib.parse.quote(LABEL)}"
+            if version:
+                query += f"&resourceVersion={version}"
+            request = urllib.request.Request(f"{self.server}{path}?{query}", headers={
+                "Authorization": f"Bearer {self.token}", "User-Agent": "kubetune-bench"})  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, context=self.context, timeout=90) as response:
+                    for line in response:
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":  # e.g. 410 Gone: start again from a fresh list
+                            version = ""
+                            break
+                        meta = event["object"]["metadata"]
+                        version = meta.get("resourceVersion", version)
+                        name = (meta.get("labels") or {}).get(LABEL)
+                        if event["type"] == "ADDED" and name and name not in seen:
+                            seen[name] = time.monotonic()
+                        if stop.is_set():
+                            return
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.2)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +111,9 @@ def operator_writes(audit: Path) -> Counter[str]:
         agent = event.get("userAgent", "")
         if event.get("stage") == "ResponseComplete" and (agent.startswith("kopf/") or agent.startswith("kubetune-op")):
             ref = event.get("objectRef", {})
-            writes[f"{event['verb']} {ref.get('resource')}{'/' + ref['subresource'] if ref.get('subresource') else ''}"] += 1
+            writes[
+                f"{event['verb']} {ref.get('resource')}{'/' + ref['subresource'] if ref.get('subresource') else ''}"
+            ] += 1
     return writes
 
 
@@ -151,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         applied_all = time.monotonic()
         deadline = time.monotonic() + max(120, args.jobs)
         while (len([n for n in names if n in pods_seen]) < len(names)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.5)
+            print(f"  {len(jobs_seen)} Jobs, pods of {len(pods_seen)} jobs", end="\r", file=sys.stderr)
         missing = [n for n in names if n not in pods_seen or n not in jobs_seen]
         if missing:
             raise SystemExit(f"{len(missing)} jobs never got their pods, e.g. {missing[:3]}\n{operator.log()[-3000:]}")
@@ -168,13 +184,16 @@ def main(argv: list[str] | None = None) -> int:
             deadline = time.monotonic() + 60
             while name not in pods_seen and time.monotonic() < deadline:
                 time.sleep(0.01)
+            if name not in pods_seen or name not in jobs_seen:
+                raise SystemExit(f"{name} got no pods within 60 s\n{operator.log()[-3000:]}")
             single_job.append(jobs_seen[name] - applied[name])
             single_pods.append(pods_seen[name] - applied[name])
             time.sleep(0.2)
         _, peak_rss = process_figures(operator.process.pid)
 
         print(f"# operator scale: {args.jobs} FineTuneJobs ({args.clients} concurrent POSTs, "
-              f"{applied_all - started:.1f} s to apply), {os.cpu_count()} CPUs, no node (pods stay Pending)")  # fmt: skip
+              f"{applied_all - started:.1f} s to apply), {os.cpu_count()} CPUs, no node (pods stay Pending)"
+              )  # fmt: skip
         print("| measure | p50 | p99 | max |")
         print("|---|---:|---:|---:|")
         for label, values in (("batch: apply -> children created (Job exists)", to_job),

@@ -65,8 +65,14 @@ def synthetic_rows(path: Path, model: Path, rows: int, median: int, sigma: float
     lines, lengths = [], []
     for _ in range(rows):
         n = min(max(round(rng.lognormvariate(math.log(median), sigma)), 4), cap - 2)
-        text = "".join(rng.choice(words) for _ in range(n)).replace("Ġ", " ").strip()
-        lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 2)
+        chosen = [rng.choice(words) for _ in range(n)]
+        while True:  # BOS + text + EOS within the cap, so no arm truncates or drops a row
+            text = "".join(chosen).replace("Ġ", " ").strip()
+            tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 2
+            if tokens <= cap:
+                break
+            chosen = chosen[: len(chosen) - (tokens - cap)]
+        lengths.append(tokens)
         lines.append(json.dumps({"text": text}))
     path.write_text("\n".join(lines) + "\n")
     return lengths
@@ -113,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                                               max_length, seed=1)  # fmt: skip
         print(f"# trainer throughput on {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), "
               f"torch threads {args.threads}; model hidden {args.hidden} x {args.layers} layers, LoRA r=16 all-linear, "
-              f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats")  # fmt: skip
+              f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats"
+              )  # fmt: skip
         for profile in profiles:
             q = statistics.quantiles(lengths[profile], n=10)
             print(f"# {profile}: row tokens p10 {q[0]:.0f}, median {statistics.median(lengths[profile]):.0f}, "
@@ -150,7 +157,9 @@ def summarize(runs: list[dict[str, Any]], profiles: list[str]) -> dict[str, dict
             m = medians[p][a]
             print(f"| {p} | {a} | {m['tokens_per_second']:.1f} | {m['padding_waste']:.1%} | {m['final_loss']:.4f} | "
                   f"{m['peak_rss_bytes'] / 2**20:.1f} |")  # fmt: skip
-    print("\n| profile | ours / dynamic padding | ours / group_by_length | ours waste | RSS ours / HF | loss ours / HF |")
+    print(
+        "\n| profile | ours / dynamic padding | ours / group_by_length | ours waste | RSS ours / HF | loss ours / HF |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     targets = {"high-variance": 1.5, "low-variance": 1.2}
     for p in profiles:

@@ -5,6 +5,7 @@ Run: ``kopf run -m kubetune.operator.handlers --all-namespaces`` (the image's en
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -28,6 +29,13 @@ SETTINGS = Settings.from_env()
 RESOURCE = (GROUP, VERSION, PLURAL)
 
 
+class _QuietTimers(logging.Filter):
+    """Drops kopf's "Timer 'refresh_status' succeeded." line: one per job per interval says nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timer 'refresh_status' succeeded")
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.name = SETTINGS.peering
@@ -38,6 +46,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.lifetime = 15
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.execution.max_workers = SETTINGS.max_workers  # sync handlers wait on the API, not on the CPU
+    logging.getLogger("kopf.objects").addFilter(_QuietTimers())
     settings.posting.level = logging.WARNING  # our own Events mark transitions; no "handler succeeded" noise
     kube.ensure_peering(SETTINGS.peering)
     metrics.serve(SETTINGS.metrics_port)
@@ -63,8 +73,10 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
 
 
 @kopf.on.field(*RESOURCE, field="spec.suspend")
-def suspend_changed(body: kopf.Body, new: Any, namespace: str | None, **_: Any) -> None:
+def suspend_changed(body: kopf.Body, old: Any, new: Any, namespace: str | None, **_: Any) -> None:
     """spec.suspend is mirrored to the worker Job; the Job controller stops or restarts the pods."""
+    if bool(old) == bool(new):  # e.g. unset -> false on creation: the Job was created that way
+        return
     with metrics.timed("suspend"):
         namespace = namespace or "default"
         worker_job = builders.workers_name(_job(body))
@@ -72,9 +84,37 @@ def suspend_changed(body: kopf.Body, new: Any, namespace: str | None, **_: Any) 
             kube.set_suspend(namespace, worker_job, bool(new))
 
 
+def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What status computation reads of a child: a few metadata fields, some spec, the whole status."""
+    meta = body.metadata
+    return copy.deepcopy({
+        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid,
+                     "labels": dict(meta.labels), "annotations": dict(meta.annotations),
+                     "creationTimestamp": meta.get("creationTimestamp"),
+                     "deletionTimestamp": meta.get("deletionTimestamp")},
+        "spec": {k: body.spec.get(k) for k in spec_keys},
+        "status": dict(body.status),
+    })  # fmt: skip
+
+
+@kopf.index("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "workers"})
+def worker_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each FineTuneJob's worker Job, kept current from the watch: a status refresh reads no API."""
+    return {(namespace, labels[LABEL_JOB]): _summary(body, ("suspend",))}
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "worker"})
+def worker_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each FineTuneJob's worker pods, kept current from the watch."""
+    return {(namespace, labels[LABEL_JOB]): _summary(body)}
+
+
 @kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1)
-def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, **_: Any) -> None:
-    """Recompute the status from the worker Job, its pods and rank 0's progress; patch it when it changed."""
+def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, **kwargs: Any) -> None:
+    """Recompute the status from the worker Job, its pods (both from the indexes above) and rank 0's progress;
+    patch it when it changed."""
+    jobs_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_jobs"]
+    pods_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_pods"]
     with metrics.timed("status"):
         job, now, namespace = _job(body), datetime.now(UTC), namespace or "default"
         if not _is_accepted(job.status) or status.finished(job.status):
@@ -82,10 +122,11 @@ def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, na
                 kube.delete_finetunejob(namespace, name)
             metrics.observe(namespace, name, job.status or FineTuneJobStatus())
             return
-        workers = builders.workers_name(job)
-        pods = kube.pods(namespace, f"{LABEL_JOB}={job.name},{LABEL_COMPONENT}=worker")
+        key = (namespace, job.name)
+        worker = next(iter(jobs_index.get(key, [])), None)
+        pods = list(pods_index.get(key, []))
         report = _rank0_progress(pods)
-        new, transitions = status.compute(job, kube.worker_job(namespace, workers), pods, report, now)
+        new, transitions = status.compute(job, worker, pods, report, now)
         for t in transitions:
             kopf.event(body, type=t.event_type, reason=t.reason, message=t.message)
         if new != job.status:

@@ -36,6 +36,8 @@ class Settings:
     """kopf peering name: of several replicas with the same name only one is active."""
     peering_priority: int = 0
     """Fixed kopf peering priority (0: a random one per process, so that replicas never tie)."""
+    max_workers: int = 16
+    """Threads running the (synchronous, API-bound) handlers at once."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -50,4 +52,5 @@ class Settings:
             metrics_port=_int("KUBETUNE_METRICS_PORT", d.metrics_port),
             peering=os.environ.get("KUBETUNE_PEERING", d.peering),
             peering_priority=_int("KUBETUNE_PEERING_PRIORITY", d.peering_priority),
+            max_workers=_int("KUBETUNE_MAX_WORKERS", d.max_workers),
         )
