@@ -12,6 +12,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import kopf
 from pydantic import ValidationError
 
@@ -138,6 +139,21 @@ def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, na
 def forget_deleted(namespace: str | None, name: str, **_: Any) -> None:
     """A deleted job's metric series go with it (no finalizer: garbage collection deletes the children)."""
     metrics.forget(namespace or "default", name)
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's default login (the kubernetes client's in-cluster config, else the kubeconfig), on a pool of at
+    most ``$KUBETUNE_MAX_CONNECTIONS`` connections: kopf's default pool is unbounded, and a burst of new jobs
+    opened hundreds of TLS connections, each holding its buffers for good."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    connector = aiohttp.TCPConnector(limit=SETTINGS.max_connections, ssl=info.as_ssl_context())
+    session = aiohttp.ClientSession(connector=connector, headers=info.as_http_headers(),
+                                    auth=info.as_aiohttp_basic_auth())  # fmt: skip
+    return kopf.AiohttpSession(aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
+                               expiration=info.expiration, priority=info.priority)  # fmt: skip
 
 
 def _job(body: kopf.Body) -> FineTuneJob:

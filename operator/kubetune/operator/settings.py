@@ -38,6 +38,8 @@ class Settings:
     """Fixed kopf peering priority (0: a random one per process, so that replicas never tie)."""
     max_workers: int = 16
     """Threads running the (synchronous, API-bound) handlers at once."""
+    max_connections: int = 32
+    """Connections kopf keeps to the API server (watches included)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,4 +55,5 @@ class Settings:
             peering=os.environ.get("KUBETUNE_PEERING", d.peering),
             peering_priority=_int("KUBETUNE_PEERING_PRIORITY", d.peering_priority),
             max_workers=_int("KUBETUNE_MAX_WORKERS", d.max_workers),
+            max_connections=_int("KUBETUNE_MAX_CONNECTIONS", d.max_connections),
         )
