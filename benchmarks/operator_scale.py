@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import ssl
 import statistics
 import sys
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.jobs, args.singles = 20, 3
+    # The control plane and the operator run in sessions of their own: a SIGTERM must still stop them (finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cp = controlplane.start(audit_writes=True)
     operator = None
     stop = threading.Event()
