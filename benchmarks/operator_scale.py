@@ -18,19 +18,20 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import statistics
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tests.support import controlplane
-from tests.support.nodeagent import Api
 from tests.support.operator import Operator
 
 NAMESPACE = "scale"
@@ -52,12 +53,43 @@ def job(name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def record_first(api: Api, path: str, seen: dict[str, float], stop: threading.Event) -> None:
-    """Record when each FineTuneJob's first object of this kind appears (by its label)."""
-    for event in api.watch(f"{path}?labelSelector={urllib.parse.quote(LABEL)}", stop):
-        name = (event["object"]["metadata"].get("labels") or {}).get(LABEL)
-        if event["type"] == "ADDED" and name and name not in seen:
-            seen[name] = time.monotonic()
+class Api:
+    def __init__(self, cp: controlplane.ControlPlane) -> None:
+        self.server, self.token = cp.server, cp.token
+        self.context = ssl._create_unverified_context()
+
+    def post(self, path: str, body: dict[str, Any]) -> None:
+        request = urllib.request.Request(self.server + path, data=json.dumps(body).encode(), method="POST", headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
+            "User-Agent": "kubetune-bench"})  # fmt: skip
+        with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
+            response.read()
+
+    def watch(self, path: str, seen: dict[str, float], stop: threading.Event) -> None:
+        """Record when each FineTuneJob's first object of this kind appears (by its label); reconnects."""
+        version = ""
+        while not stop.is_set():
+            query = f"watch=1&timeoutSeconds=60&labelSelector={urllib.parse.quote(LABEL)}"
+            if version:
+                query += f"&resourceVersion={version}"
+            request = urllib.request.Request(f"{self.server}{path}?{query}", headers={
+                "Authorization": f"Bearer {self.token}", "User-Agent": "kubetune-bench"})  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, context=self.context, timeout=90) as response:
+                    for line in response:
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":  # e.g. 410 Gone: start again from a fresh list
+                            version = ""
+                            break
+                        meta = event["object"]["metadata"]
+                        version = meta.get("resourceVersion", version)
+                        name = (meta.get("labels") or {}).get(LABEL)
+                        if event["type"] == "ADDED" and name and name not in seen:
+                            seen[name] = time.monotonic()
+                        if stop.is_set():
+                            return
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.2)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -104,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         cp.kubectl("apply", "--server-side", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubetune.dev")
         cp.kubectl("create", "namespace", NAMESPACE)
-        api = Api(cp.server, cp.token)
+        api = Api(cp)
         for claim in CLAIMS:  # unbound claims: references resolve, no pod ever runs
-            api.request("POST", f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", {
+            api.post(f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", {
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
                 "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})  # fmt: skip
         operator = Operator(cp, Path(tempfile.mkdtemp(prefix="kubetune-bench-op-")),
@@ -119,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         pods_seen: dict[str, float] = {}
         for path, seen in ((f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", jobs_seen),
                            (f"/api/v1/namespaces/{NAMESPACE}/pods", pods_seen)):  # fmt: skip
-            threading.Thread(target=record_first, args=(api, path, seen, stop), daemon=True).start()
+            threading.Thread(target=api.watch, args=(path, seen, stop), daemon=True).start()
         time.sleep(1)
         cpu_before, _ = process_figures(operator.process.pid)
         writes_before = operator_writes(cp.workdir / "audit.log")
@@ -127,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         applied: dict[str, float] = {}
 
         def apply(name: str) -> None:
-            api.request("POST", f"/apis/kubetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs", job(name))
+            api.post(f"/apis/kubetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs", job(name))
             applied[name] = time.monotonic()
 
         names = [f"job-{i:04d}" for i in range(args.jobs)]

@@ -369,7 +369,11 @@ class NodeAgent:
             target.parent.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume:
                 target.mkdir()
-                self._config_map_files(namespace, volume["configMap"], target)
+                cm = self.api.get(f"/api/v1/namespaces/{namespace}/configmaps/{volume['configMap']['name']}")
+                if cm is None:
+                    raise RuntimeError(f"configmap {volume['configMap']['name']!r} not found")
+                for key, value in (cm.get("data") or {}).items():
+                    (target / key).write_text(value)
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 pvc = self.api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
@@ -406,19 +410,17 @@ class NodeAgent:
                 token = self.api.request("POST", path, body)["status"]["token"]
                 (target / request["path"]).write_text(token)
             elif "configMap" in source:
-                self._config_map_files(meta["namespace"], source["configMap"], target)
+                ref = source["configMap"]
+                cm = self.api.get(f"/api/v1/namespaces/{meta['namespace']}/configmaps/{ref['name']}")
+                data = (cm or {}).get("data") or {}
+                if cm is None and not ref.get("optional"):
+                    raise RuntimeError(f"configmap {ref['name']!r} not found")
+                items = ref.get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    (target / item["path"]).write_text(data.get(item["key"], ""))
             elif "downwardAPI" in source:
                 for item in source["downwardAPI"].get("items") or []:
                     (target / item["path"]).write_text(self._value_from(pod, item))
-
-    def _config_map_files(self, namespace: str, ref: dict[str, Any], target: Path) -> None:
-        """A ConfigMap's keys (or its ``items``) as files under ``target`` (a volume or a projected source)."""
-        cm = self.api.get(f"/api/v1/namespaces/{namespace}/configmaps/{ref['name']}")
-        if cm is None and not ref.get("optional"):
-            raise RuntimeError(f"configmap {ref['name']!r} not found")
-        data = (cm or {}).get("data") or {}
-        for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
-            (target / item["path"]).write_text(data.get(item["key"], ""))
 
     def _value_from(self, pod: dict[str, Any], source: dict[str, Any]) -> str:
         if "fieldRef" in source:

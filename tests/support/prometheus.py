@@ -99,7 +99,10 @@ class Discovery:
                 ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
                 target = port.get("targetPort", port["port"])
                 if isinstance(target, str):  # a named container port
-                    target = _container_port(pod, target)
+                    named = [
+                        p for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("name") == target
+                    ]
+                    target = named[0]["containerPort"] if named else None
                 if ready and status.get("podIP") and target:
                     groups.append({"targets": [f"{status['podIP']}:{target}"], "labels": {
                         "namespace": self.namespace, "service": service["metadata"]["name"],
@@ -114,18 +117,12 @@ class Discovery:
             meta, status = pod["metadata"], pod.get("status", {})
             if (meta.get("annotations") or {}).get(INDEX) != "0" or status.get("phase") != "Running":
                 continue
-            port = _container_port(pod, "metrics")
-            if port and status.get("podIP"):
-                groups.append({"targets": [f"{status['podIP']}:{port}"], "labels": {
+            ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("name") == "metrics"]
+            if ports and status.get("podIP"):
+                groups.append({"targets": [f"{status['podIP']}:{ports[0]['containerPort']}"], "labels": {
                     "namespace": meta["namespace"], "pod": meta["name"],
                     "finetunejob": meta["labels"].get("kubetune.dev/finetunejob", "")}})  # fmt: skip
         return groups
-
-
-def _container_port(pod: dict[str, Any], name: str) -> int | None:
-    """The number of the pod's container port called ``name``."""
-    ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("name") == name]
-    return int(ports[0]["containerPort"]) if ports else None
 
 
 @dataclass

@@ -69,6 +69,10 @@ def worker_job(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+def pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    return [_dict(p) for p in _core().list_namespaced_pod(namespace, label_selector=selector).items]
+
+
 def set_suspend(namespace: str, name: str, suspend: bool) -> None:
     _batch().patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
 

@@ -159,11 +159,6 @@ def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTu
     return Reason.RESTARTS_EXHAUSTED, f"{message(Reason.RESTARTS_EXHAUSTED, failures)} Last worker output: {detail}"
 
 
-REPORT_METRICS = {"loss": "loss", "learningRate": "learning_rate", "tokensPerSecond": "tokens_per_second",
-                  "bestValidationMetric": "best_validation_metric", "bestStep": "best_step"}  # fmt: skip
-"""Rank 0's progress keys -> LatestMetrics fields (validationLoss is kept from before when a report lacks it)."""
-
-
 def _progress(
     job: FineTuneJob, previous: FineTuneJobStatus, report: dict[str, Any] | None, now: datetime
 ) -> tuple[Progress | None, LatestMetrics | None, CheckpointStatus | None]:
@@ -181,8 +176,12 @@ def _progress(
         update_time=now,
     )
     metrics = LatestMetrics(
-        **{name: report.get(key) for key, name in REPORT_METRICS.items()},
+        loss=report.get("loss"),
+        learning_rate=report.get("learningRate"),
+        tokens_per_second=report.get("tokensPerSecond"),
         validation_loss=report.get("validationLoss", previous.metrics.validation_loss if previous.metrics else None),
+        best_validation_metric=report.get("bestValidationMetric"),
+        best_step=report.get("bestStep"),
     )
     checkpoint = previous.checkpoint
     out = job.spec.output
@@ -200,7 +199,9 @@ def _progress(
 
 def _final_metrics(previous: LatestMetrics | None, final: dict[str, Any]) -> LatestMetrics:
     """The latest metrics updated with the last step's figures from rank 0's final summary."""
-    fields = {**REPORT_METRICS, "validationLoss": "validation_loss"}
+    fields = {"loss": "loss", "learningRate": "learning_rate", "tokensPerSecond": "tokens_per_second",
+              "validationLoss": "validation_loss", "bestValidationMetric": "best_validation_metric",
+              "bestStep": "best_step"}  # fmt: skip
     update = {name: final[key] for key, name in fields.items() if final.get(key) is not None}
     return (previous or LatestMetrics()).model_copy(update=update)
 
