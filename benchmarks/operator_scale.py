@@ -15,6 +15,7 @@ batch; the operator's CPU seconds and peak RSS; API writes per job, from the aud
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -57,13 +58,22 @@ class Api:
     def __init__(self, cp: controlplane.ControlPlane) -> None:
         self.server, self.token = cp.server, cp.token
         self.context = ssl._create_unverified_context()
+        self.local = threading.local()
 
     def post(self, path: str, body: dict[str, Any]) -> None:
-        request = urllib.request.Request(self.server + path, data=json.dumps(body).encode(), method="POST", headers={
+        """POST on this thread's kept-alive connection (as kubectl would: no TLS handshake per object)."""
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            url = urllib.parse.urlsplit(self.server)
+            connection = self.local.connection = http.client.HTTPSConnection(
+                url.hostname or "127.0.0.1", url.port, context=self.context, timeout=60)  # fmt: skip
+        connection.request("POST", path, body=json.dumps(body).encode(), headers={
             "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
             "User-Agent": "kubetune-bench"})  # fmt: skip
-        with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
-            response.read()
+        response = connection.getresponse()
+        text = response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"POST {path}: {response.status} {text[:300]!r}")
 
     def watch(self, path: str, seen: dict[str, float], stop: threading.Event) -> None:
         """Record when each FineTuneJob's first object of this kind appears (by its label); reconnects."""

@@ -28,6 +28,9 @@ from .settings import Settings
 
 SETTINGS = Settings.from_env()
 RESOURCE = (GROUP, VERSION, PLURAL)
+# All handlers of a cause in one cycle (kopf's default runs one per cycle): a new job's create and field handlers
+# then share one annotation patch. Set at import: `kopf run` reads it before the startup handlers.
+kopf.set_default_lifecycle(kopf.lifecycles.all_at_once)
 
 
 class _QuietTimers(logging.Filter):
@@ -57,9 +60,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.create(*RESOURCE)
 @kopf.on.resume(*RESOURCE)
 def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, **_: Any) -> None:
-    """Validate, then create the spec ConfigMap, the headless Service and the worker Job (idempotently)."""
+    """Validate, then create the spec ConfigMap, the headless Service and the worker Job (idempotently). A
+    finished job's children are never made again (on a resume after they were deleted, say)."""
     with metrics.timed("create"):
         job, namespace = _parse(body, patch), namespace or "default"
+        if status.finished(job.status):
+            return
         missing = validation.missing_references(
             job.spec, SETTINGS.model_cache_claim, kube.claim_names(namespace),
             kube.config_map_keys(namespace, {name for _, name, _ in validation.config_maps(job.spec)}),
@@ -67,10 +73,14 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
         if missing:
             _accepted(job, patch, False, Reason.MISSING_REFERENCE, "; ".join(missing))
             raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, "; ".join(missing)), delay=15)
+        created: dict[str, Any] | None = None
         for child in builders.children(job, SETTINGS):
             kopf.adopt(child, owner=body)
-            kube.create(child)
-        _accepted(job, patch, True, Reason.SPEC_VALID, message(Reason.SPEC_VALID))
+            obj, new = kube.create(child)
+            created = obj if new and child["kind"] == "Job" else created
+        job.status = _accepted(job, patch, True, Reason.SPEC_VALID, message(Reason.SPEC_VALID))
+        if created is not None:  # a new job's whole first status in this one patch, not in the timer's next
+            _patch_status(body, patch, job, status.compute(job, created, [], None, datetime.now(UTC)))
 
 
 @kopf.on.field(*RESOURCE, field="spec.suspend")
@@ -127,12 +137,9 @@ def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, na
         worker = next(iter(jobs_index.get(key, [])), None)
         pods = list(pods_index.get(key, []))
         report = _rank0_progress(pods)
-        new, transitions = status.compute(job, worker, pods, report, now)
-        for t in transitions:
-            kopf.event(body, type=t.event_type, reason=t.reason, message=t.message)
-        if new != job.status:
-            patch.status.update(new.model_dump(mode="json", by_alias=True))
-        metrics.observe(namespace, name, new)
+        metrics.observe(
+            namespace, name, _patch_status(body, patch, job, status.compute(job, worker, pods, report, now))
+        )
 
 
 @kopf.on.event(*RESOURCE, when=lambda type, **_: type == "DELETED")
@@ -196,16 +203,33 @@ def _invalid(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
     kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
 
 
-def _accepted(job: FineTuneJob, patch: kopf.Patch, ok: bool, reason: Reason, text: str) -> None:
+def _accepted(job: FineTuneJob, patch: kopf.Patch, ok: bool, reason: Reason, text: str) -> FineTuneJobStatus:
+    """Patch the Accepted condition (with the phase, observed generation and output location); the new status."""
     current = job.status or FineTuneJobStatus()
     conditions = list(current.conditions)
     state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
     generation = job.metadata.get("generation")
     status.set_condition(conditions, ConditionType.ACCEPTED, state, reason, text, generation, datetime.now(UTC))
+    new = current.model_copy(update={
+        "conditions": conditions, "phase": current.phase or Phase.PENDING, "observed_generation": generation,
+        "output_location": status.output_location(job)})  # fmt: skip
     patch.status["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
-    patch.status["phase"] = (current.phase or Phase.PENDING).value
+    patch.status["phase"] = new.phase.value if new.phase else None
     patch.status["observedGeneration"] = generation
-    patch.status["outputLocation"] = status.output_location(job)
+    patch.status["outputLocation"] = new.output_location
+    return new
+
+
+def _patch_status(
+    body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, computed: tuple[FineTuneJobStatus, list[status.Transition]]
+) -> FineTuneJobStatus:
+    """Post the transitions as Events and patch the computed status where it differs from the job's."""
+    new, transitions = computed
+    for t in transitions:
+        kopf.event(body, type=t.event_type, reason=t.reason, message=t.message)
+    if new != job.status:
+        patch.status.update(new.model_dump(mode="json", by_alias=True))
+    return new
 
 
 def _is_accepted(current: FineTuneJobStatus | None) -> bool:

@@ -6,6 +6,7 @@ series are removed) and, for evaluation, by a metric name from a fixed list.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Iterator
@@ -64,8 +65,11 @@ errors = Counter("kubetune_reconcile_errors_total", "Handler calls that raised."
 HANDLERS = ("create", "suspend", "status")
 for _handler in HANDLERS:  # export zeros from the start, so rates and alerts see every handler
     errors.labels(handler=_handler)
+for _phase in Phase:
+    jobs.labels(phase=_phase.value)
 
 _phases: dict[tuple[str, str], str] = {}
+_phase_counts: collections.Counter[str] = collections.Counter()
 _PER_JOB = (progress_ratio, train_loss, validation_loss, tokens_per_second, restarts, completion_time)
 WORKER_STATES = ("active", "succeeded", "failed")
 
@@ -88,16 +92,23 @@ def timed(handler: str) -> Iterator[None]:
         reconcile_seconds.labels(handler=handler).observe(time.perf_counter() - started)
 
 
-def _refresh_phases() -> None:
-    for phase in Phase:
-        jobs.labels(phase=phase.value).set(sum(1 for p in _phases.values() if p == phase.value))
+def _move(key: tuple[str, str], new: str | None) -> None:
+    """Record a job's phase (None: gone) and adjust the per-phase job counts: O(1) per call, not O(jobs)."""
+    old = _phases.pop(key, None) if new is None else _phases.get(key)
+    if old == new:
+        return
+    if new is not None:
+        _phases[key] = new
+    for value, step in ((old, -1), (new, 1)):
+        if value is not None:
+            _phase_counts[value] += step
+            jobs.labels(phase=value).set(_phase_counts[value])
 
 
 def observe(namespace: str, name: str, status: FineTuneJobStatus) -> None:
     """Export one job's status."""
     key = (namespace, name)
-    _phases[key] = status.phase.value if status.phase else Phase.PENDING.value
-    _refresh_phases()
+    _move(key, status.phase.value if status.phase else Phase.PENDING.value)
     for each in Phase:
         phase.labels(*key, each.value).set(1 if each.value == _phases[key] else 0)
     if status.workers is not None:
@@ -126,8 +137,7 @@ def observe(namespace: str, name: str, status: FineTuneJobStatus) -> None:
 def forget(namespace: str, name: str) -> None:
     """Remove a deleted job's series."""
     key = (namespace, name)
-    _phases.pop(key, None)
-    _refresh_phases()
+    _move(key, None)
     for gauge in _PER_JOB:
         with contextlib.suppress(KeyError):
             gauge.remove(*key)
