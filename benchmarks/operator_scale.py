@@ -61,17 +61,26 @@ class Api:
         self.local = threading.local()
 
     def post(self, path: str, body: dict[str, Any]) -> None:
-        """POST on this thread's kept-alive connection (as kubectl would: no TLS handshake per object)."""
-        connection = getattr(self.local, "connection", None)
-        if connection is None:
-            url = urllib.parse.urlsplit(self.server)
-            connection = self.local.connection = http.client.HTTPSConnection(
-                url.hostname or "127.0.0.1", url.port, context=self.context, timeout=60)  # fmt: skip
-        connection.request("POST", path, body=json.dumps(body).encode(), headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
-            "User-Agent": "kubetune-bench"})  # fmt: skip
-        response = connection.getresponse()
-        text = response.read()
+        """POST on this thread's kept-alive connection (as kubectl would: no TLS handshake per object); one that
+        the server closed while idle is opened again."""
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
+                   "User-Agent": "kubetune-bench"}  # fmt: skip
+        for attempt in (1, 2):
+            connection = getattr(self.local, "connection", None)
+            if connection is None:
+                url = urllib.parse.urlsplit(self.server)
+                connection = self.local.connection = http.client.HTTPSConnection(
+                    url.hostname or "127.0.0.1", url.port, context=self.context, timeout=60)  # fmt: skip
+            try:
+                connection.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+                response = connection.getresponse()
+                text = response.read()
+                break
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                self.local.connection = None
+                if attempt == 2:
+                    raise
         if response.status >= 300:
             raise RuntimeError(f"POST {path}: {response.status} {text[:300]!r}")
 

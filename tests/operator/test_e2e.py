@@ -95,6 +95,8 @@ def test_two_workers_train_to_success(k: Cluster, volumes: dict[str, Path]) -> N
     assert status["outputLocation"] == f"pvc://kubetune-outputs/{name}"
     assert status["evaluation"]["test"]["loss"] > 0 and "loss" in status["evaluation"]["baseline"]
     assert status["progress"]["percentage"] == 100 and status["workers"]["succeeded"] == 2
+    annotations = k.ftj(name)["metadata"].get("annotations") or {}
+    assert not [a for a in annotations if a.startswith("kubetune.dev/")], annotations  # kopf's bookkeeping: memory
     out = volumes["kubetune-outputs"] / name
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2  # torchrun ran 2 ranks

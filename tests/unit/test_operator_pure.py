@@ -300,3 +300,64 @@ def test_metrics_export_a_jobs_phase_workers_and_eta_and_forget_it() -> None:
     assert value("kubetune_finetunejob_status_phase", phase="Running") is None
     assert value("kubetune_finetunejob_workers", state="active") is None
     assert value("kubetune_finetunejob_estimated_completion_timestamp_seconds") is None
+
+
+def test_job_counts_by_phase_follow_moves_and_deletions() -> None:
+    from kubetune.operator import metrics
+
+    def count(phase: str) -> float | None:
+        return metrics.registry.get_sample_value("kubetune_finetunejobs", {"phase": phase})
+
+    before = {p: count(p) or 0 for p in ("Pending", "Running", "Failed")}
+    assert count("Failed") is not None  # every phase is exported from the start, at 0
+    for name in ("c1", "c2"):
+        metrics.observe("counts", name, FineTuneJobStatus.model_validate_json('{"phase": "Pending"}'))
+    metrics.observe("counts", "c1", FineTuneJobStatus.model_validate_json('{"phase": "Running"}'))
+    metrics.observe("counts", "c1", FineTuneJobStatus.model_validate_json('{"phase": "Running"}'))  # no double count
+    assert count("Pending") == before["Pending"] + 1 and count("Running") == before["Running"] + 1
+    metrics.forget("counts", "c1")
+    metrics.forget("counts", "c2")
+    assert count("Pending") == before["Pending"] and count("Running") == before["Running"]
+
+
+def test_status_inputs_change_with_any_object_and_ttl_deadline() -> None:
+    body = {"metadata": {"resourceVersion": "7"}}
+    worker = {"metadata": {"resourceVersion": "8"}}
+    pods = [{"metadata": {"resourceVersion": "10"}}, {"metadata": {"resourceVersion": "9"}}]
+    same = status.inputs_version(body, worker, list(reversed(pods)))
+    assert status.inputs_version(body, worker, pods) == same  # order of the index does not matter
+    assert status.inputs_version(body, worker, pods[:1]) != same
+    assert status.inputs_version(body, None, pods) != same
+    assert status.inputs_version({"metadata": {"resourceVersion": "11"}}, worker, pods) != same
+    done = FineTuneJobStatus.model_validate_json('{"phase": "Failed", "completionTime": "2026-11-25T11:00:00Z"}')
+    deadline = status.expires_at(done, 60)
+    assert deadline == datetime(2026, 11, 25, 11, 1, tzinfo=UTC)
+    assert status.due(deadline, NOW) and not status.due(None, NOW)
+    assert status.expires_at(FineTuneJobStatus(), 60) is None
+
+
+def test_kopf_bookkeeping_lives_in_memory_and_goes_with_the_object() -> None:
+    import kopf
+
+    from kubetune.operator.persistence import MemoryDiffBaseStorage, MemoryProgressStorage
+
+    body = kopf.Body({"metadata": {"uid": "u1", "name": "a", "annotations": {}}, "spec": {"epochs": 1}})
+    progress, patch = MemoryProgressStorage(prefix="kubetune.dev"), kopf.Patch()
+    progress.store(key="create", record={"retries": 1, "success": False}, body=body, patch=patch)
+    assert progress.fetch(key="create", body=body) == {"retries": 1, "success": False}
+    progress.purge(key="create", body=body, patch=patch)
+    assert progress.fetch(key="create", body=body) is None
+    progress.store(key="create", record={"retries": 2}, body=body, patch=patch)
+    progress.forget("u1")
+    assert progress.fetch(key="create", body=body) is None
+    assert not patch  # nothing written to the object
+    progress.touch(body=body, patch=patch, value="now")  # a delayed retry still wakes through an annotation
+    assert patch["metadata"]["annotations"]["kubetune.dev/touch-dummy"] == "now"
+
+    diffbase = MemoryDiffBaseStorage()
+    essence = diffbase.build(body=body)
+    assert diffbase.fetch(body=body) is None
+    diffbase.store(body=body, patch=kopf.Patch(), essence=essence)
+    assert diffbase.fetch(body=body) == essence
+    diffbase.forget("u1")
+    assert diffbase.fetch(body=body) is None

@@ -22,12 +22,13 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobSpec
 from kubetune.api.status import FineTuneJobStatus
 
-from . import builders, kube, metrics, status, validation
+from . import builders, kube, metrics, persistence, status, validation
 from .naming import LABEL_COMPONENT, LABEL_JOB
 from .settings import Settings
 
 SETTINGS = Settings.from_env()
 RESOURCE = (GROUP, VERSION, PLURAL)
+PROGRESS, DIFFBASE = persistence.MemoryProgressStorage(prefix=GROUP), persistence.MemoryDiffBaseStorage()
 # All handlers of a cause in one cycle (kopf's default runs one per cycle): a new job's create and field handlers
 # then share one annotation patch. Set at import: `kopf run` reads it before the startup handlers.
 kopf.set_default_lifecycle(kopf.lifecycles.all_at_once)
@@ -48,11 +49,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # active, the others stand by. A replica killed without notice blocks the others for one lifetime.
     settings.peering.priority = SETTINGS.peering_priority or random.randint(1, 2**30)
     settings.peering.lifetime = 15
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.progress_storage = PROGRESS  # in memory: no bookkeeping patches (see persistence)
+    settings.persistence.diffbase_storage = DIFFBASE
     settings.execution.max_workers = SETTINGS.max_workers  # sync handlers wait on the API, not on the CPU
     logging.getLogger("kopf.objects").addFilter(_QuietTimers())
     settings.posting.level = logging.WARNING  # our own Events mark transitions; no "handler succeeded" noise
+    kube.POOL_SIZE = SETTINGS.max_workers
     kube.ensure_peering(SETTINGS.peering)
     metrics.serve(SETTINGS.metrics_port)
 
@@ -84,15 +86,15 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
 
 
 @kopf.on.field(*RESOURCE, field="spec.suspend")
-def suspend_changed(body: kopf.Body, old: Any, new: Any, namespace: str | None, **_: Any) -> None:
-    """spec.suspend is mirrored to the worker Job; the Job controller stops or restarts the pods."""
-    if bool(old) == bool(new):  # e.g. unset -> false on creation: the Job was created that way
+def suspend_changed(new: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
+    """spec.suspend is mirrored to the worker Job (level-triggered: compared with the Job as the index has it,
+    so a change made while the operator was down is applied too); the Job controller stops or restarts the pods."""
+    jobs_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_jobs"]
+    worker = next(iter(jobs_index.get((namespace or "default", name), [])), None)
+    if worker is None or bool(worker["spec"].get("suspend")) == bool(new):  # none yet: it is made from the spec
         return
     with metrics.timed("suspend"):
-        namespace = namespace or "default"
-        worker_job = builders.workers_name(_job(body))
-        if kube.worker_job(namespace, worker_job) is not None:  # created suspended otherwise
-            kube.set_suspend(namespace, worker_job, bool(new))
+        kube.set_suspend(worker["metadata"]["namespace"], worker["metadata"]["name"], bool(new))
 
 
 def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -100,6 +102,7 @@ def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]
     meta = body.metadata
     return copy.deepcopy({
         "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid,
+                     "resourceVersion": meta.get("resourceVersion"),
                      "labels": dict(meta.labels), "annotations": dict(meta.annotations),
                      "creationTimestamp": meta.get("creationTimestamp"),
                      "deletionTimestamp": meta.get("deletionTimestamp")},
@@ -121,31 +124,44 @@ def worker_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1)
-def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, **kwargs: Any) -> None:
+def refresh_status(
+    body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
     """Recompute the status from the worker Job, its pods (both from the indexes above) and rank 0's progress;
-    patch it when it changed."""
+    patch it when it changed. A tick whose inputs are the same as the last one's (no object changed, rank 0 not
+    running, no TTL due) does nothing: with hundreds of waiting jobs that is most ticks."""
     jobs_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_jobs"]
     pods_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_pods"]
+    namespace = namespace or "default"
+    worker = next(iter(jobs_index.get((namespace, name), [])), None)
+    pods = list(pods_index.get((namespace, name), []))
+    rank0, now = _rank0(pods), datetime.now(UTC)
+    inputs = status.inputs_version(body, worker, pods)
+    if rank0 is None and memo.get("status_inputs") == inputs and not status.due(memo.get("status_expires"), now):
+        return
     with metrics.timed("status"):
-        job, now, namespace = _job(body), datetime.now(UTC), namespace or "default"
+        job = _job(body)
+        memo["status_inputs"] = inputs
+        memo["status_expires"] = status.expires_at(job.status, job.spec.ttl_seconds_after_finished)
         if not _is_accepted(job.status) or status.finished(job.status):
             if status.expired(job.status, job.spec.ttl_seconds_after_finished, now):
                 kube.delete_finetunejob(namespace, name)
             metrics.observe(namespace, name, job.status or FineTuneJobStatus())
             return
-        key = (namespace, job.name)
-        worker = next(iter(jobs_index.get(key, [])), None)
-        pods = list(pods_index.get(key, []))
-        report = _rank0_progress(pods)
-        metrics.observe(
-            namespace, name, _patch_status(body, patch, job, status.compute(job, worker, pods, report, now))
+        report = (
+            kube.progress(rank0, SETTINGS.trainer_metrics_port, SETTINGS.progress_timeout_seconds) if rank0 else None
         )
+        computed = status.compute(job, worker, pods, report, now)
+        metrics.observe(namespace, name, _patch_status(body, patch, job, computed))
 
 
 @kopf.on.event(*RESOURCE, when=lambda type, **_: type == "DELETED")
-def forget_deleted(namespace: str | None, name: str, **_: Any) -> None:
-    """A deleted job's metric series go with it (no finalizer: garbage collection deletes the children)."""
+def forget_deleted(namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    """A deleted job's metric series and handler bookkeeping go with it (garbage collection deletes the
+    children)."""
     metrics.forget(namespace or "default", name)
+    PROGRESS.forget(uid)
+    DIFFBASE.forget(uid)
 
 
 @kopf.on.login()
@@ -238,7 +254,8 @@ def _is_accepted(current: FineTuneJobStatus | None) -> bool:
     )
 
 
-def _rank0_progress(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _rank0(pods: list[dict[str, Any]]) -> str | None:
+    """The pod IP of rank 0 while it runs (its /progress is worth reading), else None."""
     for pod in pods:
         annotations = pod["metadata"].get("annotations") or {}
         ip = (pod.get("status") or {}).get("podIP")
@@ -247,5 +264,5 @@ def _rank0_progress(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
             and ip
             and pod["status"].get("phase") == "Running"
         ):
-            return kube.progress(ip, SETTINGS.trainer_metrics_port, SETTINGS.progress_timeout_seconds)
+            return str(ip)
     return None

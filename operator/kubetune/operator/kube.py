@@ -19,6 +19,9 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.api.spec import GROUP, PLURAL, VERSION
 
 USER_AGENT = "kubetune-operator"
+POOL_SIZE = 16
+"""Kept-alive connections to the API server: one per handler thread (the client's default, 5 per CPU, is fewer
+on a small node, and every call beyond it opened and dropped a TLS connection). Set before the first call."""
 
 
 @cache
@@ -27,13 +30,11 @@ def _client() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    client = kubernetes.client.ApiClient()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = POOL_SIZE
+    client = kubernetes.client.ApiClient(configuration)
     client.user_agent = USER_AGENT  # names the operator in audit logs (kopf's own calls say kopf/<version>)
     return client
-
-
-def _dict(obj: Any) -> dict[str, Any]:
-    return _client().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def _core() -> kubernetes.client.CoreV1Api:
@@ -52,25 +53,18 @@ def create(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         "Service": (_core().create_namespaced_service, _core().read_namespaced_service),
         "Job": (_batch().create_namespaced_job, _batch().read_namespaced_job),
     }[kind]
-    try:
-        return _dict(create_fn(ns, body)), True  # type: ignore[operator]
+    try:  # raw JSON back: the client's model classes cost more CPU than the rest of the handler
+        return _json(create_fn(ns, body, _preload_content=False)), True  # type: ignore[operator]
     except ApiException as error:
         if error.status != 409:
             raise
-    return _dict(read_fn(name, ns)), False
+    return _json(read_fn(name, ns, _preload_content=False)), False
 
 
-def worker_job(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return _dict(_batch().read_namespaced_job(name, namespace))
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-
-
-def pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    return [_dict(p) for p in _core().list_namespaced_pod(namespace, label_selector=selector).items]
+def _json(response: Any) -> dict[str, Any]:
+    document = json.loads(response.data)
+    assert isinstance(document, dict)
+    return document
 
 
 def set_suspend(namespace: str, name: str, suspend: bool) -> None:
@@ -78,8 +72,8 @@ def set_suspend(namespace: str, name: str, suspend: bool) -> None:
 
 
 def claim_names(namespace: str) -> set[str]:
-    claims = _core().list_namespaced_persistent_volume_claim(namespace).items
-    return {str(c.metadata.name) for c in claims if c.metadata is not None}
+    claims = _json(_core().list_namespaced_persistent_volume_claim(namespace, _preload_content=False))
+    return {str(c["metadata"]["name"]) for c in claims.get("items") or []}
 
 
 def config_map_keys(namespace: str, names: set[str]) -> dict[str, set[str]]:
@@ -87,12 +81,12 @@ def config_map_keys(namespace: str, names: set[str]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for name in names:
         try:
-            cm = _core().read_namespaced_config_map(name, namespace)
+            cm = _json(_core().read_namespaced_config_map(name, namespace, _preload_content=False))
         except ApiException as error:
             if error.status == 404:
                 continue
             raise
-        found[name] = set(cm.data or {}) | set(cm.binary_data or {})
+        found[name] = set(cm.get("data") or {}) | set(cm.get("binaryData") or {})
     return found
 
 

@@ -307,8 +307,26 @@ def finished(status: FineTuneJobStatus | None) -> bool:
     return status is not None and status.phase in (Phase.SUCCEEDED, Phase.FAILED)
 
 
+def expires_at(status: FineTuneJobStatus | None, ttl_seconds: int | None) -> datetime | None:
+    """When a finished job outlives spec.ttlSecondsAfterFinished (None: never, or not finished)."""
+    if ttl_seconds is None or status is None or not finished(status) or status.completion_time is None:
+        return None
+    return status.completion_time + timedelta(seconds=ttl_seconds)
+
+
 def expired(status: FineTuneJobStatus | None, ttl_seconds: int | None, now: datetime) -> bool:
     """True once a finished job has outlived spec.ttlSecondsAfterFinished."""
-    if ttl_seconds is None or status is None or not finished(status) or status.completion_time is None:
-        return False
-    return now >= status.completion_time + timedelta(seconds=ttl_seconds)
+    return due(expires_at(status, ttl_seconds), now)
+
+
+def due(deadline: datetime | None, now: datetime) -> bool:
+    return deadline is not None and now >= deadline
+
+
+def inputs_version(job: Any, worker_job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """The resource versions of everything ``compute`` reads but rank 0's report: equal versions, equal status."""
+    return (
+        job.get("metadata", {}).get("resourceVersion"),
+        (worker_job or {}).get("metadata", {}).get("resourceVersion"),
+        tuple(sorted(str(p.get("metadata", {}).get("resourceVersion")) for p in pods)),
+    )
