@@ -96,6 +96,8 @@ class Api:
             try:
                 with urllib.request.urlopen(request, context=self.context, timeout=90) as response:
                     for line in response:
+                        if not line.startswith((b'{"type":"ADDED"', b'{"type":"ERROR"')):
+                            continue  # MODIFIED and DELETED tell nothing here: not parsed, so no CPU taken
                         event = json.loads(line)
                         if event["type"] == "ERROR":  # e.g. 410 Gone: start again from a fresh list
                             version = ""

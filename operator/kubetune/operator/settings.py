@@ -38,8 +38,9 @@ class Settings:
     """Fixed kopf peering priority (0: a random one per process, so that replicas never tie)."""
     max_workers: int = 16
     """Threads running the (synchronous, API-bound) handlers at once."""
-    max_connections: int = 32
-    """Connections kopf keeps to the API server (watches included)."""
+    max_connections: int = 12
+    """Connections kopf keeps to the API server, its 4 cluster-wide watches included (so at least 5). Each one
+    costs memory: at 500 new jobs 32 connections peaked 35 MiB higher than 8, at the same rate of jobs."""
 
     @classmethod
     def from_env(cls) -> Settings:
