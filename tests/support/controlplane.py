@@ -142,7 +142,8 @@ def start(workdir: Path | None = None, audit_writes: bool = False) -> ControlPla
     server = f"https://127.0.0.1:{api_port}"
     cp = ControlPlane(binaries, workdir, server, token, workdir / "kubeconfig")
     try:
-        (workdir / "audit-policy.yaml").write_text(AUDIT_WRITES)
+        if audit_writes:
+            (workdir / "audit-policy.yaml").write_text(AUDIT_WRITES)
         (workdir / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
         subprocess.run(["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"], check=True, capture_output=True)
         subprocess.run(

@@ -90,8 +90,10 @@ class Api:
     def merge(self, path: str, body: Any) -> Any:
         return self.request("PATCH", path, body, "application/merge-patch+json")
 
-    def watch(self, path: str, stop: threading.Event) -> Any:
-        """Yield watch events of ``path`` (a list URL with a query), reconnecting until ``stop`` is set."""
+    def watch(self, path: str, stop: threading.Event, types: tuple[str, ...] = ()) -> Any:
+        """Yield watch events of ``path`` (a list URL with a query), reconnecting until ``stop`` is set; with
+        ``types`` (e.g. ("ADDED",)) only those, the others skipped without being parsed."""
+        wanted = tuple(f'{{"type":"{t}"'.encode() for t in (*types, "ERROR")) if types else ()
         version = ""
         while not stop.is_set():
             sep = "&" if "?" in path else "?"
@@ -102,6 +104,8 @@ class Api:
                     for line in response:
                         if stop.is_set():
                             return
+                        if wanted and not line.startswith(wanted):
+                            continue
                         event = json.loads(line)
                         if event["type"] == "ERROR":  # e.g. 410 Gone: start over from a fresh list
                             version = ""

@@ -272,8 +272,8 @@ def test_suspend_keeps_progress_then_resume_clears_suspended() -> None:
 
 def test_ttl_after_finished() -> None:
     done = FineTuneJobStatus.model_validate_json('{"phase": "Succeeded", "completionTime": "2026-11-25T11:00:00Z"}')
-    assert status.expired(done, 3600, NOW) and not status.expired(done, 3601, NOW)
-    assert not status.expired(done, None, NOW)
+    assert status.due(status.expires_at(done, 3600), NOW) and not status.due(status.expires_at(done, 3601), NOW)
+    assert not status.due(status.expires_at(done, None), NOW)
 
 
 def test_metrics_export_a_jobs_phase_workers_and_eta_and_forget_it() -> None:

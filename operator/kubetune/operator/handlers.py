@@ -89,12 +89,16 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
 def suspend_changed(new: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
     """spec.suspend is mirrored to the worker Job (level-triggered: compared with the Job as the index has it,
     so a change made while the operator was down is applied too); the Job controller stops or restarts the pods."""
-    jobs_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_jobs"]
-    worker = next(iter(jobs_index.get((namespace or "default", name), [])), None)
+    worker = _worker(kwargs["worker_jobs"], namespace or "default", name)
     if worker is None or bool(worker["spec"].get("suspend")) == bool(new):  # none yet: it is made from the spec
         return
     with metrics.timed("suspend"):
         kube.set_suspend(worker["metadata"]["namespace"], worker["metadata"]["name"], bool(new))
+
+
+def _worker(jobs_index: kopf.Index[Any, dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
+    """A FineTuneJob's worker Job as the ``worker_jobs`` index has it (None: not seen yet)."""
+    return next(iter(jobs_index.get((namespace, name), [])), None)
 
 
 def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -130,10 +134,9 @@ def refresh_status(
     """Recompute the status from the worker Job, its pods (both from the indexes above) and rank 0's progress;
     patch it when it changed. A tick whose inputs are the same as the last one's (no object changed, rank 0 not
     running, no TTL due) does nothing: with hundreds of waiting jobs that is most ticks."""
-    jobs_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_jobs"]
     pods_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_pods"]
     namespace = namespace or "default"
-    worker = next(iter(jobs_index.get((namespace, name), [])), None)
+    worker = _worker(kwargs["worker_jobs"], namespace, name)
     pods = list(pods_index.get((namespace, name), []))
     rank0, now = _rank0(pods), datetime.now(UTC)
     inputs = status.inputs_version(body, worker, pods)
@@ -141,10 +144,10 @@ def refresh_status(
         return
     with metrics.timed("status"):
         job = _job(body)
-        memo["status_inputs"] = inputs
-        memo["status_expires"] = status.expires_at(job.status, job.spec.ttl_seconds_after_finished)
+        expires = status.expires_at(job.status, job.spec.ttl_seconds_after_finished)
+        memo["status_inputs"], memo["status_expires"] = inputs, expires
         if not _is_accepted(job.status) or status.finished(job.status):
-            if status.expired(job.status, job.spec.ttl_seconds_after_finished, now):
+            if status.due(expires, now):
                 kube.delete_finetunejob(namespace, name)
             metrics.observe(namespace, name, job.status or FineTuneJobStatus())
             return
@@ -219,6 +222,10 @@ def _invalid(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
     kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
 
 
+ACCEPTED_FIELDS = ("conditions", "phase", "observed_generation", "output_location")
+"""What validating a job settles in its status; the rest is the status timer's."""
+
+
 def _accepted(job: FineTuneJob, patch: kopf.Patch, ok: bool, reason: Reason, text: str) -> FineTuneJobStatus:
     """Patch the Accepted condition (with the phase, observed generation and output location); the new status."""
     current = job.status or FineTuneJobStatus()
@@ -229,10 +236,7 @@ def _accepted(job: FineTuneJob, patch: kopf.Patch, ok: bool, reason: Reason, tex
     new = current.model_copy(update={
         "conditions": conditions, "phase": current.phase or Phase.PENDING, "observed_generation": generation,
         "output_location": status.output_location(job)})  # fmt: skip
-    patch.status["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
-    patch.status["phase"] = new.phase.value if new.phase else None
-    patch.status["observedGeneration"] = generation
-    patch.status["outputLocation"] = new.output_location
+    patch.status.update(new.model_dump(mode="json", by_alias=True, include=set(ACCEPTED_FIELDS)))
     return new
 
 

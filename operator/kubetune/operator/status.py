@@ -314,12 +314,8 @@ def expires_at(status: FineTuneJobStatus | None, ttl_seconds: int | None) -> dat
     return status.completion_time + timedelta(seconds=ttl_seconds)
 
 
-def expired(status: FineTuneJobStatus | None, ttl_seconds: int | None, now: datetime) -> bool:
-    """True once a finished job has outlived spec.ttlSecondsAfterFinished."""
-    return due(expires_at(status, ttl_seconds), now)
-
-
 def due(deadline: datetime | None, now: datetime) -> bool:
+    """True once ``deadline`` (None: never) has come."""
     return deadline is not None and now >= deadline
 
 
