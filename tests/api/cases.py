@@ -10,6 +10,7 @@ from typing import Any
 from tests.support.builders import JobBuilder
 
 QLORA_KNOBS = {"quantType": "NF4", "doubleQuant": True}
+GENERAL = {"name": "general", "uri": "s3://b/general.jsonl", "usage": "General"}
 
 # (id, manifest, text both errors must contain)
 BAD: list[tuple[str, dict[str, Any], str]] = [
@@ -60,6 +61,30 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      .build(), "FSDP requires method.type Full"),
     ("fsdp-on-cpu", JobBuilder().set("spec.training.distributed", "FSDP").set("spec.method.type", "Full").build(),
      "FSDP requires method.type Full and resources.gpusPerWorker > 0"),
+    ("stage-names-unknown-dataset", JobBuilder().set("spec.stages", [{"name": "a", "datasets": ["nope"]}]).build(),
+     "stages[].datasets must name datasets of data.datasets"),
+    ("duplicate-stage-names", JobBuilder().set("spec.stages", [{"name": "a", "datasets": ["train"]},
+                                                               {"name": "a", "datasets": ["train"]}]).build(),
+     "stages[].name must be unique"),
+    ("classification-stage-with-instruction-rows", JobBuilder().set("spec.stages", [
+        {"name": "a", "datasets": ["train"], "task": {"type": "Classification"}}]).build(),
+     "stages[]: task.type Classification and format Classification go together"),
+    ("general-data-without-guard", JobBuilder().set("spec.data.datasets[1]", GENERAL).build(),
+     "forgettingGuard and a data.datasets entry with usage General go together"),
+    ("guard-without-general-data", JobBuilder().set("spec.forgettingGuard", {}).build(),
+     "forgettingGuard and a data.datasets entry with usage General go together"),
+    ("few-shot-on-classification", JobBuilder().set("spec.task", {"type": "Classification"})
+     .set("spec.data.format", "Classification").set("spec.evaluation.fewShot", {"k": 2}).build(),
+     "evaluation.fewShot requires task.type CausalLM"),
+    ("context-shorter-than-training", JobBuilder().set("spec.training.maxSeqLength", 4096)
+     .set("spec.contextExtension", {"ropeScaling": "YaRN", "targetLength": 2048}).build(),
+     "training.maxSeqLength must not exceed contextExtension.targetLength"),
+    ("unknown-rope-scaling", JobBuilder().set("spec.contextExtension", {"ropeScaling": "NTK", "targetLength": 2048})
+     .build(), "spec.contextExtension.ropeScaling"),
+    ("augmentation-without-noise", JobBuilder().set("spec.data.augmentation", {"wordDropout": 0.0, "wordSwap": 0.0})
+     .build(), "at least one of wordDropout, wordSwap and tokenNoise"),
+    ("label-smoothing-one", JobBuilder().set("spec.training.labelSmoothing", 1.0).build(),
+     "spec.training.labelSmoothing"),
 ]  # fmt: skip
 
 GOOD: list[tuple[str, dict[str, Any]]] = [
@@ -75,4 +100,17 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ("name-at-limit", JobBuilder(name="x" * 52).build()),
     ("fsdp-full-on-gpus", JobBuilder().set("spec.training.distributed", "FSDP").set("spec.method.type", "Full")
      .set("spec.resources.gpusPerWorker", 8).build()),
+    ("everything-of-issue-7", JobBuilder()
+     .set("spec.data.datasets[0].task", "qa").set("spec.data.datasets[0].weight", 2.0)
+     .set("spec.data.datasets[1]", {"name": "docs", "uri": "s3://b/docs.jsonl", "task": "docs"})
+     .set("spec.data.datasets[2]", GENERAL)
+     .set("spec.data.mixing", {"strategy": "Temperature", "temperature": 3.0})
+     .set("spec.data.augmentation", {"copies": 2, "wordDropout": 0.1, "tokenNoise": 0.05})
+     .set("spec.training.labelSmoothing", 0.1).set("spec.training.neftuneNoiseAlpha", 5.0)
+     .set("spec.training.dropout", 0.1).set("spec.evaluation.fewShot", {"k": 3})
+     .set("spec.forgettingGuard", {"replayRatio": 0.2, "maxRegression": 0.02, "onRegression": "Fail"})
+     .set("spec.contextExtension", {"ropeScaling": "YaRN", "targetLength": 4096, "passkeySamples": 3})
+     .set("spec.stages", [{"name": "domain", "datasets": ["docs"], "format": "Completion"},
+                          {"name": "instruct", "datasets": ["train"], "training": {"epochs": 1}}])
+     .build()),
 ]  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .base import ApiModel, Rule
-from .enums import DataFormat, DatasetUsage, FileFormat, OverLength
+from .enums import DataFormat, DatasetUsage, FileFormat, Mixing, OverLength
 from .sources import DNS_LABEL, ConfigMapKey, PVCLocation, Uri
 
 
@@ -27,14 +27,28 @@ class DatasetSource(ApiModel):
     usage: DatasetUsage = Field(
         default=DatasetUsage.SPLIT,
         description="Split: rows are divided by spec.data.split ratios. Train, Validation, Test: every row "
-        "goes to that split (explicit files).",
+        "goes to that split (explicit files). General: general-domain rows for spec.forgettingGuard (replay and "
+        "the retention evaluation), never part of the task's own splits.",
     )
     weight: float = Field(
         default=1.0,
         gt=0,
         le=1000,
-        description="Relative sampling weight of this dataset's training rows when several are mixed (multitask).",
+        description="Relative sampling weight of this dataset's task when several are mixed (see spec.data.mixing).",
     )
+    task: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Task this dataset belongs to (multitask): validation and test metrics are reported per task, "
+        "and tasks are mixed by spec.data.mixing. The dataset's name when unset.",
+    )
+
+    @property
+    def task_name(self) -> str:
+        """The task this dataset's rows belong to."""
+        return self.task or self.name
 
     rules = (
         Rule(
@@ -108,6 +122,41 @@ class Split(ApiModel):
     )
 
 
+class MixingSpec(ApiModel):
+    """How tasks share each epoch's training rows; an epoch keeps the total number of training rows.
+
+    Proportional: each task's share is weight x its rows (all weights 1: every row once, as without mixing).
+    Weighted: shares follow the weights alone (a small task is oversampled, a large one undersampled).
+    Temperature: shares follow (weight x rows)^(1/temperature); 1 is Proportional, larger flattens towards equal.
+    """
+
+    strategy: Mixing = Field(default=Mixing.PROPORTIONAL, description="Proportional, Weighted or Temperature.")
+    temperature: float = Field(
+        default=2.0, ge=1, le=100, description="Sampling temperature (strategy Temperature only)."
+    )
+
+
+class Augmentation(ApiModel):
+    """Opt-in augmentation of scarce training data: seeded word-level noise on the inputs (never on the
+    trained-on answers), added as extra copies of the training rows. The prep report counts what was added."""
+
+    copies: int = Field(default=1, ge=1, le=16, description="Augmented copies added per training row.")
+    word_dropout: float = Field(default=0.1, ge=0, lt=1, description="Probability that a word is dropped.")
+    word_swap: float = Field(default=0.1, ge=0, lt=1, description="Probability that a word swaps with the next one.")
+    token_noise: float = Field(
+        default=0.0, ge=0, lt=1, description="Probability that a word is replaced by a random word of the training data."
+    )
+    seed: int = Field(default=1234, ge=0, le=2**31 - 1, description="Seed of the noise.")
+
+    rules = (
+        Rule(
+            cel="self.wordDropout + self.wordSwap + self.tokenNoise > 0.0",
+            message="at least one of wordDropout, wordSwap and tokenNoise must be above 0",
+            check=lambda s: s.word_dropout + s.word_swap + s.token_noise > 0,
+        ),
+    )
+
+
 def _has_usage(data: Data, usage: DatasetUsage) -> bool:
     return any(d.usage == usage for d in data.datasets)
 
@@ -128,6 +177,10 @@ class Data(ApiModel):
     )
     cleaning: Cleaning = Field(default_factory=Cleaning, description="Row cleaning before the split.")
     split: Split = Field(default_factory=Split, description="Train/validation/test split of Split datasets.")
+    mixing: MixingSpec = Field(default_factory=MixingSpec, description="How tasks are mixed (multitask).")
+    augmentation: Augmentation | None = Field(
+        default=None, description="Augmentation of the training rows (scarce data); off when unset."
+    )
 
     rules = (
         Rule(

@@ -42,6 +42,7 @@ class DatasetUsage(StrEnum):
     TRAIN = "Train"
     VALIDATION = "Validation"
     TEST = "Test"
+    GENERAL = "General"
 
 
 class OverLength(StrEnum):
@@ -139,6 +140,31 @@ class ConditionType(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    OVERFITTING = "Overfitting"
+    PROMOTABLE = "Promotable"
+
+
+class Mixing(StrEnum):
+    """How the training rows of several tasks are mixed in each epoch (multitask)."""
+
+    PROPORTIONAL = "Proportional"
+    WEIGHTED = "Weighted"
+    TEMPERATURE = "Temperature"
+
+
+class RegressionAction(StrEnum):
+    """What a retention regression beyond the threshold does to the job."""
+
+    FAIL = "Fail"
+    MARK_NOT_PROMOTABLE = "MarkNotPromotable"
+
+
+class RopeScaling(StrEnum):
+    """How rotary position embeddings are stretched to a longer context."""
+
+    LINEAR = "Linear"
+    DYNAMIC = "Dynamic"
+    YARN = "YaRN"
 
 
 class ConditionStatus(StrEnum):

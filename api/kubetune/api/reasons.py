@@ -27,6 +27,10 @@ class Reason(StrEnum):
     DIVERGED = "Diverged"
     MISSING_REFERENCE = "MissingReference"
     NOT_SUSPENDED = "NotSuspended"
+    VALIDATION_LOSS_RISING = "ValidationLossRising"
+    NO_OVERFITTING = "NoOverfitting"
+    RETENTION_REGRESSED = "RetentionRegressed"
+    RETENTION_KEPT = "RetentionKept"
 
 
 MESSAGES: dict[Reason, str] = {
@@ -46,6 +50,11 @@ MESSAGES: dict[Reason, str] = {
     Reason.DIVERGED: "Training diverged (the loss became NaN or stayed far above its start); retrying would too: {}",
     Reason.MISSING_REFERENCE: "Waiting for objects the spec refers to: {}",
     Reason.NOT_SUSPENDED: "The job is not suspended.",
+    Reason.VALIDATION_LOSS_RISING: "Validation loss rose from {} (step {}) to {} (step {}) while training loss fell "
+    "from {} to {}; consider early stopping, dropout, label smoothing or fewer epochs.",
+    Reason.NO_OVERFITTING: "Validation loss has not risen while training loss fell.",
+    Reason.RETENTION_REGRESSED: "Retention loss on held-out general data rose {:.1%}, more than the {:.1%} allowed.",
+    Reason.RETENTION_KEPT: "Retention loss on held-out general data changed {:+.1%} (at most {} allowed).",
 }
 
 

@@ -9,11 +9,12 @@ from pydantic import Field
 
 from .base import ApiModel, Rule, TransitionRule
 from .data import Data
-from .enums import DataFormat, Distributed, MethodType, TaskType, ValidationMetric
+from .enums import DataFormat, DatasetUsage, Distributed, MethodType, TaskType, ValidationMetric
 from .resources import Resources
 from .sources import ModelSource, OutputLocation
 from .status import FineTuneJobStatus
 from .training import Checkpointing, Evaluation, Method, Task, Training, Validation
+from .tuning import ContextExtension, ForgettingGuard, Stage
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -29,6 +30,18 @@ MUTABLE_FIELDS = ("suspend", "ttlSecondsAfterFinished")
 
 def _classification_consistent(s: FineTuneJobSpec) -> bool:
     return (s.task.type == TaskType.CLASSIFICATION) == (s.data.format == DataFormat.CLASSIFICATION)
+
+
+def _stages_consistent(s: FineTuneJobSpec) -> bool:
+    for stage in s.stages or []:
+        task = (stage.task or s.task).type
+        if (task == TaskType.CLASSIFICATION) != ((stage.format or s.data.format) == DataFormat.CLASSIFICATION):
+            return False
+    return True
+
+
+def _has_general(s: FineTuneJobSpec) -> bool:
+    return any(d.usage == DatasetUsage.GENERAL for d in s.data.datasets)
 
 
 class FineTuneJobSpec(ApiModel):
@@ -60,6 +73,19 @@ class FineTuneJobSpec(ApiModel):
     max_restarts: int = Field(
         default=3, ge=0, le=100, description="Worker failures retried (from the last checkpoint) before the job fails."
     )
+    stages: list[Stage] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="Sequential tuning: stages run in order, each from the previous stage's output; "
+        "a failed stage resumes from its own checkpoint. One run on spec.data when unset.",
+    )
+    forgetting_guard: ForgettingGuard | None = Field(
+        default=None, description="Replay of general data and a retention check (needs a General dataset)."
+    )
+    context_extension: ContextExtension | None = Field(
+        default=None, description="RoPE scaling to a longer context, with a passkey-retrieval check."
+    )
 
     rules = (
         Rule(
@@ -80,6 +106,45 @@ class FineTuneJobSpec(ApiModel):
                 s.training.distributed != Distributed.FSDP
                 or (s.method.type == MethodType.FULL and s.resources.gpus_per_worker > 0)
             ),
+        ),
+        Rule(
+            cel="!has(self.stages) || self.stages.all(a, self.stages.exists_one(b, b.name == a.name))",
+            message="stages[].name must be unique",
+            check=lambda s: s.stages is None or len({t.name for t in s.stages}) == len(s.stages),
+        ),
+        Rule(
+            cel="!has(self.stages) || self.stages.all(t, t.datasets.all(n, self.data.datasets.exists(d, d.name == n)))",
+            message="stages[].datasets must name datasets of data.datasets",
+            check=lambda s: s.stages is None
+            or all(n in {d.name for d in s.data.datasets} for t in s.stages for n in t.datasets),
+        ),
+        Rule(
+            cel="!has(self.stages) || self.stages.all(t, "
+            "((has(t.task) ? t.task.type : self.task.type) == 'Classification') == "
+            "((has(t.format) ? t.format : self.data.format) == 'Classification'))",
+            message="stages[]: task.type Classification and format Classification go together",
+            check=_stages_consistent,
+        ),
+        Rule(
+            cel="has(self.forgettingGuard) == self.data.datasets.exists(d, d.usage == 'General')",
+            message="forgettingGuard and a data.datasets entry with usage General go together",
+            check=lambda s: (s.forgetting_guard is not None) == _has_general(s),
+        ),
+        Rule(
+            cel="!has(self.forgettingGuard) || self.task.type == 'CausalLM'",
+            message="forgettingGuard requires task.type CausalLM (the retention check is a language-model loss)",
+            check=lambda s: s.forgetting_guard is None or s.task.type == TaskType.CAUSAL_LM,
+        ),
+        Rule(
+            cel="!has(self.evaluation.fewShot) || self.task.type == 'CausalLM'",
+            message="evaluation.fewShot requires task.type CausalLM",
+            check=lambda s: s.evaluation.few_shot is None or s.task.type == TaskType.CAUSAL_LM,
+        ),
+        Rule(
+            cel="!has(self.contextExtension) || self.training.maxSeqLength <= self.contextExtension.targetLength",
+            message="training.maxSeqLength must not exceed contextExtension.targetLength",
+            check=lambda s: s.context_extension is None
+            or s.training.max_seq_length <= s.context_extension.target_length,
         ),
     )
 

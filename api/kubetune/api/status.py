@@ -53,8 +53,32 @@ class EvaluationResults(ApiModel):
     """Test-set metrics of the tuned model and of the base model on the same rows."""
 
     test: dict[str, float] = Field(default_factory=dict, description="Metrics of the fine-tuned model.")
-    baseline: dict[str, float] = Field(default_factory=dict, description="Metrics of the base model.")
+    baseline: dict[str, float] = Field(default_factory=dict, description="Metrics of the base model (zero-shot).")
+    few_shot: dict[str, float] = Field(
+        default_factory=dict, description="Metrics of the base model prompted with spec.evaluation.fewShot.k examples."
+    )
+    tasks: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Test metrics of the fine-tuned model per task (multitask)."
+    )
     samples: int | None = Field(default=None, ge=0, description="Test rows evaluated.")
+
+
+class StageStatus(ApiModel):
+    """One stage of sequential tuning."""
+
+    name: str = Field(max_length=63, description="The stage's name.")
+    phase: str = Field(max_length=32, description="Pending, Running, Succeeded or Failed.")
+    steps: int | None = Field(default=None, ge=0, description="Optimizer steps the stage took.")
+    test: dict[str, float] = Field(default_factory=dict, description="The stage's test metrics.")
+
+
+class RetentionResults(ApiModel):
+    """The forgetting guard's retention evaluation: loss on held-out general rows before and after tuning."""
+
+    before: float = Field(description="Retention loss of the base model.")
+    after: float = Field(description="Retention loss of the tuned model.")
+    regression: float = Field(description="Relative rise of the loss: (after - before) / before.")
+    max_regression: float | None = Field(default=None, description="The threshold of spec.forgettingGuard.")
 
 
 class CheckpointStatus(ApiModel):
@@ -82,6 +106,9 @@ class FineTuneJobStatus(ApiModel):
     progress: Progress | None = Field(default=None, description="Training progress.")
     metrics: LatestMetrics | None = Field(default=None, description="Latest training and validation figures.")
     evaluation: EvaluationResults | None = Field(default=None, description="Test-set results.")
+    retention: RetentionResults | None = Field(default=None, description="Forgetting-guard results.")
+    current_stage: str | None = Field(default=None, max_length=63, description="Stage running now (stages).")
+    stages: list[StageStatus] | None = Field(default=None, max_length=8, description="Per-stage results (stages).")
     checkpoint: CheckpointStatus | None = Field(default=None, description="Latest checkpoint.")
     output_location: str | None = Field(default=None, max_length=4096, description="Where results were written.")
     workers: WorkerCounts | None = Field(default=None, description="Worker pods by state.")

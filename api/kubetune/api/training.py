@@ -105,7 +105,20 @@ class Training(ApiModel):
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW decoupled weight decay.")
     max_grad_norm: float = Field(default=1.0, ge=0, le=1000, description="Gradient clipping norm; 0 disables it.")
     dropout: float | None = Field(
-        default=None, ge=0, lt=1, description="Override of the model's own dropout probabilities."
+        default=None, ge=0, lt=1, description="Override of the model's own dropout probabilities (overfitting)."
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing of the cross-entropy loss (overfitting); 0 trains on the hard targets.",
+    )
+    neftune_noise_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="NEFTune: uniform noise of scale alpha/sqrt(length x width) added to the input embeddings "
+        "while training (instruction data); off when unset.",
     )
     max_seq_length: int = Field(default=1024, ge=16, le=131072, description="Longest training sequence in tokens.")
     packing: bool = Field(
@@ -163,6 +176,18 @@ class Evaluation(ApiModel):
     max_new_tokens: int = Field(
         default=64, ge=1, le=4096, description="Generation length for exact-match and ROUGE-L (CausalLM)."
     )
+    few_shot: FewShot | None = Field(
+        default=None,
+        description="Also evaluate the base model few-shot (CausalLM), so results show fine-tuned vs few-shot vs "
+        "zero-shot; off when unset.",
+    )
+
+
+class FewShot(ApiModel):
+    """A few-shot baseline: the base model prompted with k training examples before each test prompt."""
+
+    k: int = Field(default=3, ge=1, le=64, description="Training examples put in front of each test prompt.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the choice of examples.")
 
 
 class Checkpointing(ApiModel):
