@@ -74,7 +74,7 @@ def test_pod_failure_policy_fails_at_once_on_configuration_and_divergence() -> N
     rules = builders.worker_job(job(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {
         "action": "FailJob",
-        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3, 78]},
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3, 4, 78]},
     }
     assert rules[1]["action"] == "Ignore"
 
@@ -223,11 +223,59 @@ def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
     assert ("Succeeded", "Completed") in [(t.type, t.reason) for t in transitions]
 
 
+def test_stages_and_the_overfitting_verdict_come_from_rank_0s_progress() -> None:
+    overfit = {"detected": True, "bestStep": 20, "bestValidationLoss": 1.0, "step": 40, "validationLoss": 1.3,
+               "trainLossAtBest": 0.9, "trainLoss": 0.4}  # fmt: skip
+    stages = [{"name": "domain", "phase": "Succeeded", "steps": 30, "test": {"loss": 2.0}},
+              {"name": "instruct", "phase": "Running"}]  # fmt: skip
+    report = {"phase": "Training", "step": 40, "totalSteps": 100, "loss": 0.4, "stage": "instruct", "stageIndex": 1,
+              "stages": stages, "overfitting": overfit}  # fmt: skip
+    running = [pod(0, "Running"), pod(1, "Running")]
+    s, transitions = status.compute(accepted_job(), worker_job(active=2), running, report, NOW)
+    assert s.current_stage == "instruct" and s.stages is not None
+    assert [(t.name, t.phase, t.steps) for t in s.stages] == [
+        ("domain", "Succeeded", 30),
+        ("instruct", "Running", None),
+    ]
+    assert conditions(s)["Overfitting"] == ("True", "ValidationLossRising")
+    text = next(c.message for c in s.conditions if c.type == "Overfitting")
+    assert "rose from 1.0 (step 20) to 1.3 (step 40)" in text and "fell from 0.9 to 0.4" in text
+    assert ("Overfitting", "ValidationLossRising") in [(t.type, t.reason) for t in transitions]
+    assert any(t.event_type == "Warning" for t in transitions if t.type == "Overfitting")
+    calm, _ = status.compute(
+        accepted_job(), worker_job(active=2), running, {**report, "overfitting": {"detected": False}}, NOW
+    )
+    assert conditions(calm)["Overfitting"] == ("False", "NoOverfitting")
+
+
+def test_success_reports_few_shot_per_task_retention_and_promotability() -> None:
+    retention = {"before": 2.0, "after": 2.2, "regression": 0.1, "maxRegression": 0.02, "passed": False}
+    summary = json.dumps({"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4},
+                          "fewShot": {"loss": 2.5, "k": 3}, "tasks": {"qa": {"loss": 1.1}, "sum": {"loss": 1.3}},
+                          "retention": retention})  # fmt: skip
+    pods = [pod(0, "Succeeded", 0, summary), pod(1, "Succeeded", 0)]
+    s, _ = status.compute(accepted_job(), worker_job("Complete", succeeded=2), pods, None, NOW)
+    assert s.evaluation is not None and s.evaluation.few_shot == {"loss": 2.5}
+    assert s.evaluation.tasks == {"qa": {"loss": 1.1}, "sum": {"loss": 1.3}}
+    assert s.retention is not None and (s.retention.regression, s.retention.max_regression) == (0.1, 0.02)
+    assert s.phase == "Succeeded" and conditions(s)["Promotable"] == ("False", "RetentionRegressed")
+    assert "rose 10.0%" in next(c.message for c in s.conditions if c.type == "Promotable")
+    from kubetune.operator import metrics
+
+    metrics.observe("ns", "kept", s)
+    assert metrics.registry.get_sample_value("kubetune_finetunejob_retention_regression_ratio",
+                                             {"namespace": "ns", "finetunejob": "kept"}) == 0.1  # fmt: skip
+    labels = {"namespace": "ns", "finetunejob": "kept", "metric": "loss", "model": "fewshot"}
+    assert metrics.registry.get_sample_value("kubetune_finetunejob_eval_metric", labels) == 2.5
+    metrics.forget("ns", "kept")
+
+
 @pytest.mark.parametrize(
     ("code", "message", "reason", "expected"),
     [
         (78, json.dumps({"message": "spec.data.datasets[0]: row 3 is empty"}), "ConfigurationError", "row 3"),
         (3, json.dumps({"message": "loss is nan at step 7"}), "Diverged", "step 7"),
+        (4, json.dumps({"message": "retention loss rose 7.0%"}), "RetentionRegressed", "rose 7.0%"),
         (137, "Traceback ...\nMemoryError: out of memory", "RestartsExhausted", "MemoryError"),
     ],
 )

@@ -144,7 +144,7 @@ class Augmentation(ApiModel):
     word_dropout: float = Field(default=0.1, ge=0, lt=1, description="Probability that a word is dropped.")
     word_swap: float = Field(default=0.1, ge=0, lt=1, description="Probability that a word swaps with the next one.")
     token_noise: float = Field(
-        default=0.0, ge=0, lt=1, description="Probability that a word is replaced by a random word of the training data."
+        default=0.0, ge=0, lt=1, description="Probability that a word is replaced by a random training-data word."
     )
     seed: int = Field(default=1234, ge=0, le=2**31 - 1, description="Seed of the noise.")
 

@@ -53,8 +53,8 @@ MESSAGES: dict[Reason, str] = {
     Reason.VALIDATION_LOSS_RISING: "Validation loss rose from {} (step {}) to {} (step {}) while training loss fell "
     "from {} to {}; consider early stopping, dropout, label smoothing or fewer epochs.",
     Reason.NO_OVERFITTING: "Validation loss has not risen while training loss fell.",
-    Reason.RETENTION_REGRESSED: "Retention loss on held-out general data rose {:.1%}, more than the {:.1%} allowed.",
-    Reason.RETENTION_KEPT: "Retention loss on held-out general data changed {:+.1%} (at most {} allowed).",
+    Reason.RETENTION_REGRESSED: "Retention loss on held-out general data rose {:.1%}, more than allowed ({}).",
+    Reason.RETENTION_KEPT: "Retention loss on held-out general data changed {:+.1%} (allowed: {}).",
 }
 
 

@@ -115,8 +115,9 @@ class FineTuneJobSpec(ApiModel):
         Rule(
             cel="!has(self.stages) || self.stages.all(t, t.datasets.all(n, self.data.datasets.exists(d, d.name == n)))",
             message="stages[].datasets must name datasets of data.datasets",
-            check=lambda s: s.stages is None
-            or all(n in {d.name for d in s.data.datasets} for t in s.stages for n in t.datasets),
+            check=lambda s: (
+                s.stages is None or all(n in {d.name for d in s.data.datasets} for t in s.stages for n in t.datasets)
+            ),
         ),
         Rule(
             cel="!has(self.stages) || self.stages.all(t, "
@@ -143,8 +144,9 @@ class FineTuneJobSpec(ApiModel):
         Rule(
             cel="!has(self.contextExtension) || self.training.maxSeqLength <= self.contextExtension.targetLength",
             message="training.maxSeqLength must not exceed contextExtension.targetLength",
-            check=lambda s: s.context_extension is None
-            or s.training.max_seq_length <= s.context_extension.target_length,
+            check=lambda s: (
+                s.context_extension is None or s.training.max_seq_length <= s.context_extension.target_length
+            ),
         ),
     )
 

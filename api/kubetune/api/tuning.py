@@ -23,7 +23,9 @@ class Stage(ApiModel):
         description="Names of spec.data.datasets this stage trains, validates and tests on (General datasets "
         "always join for the forgetting guard).",
     )
-    format: DataFormat | None = Field(default=None, description="Row format of this stage; spec.data.format when unset.")
+    format: DataFormat | None = Field(
+        default=None, description="Row format of this stage; spec.data.format when unset."
+    )
     task: Task | None = Field(default=None, description="Task of this stage; spec.task when unset.")
     training: Training | None = Field(
         default=None, description="Hyperparameters of this stage, as a whole; spec.training when unset."

@@ -14,10 +14,11 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from kubetune.api.enums import Phase
+from kubetune.api.enums import ConditionStatus, ConditionType, Phase
 from kubetune.api.status import FineTuneJobStatus
 
-EVAL_METRICS = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1")
+EVAL_METRICS = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
+MODELS = ("tuned", "base", "fewshot")
 """Evaluation metrics exported (the trainer's headline test metrics)."""
 
 registry = CollectorRegistry()
@@ -53,8 +54,21 @@ restarts = Gauge("kubetune_finetunejob_restarts", "Times the workers were restar
                  registry=registry)  # fmt: skip
 evaluation = Gauge(
     "kubetune_finetunejob_eval_metric",
-    "Test-set metric of the tuned model (model=tuned) or the base model (model=base).",
+    "Test-set metric of the tuned model (model=tuned), the base model (model=base) or the base model prompted "
+    "few-shot (model=fewshot).",
     (*JOB, "metric", "model"),
+    registry=registry,
+)
+retention_regression = Gauge(
+    "kubetune_finetunejob_retention_regression_ratio",
+    "Forgetting guard: relative rise of the loss on held-out general data after tuning (0.02: 2 %).",
+    JOB,
+    registry=registry,
+)
+overfitting = Gauge(
+    "kubetune_finetunejob_overfitting",
+    "1 while the validation loss has risen above its best as the training loss fell, else 0.",
+    JOB,
     registry=registry,
 )
 reconcile_seconds = Histogram(
@@ -70,7 +84,8 @@ for _phase in Phase:
 
 _phases: dict[tuple[str, str], str] = {}
 _phase_counts: collections.Counter[str] = collections.Counter()
-_PER_JOB = (progress_ratio, train_loss, validation_loss, tokens_per_second, restarts, completion_time)
+_PER_JOB = (progress_ratio, train_loss, validation_loss, tokens_per_second, restarts, completion_time,
+            retention_regression, overfitting)  # fmt: skip
 WORKER_STATES = ("active", "succeeded", "failed")
 
 
@@ -124,14 +139,22 @@ def observe(namespace: str, name: str, status: FineTuneJobStatus) -> None:
         (validation_loss, m.validation_loss if m else None),
         (tokens_per_second, m.tokens_per_second if m else None),
         (restarts, status.restarts),
+        (retention_regression, status.retention.regression if status.retention else None),
+        (overfitting, _overfitting(status)),
     ):
         if value is not None:
             gauge.labels(*key).set(value)
     if status.evaluation is not None:
-        for model, values in (("tuned", status.evaluation.test), ("base", status.evaluation.baseline)):
+        e = status.evaluation
+        for model, values in (("tuned", e.test), ("base", e.baseline), ("fewshot", e.few_shot)):
             for metric, value in values.items():
                 if metric in EVAL_METRICS:
                     evaluation.labels(*key, metric, model).set(value)
+
+
+def _overfitting(status: FineTuneJobStatus) -> int | None:
+    found = next((c for c in status.conditions if c.type == ConditionType.OVERFITTING), None)
+    return None if found is None else int(found.status == ConditionStatus.TRUE)
 
 
 def forget(namespace: str, name: str) -> None:
@@ -146,6 +169,6 @@ def forget(namespace: str, name: str) -> None:
             with contextlib.suppress(KeyError):
                 labelled.remove(*key, value)
     for metric in EVAL_METRICS:
-        for model in ("tuned", "base"):
+        for model in MODELS:
             with contextlib.suppress(KeyError):
                 evaluation.remove(*key, metric, model)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubetune.api.enums import ConditionStatus, ConditionType, Phase
-from kubetune.api.exitcodes import EXIT_CONFIG, EXIT_DIVERGED
+from kubetune.api.exitcodes import EXIT_CONFIG, EXIT_DIVERGED, EXIT_REGRESSED
 from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import FineTuneJob
 from kubetune.api.status import (
@@ -24,6 +24,8 @@ from kubetune.api.status import (
     FineTuneJobStatus,
     LatestMetrics,
     Progress,
+    RetentionResults,
+    StageStatus,
     WorkerCounts,
 )
 
@@ -33,7 +35,8 @@ MESSAGE_LIMIT = 2000
 """Characters of a worker's termination message (its summary or last log lines) kept in a condition message."""
 WARNING_REASONS = {
     Reason.INVALID_SPEC, Reason.WORKER_FAILED, Reason.RESTARTS_EXHAUSTED, Reason.CONFIGURATION_ERROR,
-    Reason.DEADLINE_EXCEEDED, Reason.DIVERGED, Reason.MISSING_REFERENCE,
+    Reason.DEADLINE_EXCEEDED, Reason.DIVERGED, Reason.MISSING_REFERENCE, Reason.VALIDATION_LOSS_RISING,
+    Reason.RETENTION_REGRESSED,
 }  # fmt: skip
 
 
@@ -153,6 +156,8 @@ def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTu
         return Reason.CONFIGURATION_ERROR, message(Reason.CONFIGURATION_ERROR, detail)
     if code == EXIT_DIVERGED:
         return Reason.DIVERGED, message(Reason.DIVERGED, detail)
+    if code == EXIT_REGRESSED:
+        return Reason.RETENTION_REGRESSED, detail
     if condition.get("reason") == "DeadlineExceeded":
         return Reason.DEADLINE_EXCEEDED, message(Reason.DEADLINE_EXCEEDED, job.spec.active_deadline_seconds)
     failures = (worker_job.get("status") or {}).get("failed", 0)
@@ -206,6 +211,61 @@ def _final_metrics(previous: LatestMetrics | None, final: dict[str, Any]) -> Lat
     return (previous or LatestMetrics()).model_copy(update=update)
 
 
+def _stages(report: dict[str, Any]) -> list[StageStatus] | None:
+    stages = report.get("stages")
+    if not stages:
+        return None
+    return [
+        StageStatus(name=str(s["name"]), phase=str(s["phase"]), steps=s.get("steps"),
+                    test={k: float(v) for k, v in (s.get("test") or {}).items()})
+        for s in stages
+    ]  # fmt: skip
+
+
+def _verdicts(report: dict[str, Any], status: FineTuneJobStatus, condition: Any, finished: bool) -> None:
+    """Stages, the overfitting verdict and the retention check from rank 0's progress or final summary."""
+    if (stages := _stages(report)) is not None:
+        status.stages = stages
+        status.current_stage = None if finished else report.get("stage")
+    overfit = report.get("overfitting")
+    if overfit is not None:
+        if overfit.get("detected"):
+            text = message(
+                Reason.VALIDATION_LOSS_RISING,
+                overfit["bestValidationLoss"],
+                overfit["bestStep"],
+                overfit["validationLoss"],
+                overfit["step"],
+                overfit["trainLossAtBest"],
+                overfit["trainLoss"],
+            )
+            condition(ConditionType.OVERFITTING, True, Reason.VALIDATION_LOSS_RISING, text)
+        else:
+            condition(ConditionType.OVERFITTING, False, Reason.NO_OVERFITTING)
+    if (kept := report.get("retention")) is not None:
+        status.retention = RetentionResults(
+            before=kept["before"],
+            after=kept["after"],
+            regression=kept["regression"],
+            max_regression=kept.get("maxRegression"),
+        )
+        limit = "no limit" if kept.get("maxRegression") is None else f"{kept['maxRegression']:.1%}"
+        if kept.get("passed", True):
+            condition(
+                ConditionType.PROMOTABLE,
+                True,
+                Reason.RETENTION_KEPT,
+                message(Reason.RETENTION_KEPT, kept["regression"], limit),
+            )
+        else:
+            condition(
+                ConditionType.PROMOTABLE,
+                False,
+                Reason.RETENTION_REGRESSED,
+                message(Reason.RETENTION_REGRESSED, kept["regression"], limit),
+            )
+
+
 def compute(
     job: FineTuneJob,
     worker_job: dict[str, Any] | None,
@@ -231,6 +291,8 @@ def compute(
             transitions.append(Transition(kind, reason, text))
 
     status.progress, status.metrics, status.checkpoint = _progress(job, previous, report, now)
+    if report:
+        _verdicts(report, status, condition, finished=False)
     if worker_job is None:
         status.phase = Phase.PENDING
         return status, transitions
@@ -250,7 +312,13 @@ def compute(
         rank0 = next((p for p in pods if _index(p) == 0 and p["status"].get("phase") == "Succeeded"), None)
         _, _, summary = termination(rank0) if rank0 else (None, "", {})
         if summary.get("test") or summary.get("baseline"):
-            status.evaluation = EvaluationResults(test=summary.get("test", {}), baseline=summary.get("baseline", {}))
+            status.evaluation = EvaluationResults(
+                test=summary.get("test", {}),
+                baseline=summary.get("baseline", {}),
+                few_shot={k: v for k, v in (summary.get("fewShot") or {}).items() if k != "k"},
+                tasks=summary.get("tasks") or {},
+            )
+        _verdicts(summary, status, condition, finished=True)
         final = summary.get("final") or {}
         if summary.get("steps") is not None:  # a short run may end between two progress reads
             steps = int(summary["steps"])

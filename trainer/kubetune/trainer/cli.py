@@ -7,7 +7,8 @@
 - ``kubetune worker [MANIFEST]``: one training process (a torchrun rank).
 
 Exit codes: 0 done, 78 bad spec or data (the message names the field or row), 3 training diverged,
-143 stopped by SIGTERM after a checkpoint (a new run resumes), 1 anything else.
+4 retention regressed beyond spec.forgettingGuard.maxRegression (outputs saved), 143 stopped by SIGTERM after
+a checkpoint (a new run resumes), 1 anything else.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from pydantic import ValidationError
 from kubetune.api import FineTuneJob, describe, parse_job
 
 from . import outputs
-from .errors import EXIT_CONFIG, EXIT_DIVERGED, EXIT_PREEMPTED, ConfigError, DivergedError, PreemptedError
+from .errors import (
+    EXIT_CONFIG,
+    EXIT_DIVERGED,
+    EXIT_PREEMPTED,
+    EXIT_REGRESSED,
+    ConfigError,
+    DivergedError,
+    PreemptedError,
+    RegressedError,
+)
 from .evaluate import HEADLINE
 from .local import Volumes, upload
 from .report import ProgressEvent, Reporter
@@ -46,6 +56,7 @@ RUN_FILES: tuple[str, ...] = (
     "metrics.json",
     "prep_report.json",
     "baseline.json",
+    "stages",
 )
 RUN_FILES += ("README.md", outputs.COMPLETE)
 
@@ -132,6 +143,9 @@ def _exit_code(args: argparse.Namespace) -> int:
     except PreemptedError as error:
         print(f"stopped: {error}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except RegressedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_REGRESSED
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -163,11 +177,11 @@ def _main(args: argparse.Namespace) -> int:
     reporter = Reporter(enabled=rank0, callback=functools.partial(_show, bar) if bar is not None else None)
     if rank0 and args.metrics_port:
         reporter.serve(args.metrics_port, os.environ.get("KUBETUNE_METRICS_ADDRESS", ""))
-    from .loop import train
+    from .stages import run
 
     try:
-        metrics = train(job, volumes, out, reporter)
-    except (ConfigError, DivergedError) as error:
+        metrics = run(job, volumes, out, reporter)
+    except (ConfigError, DivergedError, RegressedError) as error:
         reporter.finish({"phase": "Failed", "reason": type(error).__name__, "message": str(error)[:1000]})
         raise
     finally:
@@ -178,7 +192,7 @@ def _main(args: argparse.Namespace) -> int:
         upload(out, job.spec.output.uri)
     location = job.spec.output.uri if job.spec.output and job.spec.output.uri else str(out)
     summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"], "final": _final(reporter)}
-    reporter.finish({**summary, "test": _brief(metrics["test"]), "baseline": _brief(metrics["baseline"])})
+    reporter.finish({**summary, **_results(metrics)})
     if args.command == "run":
         _print_summary(metrics, out)
     return 0
@@ -190,7 +204,24 @@ def _final(reporter: Reporter) -> dict[str, Any]:
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 6) for k, v in (metrics or {}).items() if k in HEADLINE}
+    return {k: round(v, 6) for k, v in (metrics or {}).items() if k in HEADLINE or k == "passkeyAccuracy"}
+
+
+def _results(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation part of the final summary: test, baseline and few-shot headline figures, per task and per
+    stage, retention and the overfitting verdict (parts a run does not have are left out)."""
+    results: dict[str, Any] = {"test": _brief(metrics["test"]), "baseline": _brief(metrics["baseline"])}
+    if metrics.get("fewShot"):
+        results["fewShot"] = {**_brief(metrics["fewShot"]), "k": metrics["fewShot"].get("k")}
+    if metrics.get("tasks"):
+        results["tasks"] = {task: _brief(values) for task, values in metrics["tasks"].items()}
+    if metrics.get("retention"):
+        results["retention"] = metrics["retention"]
+    if metrics["history"]["validation"]:
+        results["overfitting"] = metrics["overfitting"]
+    if metrics.get("stages"):
+        results["stages"] = [{**s, "test": _brief(s.get("test", {}))} for s in metrics["stages"]]
+    return results
 
 
 def _show(bar: Any, event: ProgressEvent) -> None:
@@ -202,8 +233,18 @@ def _show(bar: Any, event: ProgressEvent) -> None:
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     print(f"done: {metrics['steps']} steps in {metrics['seconds']}s; outputs in {out}/")
-    test, base = metrics["test"], metrics["baseline"]
-    for key in HEADLINE:
+    test, base, few = metrics["test"], metrics["baseline"], metrics.get("fewShot") or {}
+    for key in (*HEADLINE, "passkeyAccuracy"):
         if key in test:
-            against = f" (base model {base[key]:.4f})" if key in base else ""
-            print(f"  test {key}: {test[key]:.4f}{against}")
+            against = f" (base model {base[key]:.4f}" if key in base else ""
+            against += f", {few['k']}-shot {few[key]:.4f}" if key in few else ""
+            print(f"  test {key}: {test[key]:.4f}{against}{')' if against else ''}")
+    for task, values in (metrics.get("tasks") or {}).items():
+        print(f"  task {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in _brief(values).items()))
+    for stage in metrics.get("stages") or []:
+        print(f"  stage {stage['name']}: {stage.get('steps')} steps, test {stage.get('test')}")
+    if metrics.get("retention"):
+        r = metrics["retention"]
+        print(f"  retention loss {r['before']:.4f} -> {r['after']:.4f} ({r['regression']:+.1%})")
+    if (metrics.get("overfitting") or {}).get("detected"):
+        print(f"  warning: overfitting: {metrics['overfitting']}")

@@ -38,6 +38,8 @@ class PrepReport:
     token_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     sha256: dict[str, str] = field(default_factory=dict)
+    augmented: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)
 
     def drop(self, reason: str, source: str, row: int) -> None:
         self.dropped[reason] += 1
@@ -54,6 +56,8 @@ class PrepReport:
             "tokenLengths": self.token_lengths,
             "labels": self.labels,
             "sha256": self.sha256,
+            "augmented": self.augmented,
+            "tasks": self.tasks,
         }
 
 
@@ -109,10 +113,14 @@ def load(source: DatasetSource, volumes: Volumes, where: str, report: PrepReport
 
 
 def prepare(
-    data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer | None = None
+    data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer | None = None, retention_ratio: float = 0.5
 ) -> dict[str, list[Example]]:
-    """Load, clean, deduplicate and split every dataset; returns examples by split name."""
-    pools: dict[str, list[Example]] = {"pool": [], "train": [], "validation": [], "test": []}
+    """Load, clean, deduplicate and split every dataset; returns examples by split name.
+
+    Rows of General datasets (the forgetting guard's) become two more splits: ``retention`` (a seeded
+    ``retention_ratio`` of them, held out) and ``replay`` (the rest, mixed into training).
+    """
+    pools: dict[str, list[Example]] = {"pool": [], "train": [], "validation": [], "test": [], "general": []}
     seen: dict[str, set[str]] = defaultdict(set)
     for index, source in enumerate(data.datasets):
         where = f"spec.data.datasets[{index}]"
@@ -150,6 +158,11 @@ def prepare(
             splits[name] = kept
     if not splits["train"]:
         raise ConfigError("spec.data: no training rows are left after cleaning and the split")
+    if pools["general"]:
+        general = pools["general"]
+        random.Random(data.split.seed).shuffle(general)
+        held_out = max(1, round(len(general) * retention_ratio))
+        splits["retention"], splits["replay"] = general[:held_out], general[held_out:]
     report.split_sizes = {name: len(rows) for name, rows in splits.items()}
     return splits
 

@@ -8,6 +8,7 @@ from kubetune.api.exitcodes import EXIT_DIVERGED as EXIT_DIVERGED
 from kubetune.api.exitcodes import EXIT_FAILED as EXIT_FAILED
 from kubetune.api.exitcodes import EXIT_OK as EXIT_OK
 from kubetune.api.exitcodes import EXIT_PREEMPTED as EXIT_PREEMPTED
+from kubetune.api.exitcodes import EXIT_REGRESSED as EXIT_REGRESSED
 from kubetune.api.exitcodes import NON_RETRYABLE as NON_RETRYABLE
 
 
@@ -21,3 +22,7 @@ class DivergedError(Exception):
 
 class PreemptedError(Exception):
     """SIGTERM arrived; a checkpoint was written at the end of the current step."""
+
+
+class RegressedError(Exception):
+    """The retention loss rose beyond spec.forgettingGuard.maxRegression (the outputs are saved)."""

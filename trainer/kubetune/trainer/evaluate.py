@@ -122,9 +122,15 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def generation(
-    model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int, samples_kept: int = 5
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    max_new_tokens: int,
+    samples_kept: int = 5,
+    max_prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Greedy answers to each example's prompt, scored against its target: exact match and ROUGE-L (means)."""
+    """Greedy answers to each example's prompt, scored against its target: exact match and ROUGE-L (means).
+    A prompt longer than ``max_prompt_tokens`` keeps its last tokens."""
     import torch
 
     model.eval()
@@ -135,6 +141,8 @@ def generation(
     with torch.no_grad():
         for example in examples:
             ids = bos + tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+                ids = bos + ids[len(ids) - max_prompt_tokens + len(bos) :]
             output = model.generate(
                 input_ids=torch.tensor([ids], device=device),
                 attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api import DataFormat
@@ -35,6 +35,8 @@ class Example:
     label: str | None = None
     eos: bool = True
     """Append the end-of-sequence token (chat templates write their own)."""
+    raw: Row | None = field(default=None, repr=False, compare=False)
+    """The row it was made from (augmentation perturbs the row's inputs and formats it again)."""
 
     @property
     def key(self) -> str:
@@ -65,6 +67,13 @@ def normalize(text: str) -> str:
 
 def to_example(row: Row, data: Data, source: str, number: int, chat: ChatRenderer | None) -> Example | str:
     """The row as an Example, or the reason (a camelCase word) it is dropped."""
+    example = _to_example(row, data, source, number, chat)
+    if isinstance(example, Example):
+        example.raw = row
+    return example
+
+
+def _to_example(row: Row, data: Data, source: str, number: int, chat: ChatRenderer | None) -> Example | str:
     clean: Callable[[str], str] = normalize if data.cleaning.normalize_whitespace else str.strip
     fields = data.fields
 

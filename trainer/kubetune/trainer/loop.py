@@ -1,6 +1,8 @@
-"""The training recipe, read top to bottom: prepare data, load the model, evaluate the base model, train
-(AdamW, warmup + schedule, gradient accumulation, clipping, validation, early stopping, checkpoints), evaluate
-on the test split, save. Runs the same in one process and under ``torchrun`` (accelerate's DDP or FSDP).
+"""The training recipe, read top to bottom: prepare data, load the model, evaluate the base model (zero-shot,
+few-shot, retention, passkey), train (AdamW, warmup + schedule, gradient accumulation, clipping, label
+smoothing, NEFTune, task mixing and replay, validation per task, early stopping, overfitting check,
+checkpoints), evaluate on the test split (per task), save. Runs the same in one process and under ``torchrun``
+(accelerate's DDP or FSDP). Sequential stages call it once per stage (``stages.py``).
 """
 
 from __future__ import annotations
@@ -11,19 +13,23 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kubetune.api import DataFormat, FineTuneJob, MethodType, TaskType, ValidationMetric
+from kubetune.api.enums import RegressionAction
 from kubetune.api.spec import FineTuneJobSpec
 
-from . import checkpoint, evaluate, outputs
+from . import baselines, checkpoint, evaluate, guards, longcontext, outputs
+from .augment import add_neftune, augment
 from .batches import IGNORE, Tokenized, collate, shard_chunks, tokenize_split
 from .checkpoint import TrainerState
 from .data import PrepReport, class_labels, drop_unknown_labels, prepare
-from .errors import ConfigError, DivergedError, PreemptedError
+from .errors import ConfigError, DivergedError, PreemptedError, RegressedError
 from .formats import Example
 from .local import Volumes
+from .mixing import EpochPlan, tasks_of
 from .model import load, load_tokenizer, merged
 from .packing import collate_packed
 from .report import ProgressEvent, Reporter
@@ -36,10 +42,28 @@ DIVERGENCE_STEPS = 5
 
 
 class Data:
-    """Tokenized rows and the examples they came from, per split, and the class labels (Classification)."""
+    """Tokenized rows and the examples they came from, per split, their tasks, and the class labels."""
 
-    def __init__(self, rows: dict[str, list[Tokenized]], examples: dict[str, list[Example]], labels: list[str] | None):
-        self.rows, self.examples, self.labels = rows, examples, labels
+    def __init__(
+        self,
+        rows: dict[str, list[Tokenized]],
+        examples: dict[str, list[Example]],
+        labels: list[str] | None,
+        tasks: dict[str, list[str]],
+    ):
+        self.rows, self.examples, self.labels, self.tasks = rows, examples, labels, tasks
+
+    def by_task(self, split: str) -> dict[str, tuple[list[Tokenized], list[Example]]]:
+        """The split's rows and examples per task; empty unless the job has several tasks."""
+        names = sorted(set(self.tasks["train"]))
+        if len(names) < 2:
+            return {}
+        out: dict[str, tuple[list[Tokenized], list[Example]]] = {}
+        for row, example, task in zip(self.rows[split], self.examples[split], self.tasks[split], strict=True):
+            rows, examples = out.setdefault(task, ([], []))
+            rows.append(row)
+            examples.append(example)
+        return out
 
 
 def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report: PrepReport) -> Data:
@@ -53,7 +77,11 @@ def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report
                 tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
             )
 
-    splits = prepare(spec.data, volumes, report, chat)
+    guard = spec.forgetting_guard
+    splits = prepare(spec.data, volumes, report, chat, guard.retention_ratio if guard else 0.5)
+    if spec.data.augmentation is not None:
+        splits["train"], report.augmented["added"] = augment(splits["train"], spec.data, chat)
+        report.augmented["copies"] = spec.data.augmentation.copies
     labels = None
     if spec.task.type == TaskType.CLASSIFICATION:
         labels = class_labels(spec.task.labels, splits["train"], report)
@@ -65,7 +93,7 @@ def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report
         )
     if not rows["train"]:
         raise ConfigError("spec.data.cleaning: no training rows are left after the token-length filters")
-    return Data(rows, examples, labels)
+    return Data(rows, examples, labels, {name: tasks_of(kept, spec) for name, kept in examples.items()})
 
 
 def scores(
@@ -78,10 +106,19 @@ def scores(
     return {"loss": evaluate.causal_loss(model, rows, batch, pad, accelerator)}
 
 
-def test_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
-    """Test-split metrics: loss and perplexity plus exact match and ROUGE-L, or classification metrics."""
+def test_metrics(
+    spec: FineTuneJobSpec,
+    model: Any,
+    tokenizer: Any,
+    data: Data,
+    accelerator: Any,
+    split: tuple[list[Tokenized], list[Example]] | None = None,
+) -> dict[str, Any]:
+    """Test-split metrics (or those of ``split``'s rows and examples): loss and perplexity plus exact match and
+    ROUGE-L, or classification metrics."""
     limit = spec.evaluation.max_samples
-    rows, examples = data.rows["test"][:limit], data.examples["test"][:limit]
+    rows, examples = split or (data.rows["test"], data.examples["test"])
+    rows, examples = rows[:limit], examples[:limit]
     if not rows:
         return {}
     metrics = scores(spec, model, tokenizer, rows, data, accelerator)
@@ -96,6 +133,74 @@ def test_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, 
     return metrics
 
 
+def few_shot_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
+    """The base model's test metrics with spec.evaluation.fewShot.k solved training examples before each prompt."""
+    assert spec.evaluation.few_shot is not None
+    limit, budget = spec.evaluation.max_samples, spec.training.max_seq_length
+    solved = baselines.shots(data.examples["train"], spec.evaluation.few_shot)
+    examples = [baselines.with_shots(e, solved) for e in data.examples["test"][:limit]]
+    rows = baselines.tokenize_left(examples, tokenizer, budget)
+    if not rows:
+        return {}
+    batch = spec.training.per_device_batch_size
+    metrics = evaluate.loss_metrics(evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator))
+    if accelerator.is_main_process:
+        new_tokens = spec.evaluation.max_new_tokens
+        unwrapped, prompt_budget = accelerator.unwrap_model(model), max(budget - new_tokens, 1)
+        metrics.update(evaluate.generation(unwrapped, tokenizer, examples, new_tokens, 5, prompt_budget))
+    accelerator.wait_for_everyone()
+    return {"k": len(solved), **metrics}
+
+
+def before_tuning(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
+    """What is measured on the base model: zero-shot test metrics (the baseline), few-shot, the retention loss
+    and passkey retrieval, as the evaluation and guard settings ask."""
+    before: dict[str, Any] = {"baseline": {}}
+    if spec.evaluation.enabled and spec.evaluation.baseline:
+        before["baseline"] = test_metrics(spec, model, tokenizer, data, accelerator)
+        if spec.evaluation.few_shot is not None:
+            before["fewShot"] = few_shot_metrics(spec, model, tokenizer, data, accelerator)
+        before["baseline"].update(_passkey(spec, model, tokenizer, accelerator))
+    if spec.forgetting_guard is not None:
+        before["retentionLoss"] = _retention_loss(spec, model, tokenizer, data, accelerator)
+    return before
+
+
+def _retention_loss(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> float:
+    rows, batch = data.rows.get("retention", []), spec.training.per_device_batch_size
+    return evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator) if rows else 0.0
+
+
+def _passkey(spec: FineTuneJobSpec, model: Any, tokenizer: Any, accelerator: Any) -> dict[str, float]:
+    extension = spec.context_extension
+    if extension is None or not extension.passkey_samples or spec.task.type != TaskType.CAUSAL_LM:
+        return {}
+    result = {}
+    if accelerator.is_main_process:
+        result = longcontext.passkey(accelerator.unwrap_model(model), tokenizer, extension)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def training_loss(model: Any, batch: dict[str, Any], smoothing: float, classification: bool) -> Any:
+    """The model's own loss, or with label smoothing the cross-entropy over the shifted targets (CausalLM) or
+    the classes, mean over the targets trained on."""
+    if not smoothing:
+        return model(**batch).loss
+    import torch
+
+    labels = batch["labels"]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+    if classification:
+        return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+    return torch.nn.functional.cross_entropy(
+        logits[..., :-1, :].reshape(-1, logits.size(-1)),
+        labels[..., 1:].reshape(-1),
+        ignore_index=IGNORE,
+        label_smoothing=smoothing,
+    )
+
+
 def micro_batch(chunk: list[Tokenized], spec: FineTuneJobSpec, pad: int, device: Any) -> dict[str, Any]:
     classification = spec.task.type == TaskType.CLASSIFICATION
     if spec.training.packing and not classification:
@@ -105,8 +210,20 @@ def micro_batch(chunk: list[Tokenized], spec: FineTuneJobSpec, pad: int, device:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run the whole recipe for ``job``; write outputs under ``out``; return the metrics."""
+def train(
+    job: FineTuneJob,
+    volumes: Volumes,
+    out: Path,
+    reporter: Reporter | None = None,
+    model_path: Path | None = None,
+    replay: list[Tokenized] | None = None,
+    on_data: Callable[[Data], None] | None = None,
+    merge_adapter: bool = False,
+) -> dict[str, Any]:
+    """Run the whole recipe for ``job``; write outputs under ``out``; return the metrics.
+
+    Stages pass the previous stage's output as ``model_path``, earlier stages' training rows as ``replay``, and
+    ``on_data`` to receive this stage's data, and ask for the merged model (``merge_adapter``)."""
     import torch
     from transformers import get_scheduler, set_seed
 
@@ -119,18 +236,24 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
 
     # Data, and the plan: how many optimizer steps.
     reporter.phase("Preparing")
-    with accelerator.main_process_first():
-        model_path = ensure_model(volumes.model(spec.model), spec.model.cached)
+    if model_path is None:
+        with accelerator.main_process_first():
+            model_path = ensure_model(volumes.model(spec.model), spec.model.cached)
     tokenizer = load_tokenizer(model_path, spec.model.trust_remote_code)
     report = PrepReport()
     data = prepare_data(spec, volumes, tokenizer, report)
+    if on_data is not None:
+        on_data(data)
+    plan = EpochPlan(spec, data.rows["train"], data.tasks["train"], data.rows.get("replay", []) + (replay or []),
+                     hp.seed)  # fmt: skip
+    report.tasks = plan.report({name: data.tasks[name] for name in ("train", "validation", "test")})
     if main:
         (out / "prep_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    per_epoch = len(shard_chunks(data.rows["train"], hp.per_device_batch_size, hp.seed, rank, world))
+    per_epoch = len(shard_chunks(plan.epoch(0), hp.per_device_batch_size, hp.seed, rank, world))
     steps_per_epoch = per_epoch // hp.gradient_accumulation_steps
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"spec.training: {len(data.rows['train'])} training rows make {per_epoch} micro-batches per process, "
+            f"spec.training: {len(plan)} training rows make {per_epoch} micro-batches per process, "
             f"fewer than gradientAccumulationSteps={hp.gradient_accumulation_steps}; no optimizer step would run"
         )
     total_steps = min(hp.max_steps or 10**12, steps_per_epoch * hp.epochs)
@@ -139,6 +262,8 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
     # Model, optimizer, schedule. Seeded here, so nothing before (a model built into the cache) shifts the RNG.
     set_seed(hp.seed)
     model = load(model_path, spec, tokenizer, data.labels)
+    if hp.neftune_noise_alpha is not None:
+        add_neftune(model, hp.neftune_noise_alpha)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     name = {"Linear": "linear", "Cosine": "cosine", "Constant": "constant_with_warmup"}[hp.scheduler]
@@ -149,17 +274,20 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
     # Resume from the newest checkpoint of this spec, or evaluate the base model first.
     state = TrainerState(spec_hash=outputs.spec_hash(spec))
     resumed = checkpoint.latest(out, state.spec_hash)
-    baseline: dict[str, Any] = {}
+    before: dict[str, Any] = {"baseline": {}}
     if resumed is not None:
         state = checkpoint.load(resumed, model, optimizer, scheduler, accelerator)
-        baseline = json.loads((out / "baseline.json").read_text()) if (out / "baseline.json").exists() else {}
+        before = json.loads((out / "baseline.json").read_text()) if (out / "baseline.json").exists() else before
         reporter.metrics.resumed_from_step.set(state.step)
         reporter.phase("Training", resumedFromStep=state.step)
-    elif spec.evaluation.enabled and spec.evaluation.baseline:
+    else:
         reporter.phase("EvaluatingBaseModel")
-        baseline = test_metrics(spec, model, tokenizer, data, accelerator)
+        before = before_tuning(spec, model, tokenizer, data, accelerator)
         if main:
-            (out / "baseline.json").write_text(json.dumps(baseline))
+            (out / "baseline.json").write_text(json.dumps(before))
+    baseline = before["baseline"]
+    classification = spec.task.type == TaskType.CLASSIFICATION
+    validation_tasks = data.by_task("validation")
 
     # Train.
     stop_requested = _on_sigterm()
@@ -174,7 +302,7 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
     model.train()
     first_epoch = hp.epochs if state.step >= total_steps or state.stopped_early else state.epoch
     for epoch in range(first_epoch, hp.epochs):
-        chunks = shard_chunks(data.rows["train"], hp.per_device_batch_size, hp.seed + epoch, rank, world)
+        chunks = shard_chunks(plan.epoch(epoch), hp.per_device_batch_size, hp.seed + epoch, rank, world)
         start = state.micro_batches_done if epoch == state.epoch else 0
         state.epoch = epoch
         for first in range(start, steps_per_epoch * accumulation, accumulation):
@@ -184,7 +312,7 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
                 batch = micro_batch(chunks[first + micro], spec, pad, accelerator.device)
                 sync = micro == accumulation - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                    loss = model(**batch).loss / accumulation
+                    loss = training_loss(model, batch, hp.label_smoothing, classification) / accumulation
                 accelerator.backward(loss)
                 step_loss += float(loss.detach())
                 tokens += int((batch["labels"] != IGNORE).sum()) if batch["labels"].dim() > 1 else len(batch["labels"])
@@ -219,7 +347,14 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
             if data.rows["validation"] and state.step % validate_every == 0:
                 values = scores(spec, model, tokenizer, data.rows["validation"], data, accelerator)
                 value = float(values[metric_key])
-                state.validation_history.append({"step": state.step, **{k: values[k] for k in ("loss", metric_key)}})
+                entry = {"step": state.step, **{k: values[k] for k in ("loss", metric_key)}}
+                if validation_tasks:
+                    entry["tasks"] = {
+                        task: {k: v for k, v in scores(spec, model, tokenizer, rows, data, accelerator).items()
+                               if k in ("loss", metric_key)}
+                        for task, (rows, _) in validation_tasks.items()
+                    }  # fmt: skip
+                state.validation_history.append(entry)
                 event_validation = values["loss"]
                 best = state.best_value
                 delta = spec.validation.early_stopping.min_delta if spec.validation.early_stopping else 0.0
@@ -247,6 +382,9 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
                     validation_loss=event_validation,
                     best_validation_metric=state.best_value,
                     best_step=state.best_step if state.validation_history else None,
+                    overfitting=guards.overfitting(state.train_history, state.validation_history)
+                    if event_validation is not None
+                    else None,
                 ),
                 tokens,
             )
@@ -265,9 +403,20 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
             continue
         break
 
-    # Evaluate on the test split; save.
+    # Evaluate on the test split (per task, passkey), check retention; save.
     reporter.phase("Evaluating")
-    test = test_metrics(spec, model, tokenizer, data, accelerator) if spec.evaluation.enabled else {}
+    test, tasks = {}, {}
+    if spec.evaluation.enabled:
+        test = test_metrics(spec, model, tokenizer, data, accelerator)
+        test.update(_passkey(spec, model, tokenizer, accelerator))
+        tasks = {
+            task: test_metrics(spec, model, tokenizer, data, accelerator, split)
+            for task, split in data.by_task("test").items()
+        }
+    retention = None
+    if spec.forgetting_guard is not None:
+        after = _retention_loss(spec, model, tokenizer, data, accelerator)
+        retention = guards.retention(before.get("retentionLoss", 0.0), after, spec.forgetting_guard)
     metrics = {
         "steps": state.step,
         "totalSteps": total_steps,
@@ -279,11 +428,23 @@ def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | No
         "history": {"train": state.train_history, "validation": state.validation_history},
         "test": test,
         "baseline": baseline,
+        "fewShot": before.get("fewShot", {}),
+        "tasks": tasks,
+        "retention": retention,
+        "overfitting": guards.overfitting(state.train_history, state.validation_history),
     }
     reporter.phase("Saving")
     if main:
-        save(job, model_path, accelerator.unwrap_model(model), tokenizer, data.labels, out, metrics, report)
+        save(job, model_path, accelerator.unwrap_model(model), tokenizer, data.labels, out, metrics, report,
+             merge_adapter)  # fmt: skip
     accelerator.wait_for_everyone()
+    guard = spec.forgetting_guard
+    if retention is not None and not retention["passed"] and guard and guard.on_regression == RegressionAction.FAIL:
+        raise RegressedError(
+            f"retention loss rose {retention['regression']:.1%} ({retention['before']:.4f} -> "
+            f"{retention['after']:.4f}), more than spec.forgettingGuard.maxRegression "
+            f"{retention['maxRegression']:.1%} allows; the outputs are saved at {out}"
+        )
     return metrics
 
 
@@ -296,13 +457,15 @@ def save(
     out: Path,
     metrics: dict[str, Any],
     report: PrepReport,
+    merge_adapter: bool = False,
 ) -> None:
     """Weights and tokenizer, the merged model when asked, metrics, the model card, then the manifest (last)."""
     spec = job.spec
     weights = outputs.weights_dir(out, spec)
     model.save_pretrained(weights)
     tokenizer.save_pretrained(weights)
-    if spec.output is not None and spec.output.merge_adapter and spec.method.type != MethodType.FULL:
+    merge_adapter = merge_adapter or (spec.output is not None and spec.output.merge_adapter)
+    if merge_adapter and spec.method.type != MethodType.FULL:
         merged(model_path, weights, spec, labels).save_pretrained(out / "merged")
         tokenizer.save_pretrained(out / "merged")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

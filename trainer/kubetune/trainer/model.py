@@ -12,6 +12,7 @@ from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.training import LoRA, Method
 
 from .errors import ConfigError
+from .longcontext import extended_config
 from .packing import register_packed_attention
 
 
@@ -31,19 +32,11 @@ def load(path: Path, spec: FineTuneJobSpec, tokenizer: Any, labels: list[str] | 
     """The base model wrapped for ``spec.method`` and ``spec.task``, ready to train."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}
+    kwargs = _config_kwargs(path, spec, labels, tokenizer.pad_token_id)
     if spec.method.type == MethodType.QLORA:
         kwargs["quantization_config"] = bnb_config(spec.method)
     if spec.task.type == TaskType.CLASSIFICATION:
-        assert labels is not None
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            pad_token_id=tokenizer.pad_token_id,
-            **kwargs,
-        )
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     else:
         if spec.training.packing:
             kwargs["attn_implementation"] = register_packed_attention()
@@ -57,6 +50,24 @@ def load(path: Path, spec: FineTuneJobSpec, tokenizer: Any, labels: list[str] | 
         if spec.method.type != MethodType.FULL:
             model.enable_input_require_grads()
     return model
+
+
+def _config_kwargs(path: Path, spec: FineTuneJobSpec, labels: list[str] | None, pad: int | None) -> dict[str, Any]:
+    """from_pretrained's config arguments: the class labels (Classification), and the whole config when the
+    context is extended (RoPE scaling), which then carries the labels itself."""
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}
+    settings: dict[str, Any] = {}
+    if labels is not None:
+        settings = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                    "label2id": {label: i for i, label in enumerate(labels)}}  # fmt: skip
+        if pad is not None:
+            settings["pad_token_id"] = pad
+    if spec.context_extension is None:
+        return {**kwargs, **settings}
+    config = extended_config(path, spec.context_extension, spec.model.trust_remote_code)
+    for key, value in settings.items():
+        setattr(config, key, value)
+    return {**kwargs, "config": config}
 
 
 def set_dropout(model: Any, p: float) -> None:
@@ -116,11 +127,9 @@ def merged(base_path: Path, adapter_dir: Path, spec: FineTuneJobSpec, labels: li
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}
+    kwargs = _config_kwargs(base_path, spec, labels, None)
     if labels is not None:
-        base = AutoModelForSequenceClassification.from_pretrained(
-            base_path, num_labels=len(labels), id2label=dict(enumerate(labels)), **kwargs
-        )
+        base = AutoModelForSequenceClassification.from_pretrained(base_path, **kwargs)
     else:
         base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

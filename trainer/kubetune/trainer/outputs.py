@@ -91,12 +91,32 @@ def model_card(out: Path, job: FineTuneJob, metrics: dict[str, Any], report: dic
         f"x {metrics.get('worldSize', 1)} processes, seed {spec.training.seed}"
         f"{', stopped early' if metrics.get('stoppedEarly') else ''}.",
         "",
+    ]
+    if metrics.get("stages"):
+        lines += ["## Stages", "", "Each stage started from the one before it, the first from the base model.", ""]
+        lines += [f"{i}. `{s['name']}`: {s.get('steps')} steps, test {s.get('test')}"
+                  for i, s in enumerate(metrics["stages"], start=1)]  # fmt: skip
+        lines.append("")
+    few = metrics.get("fewShot") or {}
+    shots = f" | base model, {few.get('k')}-shot" if few else ""
+    lines += [
         "## Test set",
         "",
-        "| metric | fine-tuned | base model |",
-        "|---|---|---|",
+        f"| metric | fine-tuned | base model{shots} |",
+        "|---|---|---" + ("|---|" if few else "|"),
     ]
-    lines += [f"| {key} | {_cell(test[key])} | {_cell(baseline.get(key))} |" for key in HEADLINE if key in test]
+    for key in (*HEADLINE, "passkeyAccuracy"):
+        if key in test:
+            extra = f" | {_cell(few.get(key))}" if few else ""
+            lines.append(f"| {key} | {_cell(test[key])} | {_cell(baseline.get(key))}{extra} |")
+    for task, values in (metrics.get("tasks") or {}).items():
+        lines.append(f"\nTask `{task}`: " + ", ".join(f"{k} {_cell(values[k])}" for k in HEADLINE if k in values))
+    if metrics.get("retention"):
+        r = metrics["retention"]
+        lines += ["", f"Retention (held-out general data): loss {r['before']:.4f} -> {r['after']:.4f} "
+                      f"({r['regression']:+.1%}; allowed: {r.get('maxRegression')})."]  # fmt: skip
+    if (metrics.get("overfitting") or {}).get("detected"):
+        lines += ["", f"Warning: validation loss rose while training loss fell: {metrics['overfitting']}."]
     lines += ["", "## Use", ""]
     if spec.method.type == MethodType.FULL:
         lines.append("Load `model/` with `AutoModelForCausalLM.from_pretrained`.")

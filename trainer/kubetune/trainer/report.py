@@ -28,6 +28,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("kubetune.trainer")
 TERMINATION_MESSAGE_LIMIT = 4096
+OPTIONAL_SUMMARY = ("tasks", "stages", "overfitting", "fewShot", "final", "baseline", "retention", "test", "output")
+"""Summary parts left out of the termination message, in this order, until it fits its limit."""
 
 
 @dataclass
@@ -45,6 +47,7 @@ class ProgressEvent:
     validation_metric: float | None = None
     best_validation_metric: float | None = None
     best_step: int | None = None
+    overfitting: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         camel = {
@@ -84,6 +87,7 @@ class TrainerMetrics:
             "Peak memory of rank 0: host (resident set) and gpu (allocated by torch).",
             ("device",),
         )
+        self.stage = gauge("stage", "Index of the stage running (sequential tuning; 0-based).")
         self.resumed_from_step = gauge(
             "resumed_from_step", "Step of the checkpoint this process resumed from (0: none)."
         )
@@ -158,6 +162,15 @@ class Reporter:
         if self.callback is not None:
             self.callback(event)
 
+    def stage(self, name: str | None, index: int, stages: list[dict[str, Any]]) -> None:
+        """Sequential tuning moved to stage ``name`` (None: all done); ``stages`` is every stage's state so far."""
+        if not self.enabled:
+            return
+        self.metrics.stage.set(index)
+        with self._lock:
+            self.latest = {**self.latest, "stage": name, "stageIndex": index, "stages": [dict(s) for s in stages]}
+        log.info(json.dumps({"event": "stage", "stage": name, "index": index}))
+
     def checkpoint(self, step: int) -> None:
         """A checkpoint of ``step`` was written (``checkpointStep`` in /progress)."""
         if not self.enabled:
@@ -177,8 +190,11 @@ class Reporter:
         if target is None:
             return
         text = json.dumps(summary, separators=(",", ":"))
-        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
-            text = json.dumps({k: summary[k] for k in ("phase", "reason", "message") if k in summary})
+        for key in OPTIONAL_SUMMARY:  # too long: the least needed parts go first
+            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+                break
+            summary = {k: v for k, v in summary.items() if k != key}
+            text = json.dumps(summary, separators=(",", ":"))
         with contextlib.suppress(OSError):
             target.write_text(text[:TERMINATION_MESSAGE_LIMIT])
 

@@ -1,0 +1,157 @@
+"""Tuning beyond one dataset, on the tiny Llama: multitask mixing, augmentation and NEFTune, label smoothing,
+the few-shot baseline, the forgetting guard, context extension with a passkey check, and sequential stages."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.trainer.errors import EXIT_REGRESSED
+from tests.trainer.conftest import DATA, ROOT, Runner, fast_job
+from tests.trainer.test_runs import _kubetune, metrics
+
+WORD_TASKS = ("How many letters", "Spell the word", "Give the opposite", "Write the word")
+
+
+@pytest.fixture
+def split_data(tmp_path: Path) -> Path:
+    """instructions.jsonl as two tasks, words (80 rows) and arithmetic/facts (the rest), and a general set."""
+    rows = [json.loads(line) for line in (DATA / "instructions.jsonl").read_text().splitlines()]
+    words = [r for r in rows if r["instruction"].startswith(WORD_TASKS)]
+    facts = [r for r in rows if not r["instruction"].startswith(WORD_TASKS)]
+    for name, part in (("words.jsonl", words), ("facts.jsonl", facts)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    texts = [{"instruction": "Continue the text.", "output": f"{r['instruction']} {r.get('input', '')} {r['output']}"}
+             for r in rows]  # fmt: skip
+    (tmp_path / "general.jsonl").write_text("".join(json.dumps(r) + "\n" for r in texts))
+    noise = random.Random(0)
+    hexes = [{"instruction": "Repeat.", "output": "".join(noise.choice("0123456789abcdef") for _ in range(24))}
+             for _ in range(60)]  # fmt: skip
+    (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hexes))
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t["output"]}) + "\n" for t in texts))
+    return tmp_path
+
+
+def two_tasks(name: str) -> Any:
+    job = fast_job(name, "words.jsonl").set("spec.data.datasets[0].name", "words")
+    return job.set("spec.data.datasets[1]", {"name": "facts", "pvc": {"claimName": "data", "path": "facts.jsonl"}})
+
+
+def test_multitask_mixes_tasks_by_weight_and_reports_them_apart(run_job: Runner, split_data: Path) -> None:
+    job = two_tasks("multi").set("spec.data.datasets[0].weight", 3.0).set("spec.data.mixing.strategy", "Weighted")
+    job.set("spec.validation.everySteps", 4).set("spec.training.maxSteps", 8)
+    assert run_job(job.build(), data=split_data) == 0
+    out = split_data / "out"
+    report, result = json.loads((out / "prep_report.json").read_text()), metrics(out)
+    tasks = report["tasks"]["tasks"]
+    assert set(tasks) == {"words", "facts"}
+    assert tasks["words"]["sampledShare"] == 0.75 and tasks["facts"]["sampledShare"] == 0.25
+    assert tasks["words"]["naturalShare"] < 0.5, "the smaller task is oversampled by its weight"
+    assert report["tasks"]["imbalanceRatio"] > 1
+    total = sum(t["rows"]["train"] for t in tasks.values())
+    assert sum(t["rowsPerEpoch"] for t in tasks.values()) == total, "an epoch keeps its number of rows"
+    assert set(result["tasks"]) == {"words", "facts"} and "exactMatch" in result["tasks"]["words"]
+    assert set(result["history"]["validation"][0]["tasks"]) == {"words", "facts"}
+
+
+def test_augmentation_adds_perturbed_rows_and_label_smoothing_trains(run_job: Runner, tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "classification.yaml").read_text()))
+    config_map, job = docs[0], docs[1]
+    job["spec"]["data"]["augmentation"] = {"copies": 2, "wordDropout": 0.2, "wordSwap": 0.2, "tokenNoise": 0.1}
+    job["spec"]["training"].update(labelSmoothing=0.1, dropout=0.1, maxSteps=6)
+    assert run_job(job, config_map) == 0
+    report = json.loads((tmp_path / "out" / "prep_report.json").read_text())
+    added = report["augmented"]["added"]
+    assert 0 < added <= 2 * (report["splitSizes"]["train"] - added)
+    assert metrics(tmp_path / "out")["test"]["accuracy"] >= 0
+
+
+def test_few_shot_baseline_and_neftune(run_job: Runner, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = fast_job("shots").set("spec.evaluation.fewShot", {"k": 2}).set("spec.training.neftuneNoiseAlpha", 5.0)
+    assert run_job(job.set("spec.training.maxSteps", 6).build()) == 0
+    result = metrics(tmp_path / "out")
+    assert result["fewShot"]["k"] == 2 and {"loss", "exactMatch", "rougeL"} <= set(result["fewShot"])
+    assert result["fewShot"]["loss"] != result["baseline"]["loss"]
+    assert "2-shot" in capsys.readouterr().out
+
+
+def guarded(name: str, general: str = "general.jsonl", **guard: Any) -> Any:
+    job = fast_job(name, "words.jsonl")
+    job.set("spec.data.datasets[1]", {"name": "general", "pvc": {"claimName": "data", "path": general},
+                                      "usage": "General"})  # fmt: skip
+    return job.set("spec.forgettingGuard", {"replayRatio": 0.5, **guard}).set("spec.training.maxSteps", 6)
+
+
+def test_forgetting_guard_replays_and_measures_retention(run_job: Runner, split_data: Path) -> None:
+    assert run_job(guarded("keep", maxRegression=5.0).build(), data=split_data) == 0
+    out = split_data / "out"
+    report, result = json.loads((out / "prep_report.json").read_text()), metrics(out)
+    assert report["splitSizes"]["retention"] > 0 and report["splitSizes"]["replay"] > 0
+    assert report["tasks"]["replayRowsPerEpoch"] == round(0.5 * report["splitSizes"]["train"])
+    retention = result["retention"]
+    assert retention["regression"] == pytest.approx((retention["after"] - retention["before"]) / retention["before"],
+                                                    abs=1e-5)  # fmt: skip
+    assert retention["passed"] is True
+
+
+def test_retention_threshold_fails_the_run_but_keeps_the_outputs(
+    run_job: Runner, split_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A base model that knows the general data (hex strings), then tuned hard on something else.
+    base = fast_job("base", "noise.jsonl").set("spec.method", {"type": "Full"}).set("spec.training.maxSteps", 20)
+    assert run_job(base.set("spec.training.learningRate", 0.003).build(), data=split_data, out=split_data / "b") == 0
+    job = guarded("regress", "noise.jsonl", maxRegression=0.0, onRegression="Fail", replayRatio=0.0)
+    job.set("spec.model", {"pvc": {"claimName": "data", "path": "b/model"}}).set("spec.training.maxSteps", 10)
+    assert run_job(job.set("spec.training.learningRate", 0.05).build(), data=split_data) == EXIT_REGRESSED
+    assert "spec.forgettingGuard.maxRegression" in capsys.readouterr().err
+    out = split_data / "out"
+    assert metrics(out)["retention"]["passed"] is False and (out / "adapter").is_dir()
+
+
+def test_context_extension_scales_rope_and_checks_passkeys_at_the_new_length(run_job: Runner, tmp_path: Path) -> None:
+    job = fast_job("long").set("spec.contextExtension", {"ropeScaling": "YaRN", "targetLength": 1024,
+                                                         "passkeySamples": 2})  # fmt: skip
+    job.set("spec.training.maxSteps", 4).set("spec.output", {"pvc": {"claimName": "out"}, "mergeAdapter": True})
+    assert run_job(job.build()) == 0
+    out = tmp_path / "out"
+    config = json.loads((out / "merged" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 1024
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    assert rope["rope_type"] == "yarn" and rope["factor"] == 2.0
+    result = metrics(out)
+    assert 0 <= result["test"]["passkeyAccuracy"] <= 1 and "passkeyAccuracy" in result["baseline"]
+    assert 900 < result["test"]["passkeyPromptTokens"] <= 1024
+
+
+def test_stages_run_in_order_and_a_failed_stage_resumes_from_its_own_checkpoint(split_data: Path) -> None:
+    job = fast_job("staged", "words.jsonl").set("spec.data.datasets[1]", {
+        "name": "corpus", "pvc": {"claimName": "data", "path": "corpus.jsonl"}})  # fmt: skip
+    short = {"learningRate": 0.01, "maxSteps": 3, "perDeviceBatchSize": 8, "maxSeqLength": 128}
+    job.set("spec.stages", [
+        {"name": "domain", "datasets": ["corpus"], "format": "Completion", "training": short},
+        {"name": "instruct", "datasets": ["rows"], "training": {**short, "maxSteps": 8}},
+    ]).set("spec.checkpointing", {"everySteps": 2})  # fmt: skip
+    job.set("spec.data.datasets[0].name", "rows")
+    manifest = split_data / "staged.yaml"
+    manifest.write_text(yaml.safe_dump(job.build()))
+    common = [str(manifest), f"--volume=data={split_data}", f"--output={split_data / 'o'}", "--metrics-port=0"]
+
+    killed = _kubetune("worker", *common, env={"KUBETUNE_FAULT_AFTER_STEP": "5"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (split_data / "o" / "stages" / "domain" / "manifest.json").exists(), "the first stage finished"
+    resumed = _kubetune("worker", *common)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert '"resumedFromStep": 4' in resumed.stderr, "the second stage resumed from its own checkpoint"
+
+    result = metrics(split_data / "o")
+    assert [(s["name"], s["phase"], s["steps"]) for s in result["stages"]] == [
+        ("domain", "Succeeded", 3), ("instruct", "Succeeded", 8)]  # fmt: skip
+    assert (split_data / "o" / "adapter").is_dir() and (split_data / "o" / "merged" / "config.json").exists()
+    card = (split_data / "o" / "README.md").read_text()
+    assert "domain" in card and "instruct" in card

@@ -1,0 +1,152 @@
+"""Sequential tuning: the stages of ``spec.stages`` run in order, each from the previous stage's output.
+
+Each stage is a whole run of the recipe (``loop.train``) in its own directory, ``stages/<name>/``, with its own
+checkpoints: a run that dies resumes the stage it was in from that stage's newest checkpoint, and skips the
+stages whose directory already holds a finished run of the same stage spec. LoRA and QLoRA stages save their
+adapter merged into the model they started from, and the next stage starts from that merged model; Full stages
+hand on their whole model. The job's own output directory then gets the last stage's weights, a ``metrics.json``
+with every stage's results, a model card with the lineage, and the manifest.
+
+The forgetting guard spans the stages: retention is measured before the first stage and after the last, and
+with ``replayEarlierStages`` each stage replays the earlier (CausalLM) stages' training rows besides the General
+rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kubetune.api import DatasetUsage, FineTuneJob, MethodType, TaskType, ValidationMetric
+from kubetune.api.enums import RegressionAction
+from kubetune.api.spec import FineTuneJobSpec
+from kubetune.api.tuning import Stage
+
+from . import guards, outputs
+from .batches import Tokenized
+from .data import PrepReport
+from .errors import ConfigError, RegressedError
+from .local import Volumes
+from .loop import Data, prepare_data, train
+from .model import load_tokenizer
+from .report import Reporter
+from .tiny import ensure_model
+
+
+def stage_spec(spec: FineTuneJobSpec, stage: Stage) -> FineTuneJobSpec:
+    """The spec one stage runs: its datasets (and the General ones), format, task and training; the job's
+    settings for the rest. Validation watches Loss in a CausalLM stage; the guard's threshold is the job's."""
+    names = set(stage.datasets)
+    chosen = [d for d in spec.data.datasets if d.name in names or d.usage == DatasetUsage.GENERAL]
+    if not any(d.usage in (DatasetUsage.SPLIT, DatasetUsage.TRAIN) for d in chosen):
+        raise ConfigError(f"spec.stages[{stage.name}].datasets: none has usage Split or Train; nothing to train on")
+    task = stage.task or spec.task
+    causal = task.type == TaskType.CAUSAL_LM
+    validation = spec.validation
+    if causal and validation.metric != ValidationMetric.LOSS:
+        validation = validation.model_copy(update={"metric": ValidationMetric.LOSS})
+    guard = spec.forgetting_guard
+    return spec.model_copy(
+        update={
+            "data": spec.data.model_copy(update={"datasets": chosen, "format": stage.format or spec.data.format}),
+            "task": task,
+            "training": stage.training or spec.training,
+            "validation": validation,
+            "evaluation": spec.evaluation if causal else spec.evaluation.model_copy(update={"few_shot": None}),
+            "forgetting_guard": guard.model_copy(update={"max_regression": None}) if guard and causal else None,
+            "stages": None,
+        }
+    )
+
+
+def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> dict[str, Any]:
+    """Train ``job``: once, or stage by stage; return the job's metrics."""
+    spec = job.spec
+    if not spec.stages:
+        return train(job, volumes, out, reporter)
+    guard = spec.forgetting_guard
+    results: list[dict[str, Any]] = [{"name": s.name, "phase": "Pending"} for s in spec.stages]
+    replay: list[Tokenized] = []
+    model_path: Path | None = None
+    metrics: dict[str, Any] = {}
+    retention_before: float | None = None
+    for index, stage in enumerate(spec.stages):
+        sub = job.model_copy(update={"spec": stage_spec(spec, stage)})
+        stage_out = out / "stages" / stage.name
+        causal = sub.spec.task.type == TaskType.CAUSAL_LM
+        results[index]["phase"] = "Running"
+        reporter.stage(stage.name, index, results)
+        kept: list[Data] = []
+        if outputs.finished(stage_out, sub.spec):
+            metrics = json.loads((stage_out / "metrics.json").read_text())
+            if guard is not None and guard.replay_earlier_stages and causal:
+                kept.append(_data(sub, volumes))
+        else:
+            metrics = train(sub, volumes, stage_out, reporter, model_path, replay if causal else None, kept.append,
+                            merge_adapter=True)  # fmt: skip
+        if guard is not None and guard.replay_earlier_stages and causal and kept:
+            replay += kept[0].rows["train"]
+        if metrics.get("retention") and retention_before is None:
+            retention_before = metrics["retention"]["before"]
+        results[index].update(phase="Succeeded", steps=metrics.get("steps"), test=_brief(metrics.get("test", {})))
+        model_path = _handed_on(stage_out, sub.spec)
+    reporter.stage(None, len(spec.stages), results)
+    last = spec.stages[-1]
+    _publish(out / "stages" / last.name, out, stage_spec(spec, last))
+    metrics = {**metrics, "stages": results}
+    if guard is not None and retention_before is not None and metrics.get("retention"):
+        metrics["retention"] = guards.retention(retention_before, metrics["retention"]["after"], guard)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    report = json.loads((out / "stages" / last.name / "prep_report.json").read_text())
+    outputs.model_card(out, job, metrics, report)
+    outputs.write_manifest(out, job, report.get("sha256", {}), metrics.get("worldSize", 1))
+    retention = metrics.get("retention")
+    if guard and retention and not retention["passed"] and guard.on_regression == RegressionAction.FAIL:
+        raise RegressedError(
+            f"retention loss rose {retention['regression']:.1%} over the stages, more than "
+            f"spec.forgettingGuard.maxRegression {retention['maxRegression']:.1%} allows; the outputs are at {out}"
+        )
+    return metrics
+
+
+def _brief(test: dict[str, Any]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in test.items() if isinstance(v, int | float) and k != "samples"}
+
+
+def _data(job: FineTuneJob, volumes: Volumes) -> Data:
+    """A finished stage's data again (for replay in the stages after it)."""
+    path = ensure_model(volumes.model(job.spec.model), job.spec.model.cached)
+    tokenizer = load_tokenizer(path, job.spec.model.trust_remote_code)
+    return prepare_data(job.spec, volumes, tokenizer, PrepReport())
+
+
+def _handed_on(stage_out: Path, spec: FineTuneJobSpec) -> Path:
+    """The model the next stage starts from: the stage's whole model (Full) or its merged model."""
+    return stage_out / ("model" if spec.method.type == MethodType.FULL else "merged")
+
+
+def _publish(stage_out: Path, out: Path, spec: FineTuneJobSpec) -> None:
+    """The last stage's weights (and merged model) in the job's own output directory (hard links where the
+    file system allows)."""
+    for name in (outputs.weights_dir(stage_out, spec).name, "merged", "prep_report.json"):
+        source, target = stage_out / name, out / name
+        if not source.exists():
+            continue
+        if target.is_dir():
+            shutil.rmtree(target)
+        if source.is_dir():
+            shutil.copytree(source, target, copy_function=_link)
+        else:
+            _link(str(source), str(target))
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        if os.path.exists(target):
+            os.unlink(target)
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
