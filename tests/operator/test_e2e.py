@@ -231,3 +231,24 @@ def test_missing_config_map_waits_then_starts_when_it_appears(k: Cluster) -> Non
              "data": {"rows.jsonl": rows}})  # fmt: skip
     k.wait_condition("late-rows", "Accepted", timeout=60)
     k.wait_condition("late-rows", "Succeeded", timeout=300)
+
+
+def test_sequential_stages_with_a_forgetting_guard_report_every_stage(k: Cluster, volumes: dict[str, Path]) -> None:
+    k.cp.kubectl("apply", "-f", str(ROOT / "examples" / "sequential-stages.yaml"))
+    name = "sequential-stages"
+    k.wait_condition(name, "Succeeded", timeout=600)
+    status = k.ftj(name)["status"]
+    assert [(s["name"], s["phase"]) for s in status["stages"]] == [("domain", "Succeeded"), ("instruct", "Succeeded")]
+    assert all(s["steps"] > 0 and "loss" in s["test"] for s in status["stages"]) and not status.get("currentStage")
+    retention = status["retention"]
+    assert retention["regression"] == pytest.approx((retention["after"] - retention["before"]) / retention["before"],
+                                                    abs=1e-4)  # fmt: skip
+    assert k.condition(name, "Promotable")["reason"] in ("RetentionKept", "RetentionRegressed")
+    assert k.condition(name, "Overfitting")["status"] in ("True", "False")
+    evaluation = status["evaluation"]
+    assert {"loss", "rougeL"} <= set(evaluation["fewShot"]) and {"loss", "rougeL"} <= set(evaluation["baseline"])
+    out = volumes["kubetune-outputs"] / name
+    assert (out / "stages" / "domain" / "merged" / "config.json").is_file() and (out / "adapter").is_dir()
+    exported = wait_for("job metrics", lambda: _series(k.operator.metrics(), name), 30)
+    assert exported["kubetune_finetunejob_retention_regression_ratio"] == pytest.approx(retention["regression"])
+    assert 'kubetune_finetunejob_eval_metric{metric="loss",model="fewshot"}' in exported

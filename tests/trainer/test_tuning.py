@@ -155,3 +155,53 @@ def test_stages_run_in_order_and_a_failed_stage_resumes_from_its_own_checkpoint(
     assert (split_data / "o" / "adapter").is_dir() and (split_data / "o" / "merged" / "config.json").exists()
     card = (split_data / "o" / "README.md").read_text()
     assert "domain" in card and "instruct" in card
+
+
+def test_label_smoothing_zero_limit_is_the_models_own_loss(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune.trainer.batches import collate, tokenize
+    from kubetune.trainer.formats import Example
+    from kubetune.trainer.loop import training_loss
+    from kubetune.trainer.packing import collate_packed
+    from kubetune.trainer.tiny import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path / "tiny", seed=3)
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        AutoTokenizer.from_pretrained(path),
+    )
+    rows = tokenize([Example.pair("Spell the word backwards: river\n", "revir"), Example.pair("", "A plain text row.")],
+                    tokenizer, 64)  # fmt: skip
+    for batch in (collate(rows, tokenizer.pad_token_id), collate_packed(rows)):
+        own = float(model(**batch).loss)
+        assert float(training_loss(model, batch, 1e-9, False)) == pytest.approx(own, rel=1e-5)
+        assert float(training_loss(model, batch, 0.3, False)) != pytest.approx(own, rel=1e-3)
+
+
+@pytest.mark.parametrize(("scaling", "rope_type"), [("Linear", "linear"), ("Dynamic", "dynamic"), ("YaRN", "yarn")])
+def test_rope_scaling_rewrites_the_config(tmp_path: Path, scaling: str, rope_type: str) -> None:
+    from kubetune.api.enums import RopeScaling
+    from kubetune.api.tuning import ContextExtension
+    from kubetune.trainer.longcontext import extended_config
+    from kubetune.trainer.tiny import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path / "tiny")
+    config = extended_config(path, ContextExtension(rope_scaling=RopeScaling(scaling), target_length=2048))
+    assert config.max_position_embeddings == 2048
+    rope = config.rope_parameters
+    assert (rope["rope_type"], rope["factor"], rope["original_max_position_embeddings"]) == (rope_type, 4.0, 512)
+
+
+def test_rope_scaling_of_a_model_without_rope_names_the_field(tmp_path: Path) -> None:
+    from transformers import GPT2Config
+
+    from kubetune.api.enums import RopeScaling
+    from kubetune.api.tuning import ContextExtension
+    from kubetune.trainer.errors import ConfigError
+    from kubetune.trainer.longcontext import extended_config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=128).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ConfigError, match=r"spec.contextExtension: the model \(gpt2\) has no rotary"):
+        extended_config(tmp_path / "gpt2", ContextExtension(rope_scaling=RopeScaling.LINEAR, target_length=1024))

@@ -1,14 +1,24 @@
-"""Pure trainer helpers: ROUGE-L and answer normalisation, torchrun's multi-node command, precision, sharding."""
+"""Pure trainer helpers: ROUGE-L and answer normalisation, torchrun's multi-node command, precision, sharding,
+task mixing and replay, the overfitting and retention verdicts, augmentation noise."""
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import pytest
 
-from kubetune.api import Precision
+from kubetune.api import Precision, parse_spec
+from kubetune.api.data import Augmentation
+from kubetune.api.tuning import ForgettingGuard
+from kubetune.trainer.augment import perturb
 from kubetune.trainer.batches import shard_chunks
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.evaluate import normalize_answer, rouge_l
+from kubetune.trainer.guards import overfitting, retention
+from kubetune.trainer.mixing import EpochPlan, shares
 from kubetune.trainer.runtime import mixed_precision, torchrun_command
+from tests.support.builders import JobBuilder
 
 
 @pytest.mark.parametrize(
@@ -60,3 +70,68 @@ def test_every_rank_gets_the_same_number_of_micro_batches() -> None:
     assert len({len(s) for s in shards}) == 1
     seen = [row[0][0] for shard in shards for chunk in shard for row in chunk]
     assert len(seen) == len(set(seen)), "no row is trained twice in an epoch"
+
+
+def _spec(strategy: str, weights: dict[str, float], temperature: float = 2.0) -> Any:
+    datasets = [{"name": name, "weight": w, "uri": f"s3://b/{name}.jsonl"} for name, w in weights.items()]
+    job = JobBuilder().set("spec.data.datasets", datasets)
+    return parse_spec(job.set("spec.data.mixing", {"strategy": strategy, "temperature": temperature}).build()["spec"])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "weights", "expected"),
+    [
+        ("Proportional", {"a": 1.0, "b": 1.0}, {"a": 0.8, "b": 0.2}),
+        ("Proportional", {"a": 1.0, "b": 4.0}, {"a": 0.5, "b": 0.5}),
+        ("Weighted", {"a": 1.0, "b": 3.0}, {"a": 0.25, "b": 0.75}),
+        ("Temperature", {"a": 1.0, "b": 1.0}, {"a": 2 / 3, "b": 1 / 3}),  # sqrt(80) : sqrt(20)
+    ],
+)
+def test_task_shares(strategy: str, weights: dict[str, float], expected: dict[str, float]) -> None:
+    assert shares(_spec(strategy, weights), {"a": 80, "b": 20}) == pytest.approx(expected)
+
+
+def test_an_epoch_keeps_its_size_oversamples_small_tasks_and_adds_replay() -> None:
+    spec = _spec("Weighted", {"a": 1.0, "b": 1.0})
+    spec.forgetting_guard = ForgettingGuard(replay_ratio=0.5)
+    rows = [([i], [i]) for i in range(10)]
+    plan = EpochPlan(spec, rows, ["a"] * 8 + ["b"] * 2, replay=[([100], [100])], seed=1)
+    epoch = plan.epoch(0)
+    assert len(epoch) == len(plan) == 15 and plan.counts == {"a": 5, "b": 5}
+    drawn = [r[0][0] for r in epoch[:10] if r[0][0] >= 8]
+    assert len(drawn) == 5 and min(drawn.count(8), drawn.count(9)) == 2, "b's 2 rows: each twice, then one draw"
+    assert epoch[10:] == [([100], [100])] * 5 and plan.epoch(0) == epoch, "seeded by the epoch"
+    assert plan.report({"train": ["a"] * 8 + ["b"] * 2})["imbalanceRatio"] == 4.0
+
+
+def test_proportional_mixing_with_equal_weights_is_the_split_itself() -> None:
+    rows = [([i], [i]) for i in range(5)]
+    plan = EpochPlan(_spec("Proportional", {"a": 1.0, "b": 1.0}), rows, ["a", "b", "a", "b", "a"], [], seed=1)
+    assert plan.identity and plan.epoch(3) == rows
+
+
+def test_overfitting_needs_validation_up_and_training_down() -> None:
+    train = [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 21)]
+    rising = [{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.5}, {"step": 15, "loss": 1.6}, {"step": 20, "loss": 1.8}]
+    verdict = overfitting(train, rising)
+    assert verdict["detected"] and (verdict["bestStep"], verdict["step"]) == (10, 20)
+    assert verdict["trainLoss"] < verdict["trainLossAtBest"]
+    assert not overfitting(train, rising[:2])["detected"], "validation still falling"
+    flat_train = [{"step": s, "loss": 1.0} for s in range(1, 21)]
+    assert not overfitting(flat_train, rising)["detected"], "training loss did not fall"
+    assert not overfitting(train, [{"step": 10, "loss": 1.5}, {"step": 20, "loss": 1.505}])["detected"], "within 1 %"
+
+
+def test_retention_regression_and_threshold() -> None:
+    kept = retention(2.0, 2.02, ForgettingGuard(max_regression=0.02))
+    assert kept["regression"] == pytest.approx(0.01) and kept["passed"]
+    assert not retention(2.0, 2.1, ForgettingGuard(max_regression=0.02))["passed"]
+    assert retention(2.0, 9.0, ForgettingGuard())["passed"], "no threshold, no verdict against"
+
+
+def test_augmentation_perturbs_only_inputs_and_is_seeded() -> None:
+    knobs = Augmentation(word_dropout=0.3, word_swap=0.3, token_noise=0.2)
+    text = "one two three four five six seven eight"
+    first = perturb(text, knobs, random.Random(1), ["x", "y"])
+    assert first == perturb(text, knobs, random.Random(1), ["x", "y"]) and first != text
+    assert perturb("only", Augmentation(word_dropout=0.99), random.Random(0), []) == "only", "a word is kept"

@@ -166,9 +166,10 @@ def before_tuning(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data,
     return before
 
 
-def _retention_loss(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> float:
+def _retention_loss(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> float | None:
+    """Loss on the held-out General rows; None when a stage's format left none."""
     rows, batch = data.rows.get("retention", []), spec.training.per_device_batch_size
-    return evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator) if rows else 0.0
+    return evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator) if rows else None
 
 
 def _passkey(spec: FineTuneJobSpec, model: Any, tokenizer: Any, accelerator: Any) -> dict[str, float]:
@@ -219,11 +220,13 @@ def train(
     replay: list[Tokenized] | None = None,
     on_data: Callable[[Data], None] | None = None,
     merge_adapter: bool = False,
+    in_stage: bool = False,
 ) -> dict[str, Any]:
     """Run the whole recipe for ``job``; write outputs under ``out``; return the metrics.
 
     Stages pass the previous stage's output as ``model_path``, earlier stages' training rows as ``replay``, and
-    ``on_data`` to receive this stage's data, and ask for the merged model (``merge_adapter``)."""
+    ``on_data`` to receive this stage's data, and ask for the merged model (``merge_adapter``); a stage may lack
+    General rows of its format (``in_stage``), a single run may not."""
     import torch
     from transformers import get_scheduler, set_seed
 
@@ -244,6 +247,11 @@ def train(
     data = prepare_data(spec, volumes, tokenizer, report)
     if on_data is not None:
         on_data(data)
+    if spec.forgetting_guard is not None and not data.rows.get("retention") and not in_stage:
+        raise ConfigError(
+            f"spec.forgettingGuard: no General rows in format {spec.data.format} are left for the retention set "
+            "after cleaning; see the prep report's dropped rows"
+        )
     plan = EpochPlan(spec, data.rows["train"], data.tasks["train"], data.rows.get("replay", []) + (replay or []),
                      hp.seed)  # fmt: skip
     report.tasks = plan.report({name: data.tasks[name] for name in ("train", "validation", "test")})
@@ -414,9 +422,10 @@ def train(
             for task, split in data.by_task("test").items()
         }
     retention = None
-    if spec.forgetting_guard is not None:
+    if spec.forgetting_guard is not None and before.get("retentionLoss") is not None:
         after = _retention_loss(spec, model, tokenizer, data, accelerator)
-        retention = guards.retention(before.get("retentionLoss", 0.0), after, spec.forgetting_guard)
+        assert after is not None
+        retention = guards.retention(before["retentionLoss"], after, spec.forgetting_guard)
     metrics = {
         "steps": state.step,
         "totalSteps": total_steps,

@@ -7,7 +7,8 @@ adapter merged into the model they started from, and the next stage starts from 
 hand on their whole model. The job's own output directory then gets the last stage's weights, a ``metrics.json``
 with every stage's results, a model card with the lineage, and the manifest.
 
-The forgetting guard spans the stages: retention is measured before the first stage and after the last, and
+The forgetting guard spans the stages: retention is measured before the first stage and after the last (of those
+whose format General rows fit: a stage reads them in its own format, and drops, counted, rows that do not), and
 with ``replayEarlierStages`` each stage replays the earlier (CausalLM) stages' training rows besides the General
 rows.
 """
@@ -20,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import DatasetUsage, FineTuneJob, MethodType, TaskType, ValidationMetric
+from kubetune.api import DataFormat, DatasetUsage, FineTuneJob, MethodType, TaskType, ValidationMetric
 from kubetune.api.enums import RegressionAction
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.tuning import Stage
@@ -38,7 +39,8 @@ from .tiny import ensure_model
 
 def stage_spec(spec: FineTuneJobSpec, stage: Stage) -> FineTuneJobSpec:
     """The spec one stage runs: its datasets (and the General ones), format, task and training; the job's
-    settings for the rest. Validation watches Loss in a CausalLM stage; the guard's threshold is the job's."""
+    settings for the rest. Validation watches Loss in a CausalLM stage; the guard's threshold is the job's;
+    augmentation skips Completion stages (NEFTune is theirs)."""
     names = set(stage.datasets)
     chosen = [d for d in spec.data.datasets if d.name in names or d.usage == DatasetUsage.GENERAL]
     if not any(d.usage in (DatasetUsage.SPLIT, DatasetUsage.TRAIN) for d in chosen):
@@ -49,9 +51,11 @@ def stage_spec(spec: FineTuneJobSpec, stage: Stage) -> FineTuneJobSpec:
     if causal and validation.metric != ValidationMetric.LOSS:
         validation = validation.model_copy(update={"metric": ValidationMetric.LOSS})
     guard = spec.forgetting_guard
+    form = stage.format or spec.data.format
+    augmentation = spec.data.augmentation if form != DataFormat.COMPLETION else None  # no inputs to perturb
     return spec.model_copy(
         update={
-            "data": spec.data.model_copy(update={"datasets": chosen, "format": stage.format or spec.data.format}),
+            "data": spec.data.model_copy(update={"datasets": chosen, "format": form, "augmentation": augmentation}),
             "task": task,
             "training": stage.training or spec.training,
             "validation": validation,
@@ -73,6 +77,7 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
     model_path: Path | None = None
     metrics: dict[str, Any] = {}
     retention_before: float | None = None
+    retention_after = 0.0
     for index, stage in enumerate(spec.stages):
         sub = job.model_copy(update={"spec": stage_spec(spec, stage)})
         stage_out = out / "stages" / stage.name
@@ -86,19 +91,20 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
                 kept.append(_data(sub, volumes))
         else:
             metrics = train(sub, volumes, stage_out, reporter, model_path, replay if causal else None, kept.append,
-                            merge_adapter=True)  # fmt: skip
+                            merge_adapter=True, in_stage=True)  # fmt: skip
         if guard is not None and guard.replay_earlier_stages and causal and kept:
             replay += kept[0].rows["train"]
-        if metrics.get("retention") and retention_before is None:
-            retention_before = metrics["retention"]["before"]
+        if metrics.get("retention"):
+            retention_before = metrics["retention"]["before"] if retention_before is None else retention_before
+            retention_after = metrics["retention"]["after"]
         results[index].update(phase="Succeeded", steps=metrics.get("steps"), test=_brief(metrics.get("test", {})))
         model_path = _handed_on(stage_out, sub.spec)
     reporter.stage(None, len(spec.stages), results)
     last = spec.stages[-1]
     _publish(out / "stages" / last.name, out, stage_spec(spec, last))
     metrics = {**metrics, "stages": results}
-    if guard is not None and retention_before is not None and metrics.get("retention"):
-        metrics["retention"] = guards.retention(retention_before, metrics["retention"]["after"], guard)
+    if guard is not None and retention_before is not None:
+        metrics["retention"] = guards.retention(retention_before, retention_after, guard)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     report = json.loads((out / "stages" / last.name / "prep_report.json").read_text())
     outputs.model_card(out, job, metrics, report)
