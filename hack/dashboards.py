@@ -134,11 +134,18 @@ def finetunejob() -> dict[str, Any]:
                 description="Host resident set and, on GPUs, the memory torch allocated."),
             panel("bargauge", "Test-set evaluation", [
                 (f"kubetune_finetunejob_eval_metric{{{JOB}}}", "{{metric}} ({{model}})")], w=12,
-                description="The tuned model beside the base model on the same test rows.",
+                description="The tuned model beside the base model (zero-shot and few-shot) on the same test rows.",
                 displayMode="basic", orientation="horizontal"),
             panel("timeseries", "Workers", [(f"kubetune_finetunejob_workers{{{JOB}}}", "{{state}}")], w=6),
             panel("timeseries", "Checkpoints written", [
                 (f"kubetune_trainer_checkpoints_total{{{JOB}}}", "checkpoints")], w=6),
+            panel("stat", "Retention regression", [
+                (f"kubetune_finetunejob_retention_regression_ratio{{{JOB}}}", "")], w=4, h=4, unit="percentunit",
+                description="Forgetting guard: rise of the loss on held-out general data (spec.forgettingGuard)."),
+            panel("stat", "Overfitting", [(f"kubetune_finetunejob_overfitting{{{JOB}}}", "")], w=4, h=4,
+                  description="1: validation loss rose above its best while training loss fell."),
+            panel("stat", "Stage", [(f"kubetune_trainer_stage{{{JOB}}}", "")], w=4, h=4,
+                  description="Index of the stage running (spec.stages), from rank 0."),
         ],
     )
 

@@ -205,3 +205,26 @@ def test_rope_scaling_of_a_model_without_rope_names_the_field(tmp_path: Path) ->
     GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=128).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ConfigError, match=r"spec.contextExtension: the model \(gpt2\) has no rotary"):
         extended_config(tmp_path / "gpt2", ContextExtension(rope_scaling=RopeScaling.LINEAR, target_length=1024))
+
+
+def test_neftune_noises_embeddings_only_while_training() -> None:
+    import torch
+
+    from kubetune.trainer.augment import add_neftune
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 16)
+
+        def get_input_embeddings(self) -> torch.nn.Module:
+            return self.embed
+
+    model, ids = Model(), torch.arange(8).unsqueeze(0)
+    clean = model.embed(ids).detach()
+    add_neftune(model, alpha=5.0)
+    noisy = model.embed(ids).detach()
+    bound = 5.0 / (8 * 16) ** 0.5
+    assert not torch.equal(noisy, clean) and float((noisy - clean).abs().max()) <= bound + 1e-6
+    model.eval()
+    assert torch.equal(model.embed(ids).detach(), clean)
