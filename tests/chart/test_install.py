@@ -119,6 +119,11 @@ def _example() -> dict[str, Any]:
     doc["metadata"]["name"] = JOB
     doc["spec"]["output"]["pvc"]["path"] = JOB
     doc["spec"]["training"]["epochs"] = 8  # ~10 s of steps, so Prometheus scrapes rank 0 while it trains
+    claim = doc["spec"]["data"]["datasets"][0]["pvc"]["claimName"]  # general data: the retention panel has data
+    doc["spec"]["data"]["datasets"].append(
+        {"name": "general", "usage": "General", "pvc": {"claimName": claim, "path": "examples/data/general.jsonl"}}
+    )
+    doc["spec"]["forgettingGuard"] = {"replayRatio": 0.1}
     return dict(doc)
 
 

@@ -1,6 +1,6 @@
-"""The training recipe, read top to bottom: prepare data, load the model, evaluate the base model (zero-shot,
-few-shot, retention, passkey), train (AdamW, warmup + schedule, gradient accumulation, clipping, label
-smoothing, NEFTune, task mixing and replay, validation per task, early stopping, overfitting check,
+"""The training recipe, read top to bottom: prepare data (``splits``), load the model, measure the base model
+(zero-shot, few-shot, retention, passkey: ``measure``), train (AdamW, warmup + schedule, gradient accumulation,
+clipping, label smoothing, NEFTune, task mixing and replay, validation per task, early stopping, overfitting check,
 checkpoints), evaluate on the test split (per task), save. Runs the same in one process and under ``torchrun``
 (accelerate's DDP or FSDP). Sequential stages call it once per stage (``stages.py``).
 """
@@ -17,170 +17,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import DataFormat, FineTuneJob, MethodType, TaskType, ValidationMetric
+from kubetune.api import FineTuneJob, MethodType, TaskType, ValidationMetric
 from kubetune.api.enums import RegressionAction
 from kubetune.api.spec import FineTuneJobSpec
 
-from . import baselines, checkpoint, evaluate, guards, longcontext, outputs
-from .augment import add_neftune, augment
-from .batches import IGNORE, Tokenized, collate, shard_chunks, tokenize_split
+from . import checkpoint, guards, measure, outputs
+from .augment import add_neftune
+from .batches import IGNORE, Tokenized, collate, shard_chunks
 from .checkpoint import TrainerState
-from .data import PrepReport, class_labels, drop_unknown_labels, prepare
+from .data import PrepReport
 from .errors import ConfigError, DivergedError, PreemptedError, RegressedError
-from .formats import Example
 from .local import Volumes
-from .mixing import EpochPlan, tasks_of
+from .mixing import EpochPlan
 from .model import load, load_tokenizer, merged
 from .packing import collate_packed
 from .report import ProgressEvent, Reporter
 from .runtime import make_accelerator
+from .splits import Data, prepare_data
 from .tiny import ensure_model
 
 DIVERGENCE_FACTOR = 5.0
 DIVERGENCE_STEPS = 5
 """The loss counts as diverged when it stays above DIVERGENCE_FACTOR x the first step's for DIVERGENCE_STEPS steps."""
-
-
-class Data:
-    """Tokenized rows and the examples they came from, per split, their tasks, and the class labels."""
-
-    def __init__(
-        self,
-        rows: dict[str, list[Tokenized]],
-        examples: dict[str, list[Example]],
-        labels: list[str] | None,
-        tasks: dict[str, list[str]],
-    ):
-        self.rows, self.examples, self.labels, self.tasks = rows, examples, labels, tasks
-
-    def by_task(self, split: str) -> dict[str, tuple[list[Tokenized], list[Example]]]:
-        """The split's rows and examples per task; empty unless the job has several tasks."""
-        names = sorted(set(self.tasks["train"]))
-        if len(names) < 2:
-            return {}
-        out: dict[str, tuple[list[Tokenized], list[Example]]] = {}
-        for row, example, task in zip(self.rows[split], self.examples[split], self.tasks[split], strict=True):
-            rows, examples = out.setdefault(task, ([], []))
-            rows.append(row)
-            examples.append(example)
-        return out
-
-
-def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report: PrepReport) -> Data:
-    chat = None
-    if spec.data.format == DataFormat.CHAT:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("spec.data.format: Chat needs a tokenizer with a chat template; this model has none")
-
-        def chat(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-            return str(
-                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-            )
-
-    guard = spec.forgetting_guard
-    splits = prepare(spec.data, volumes, report, chat, guard.retention_ratio if guard else 0.5)
-    if spec.data.augmentation is not None:
-        splits["train"], report.augmented["added"] = augment(splits["train"], spec.data, chat)
-        report.augmented["copies"] = spec.data.augmentation.copies
-    labels = None
-    if spec.task.type == TaskType.CLASSIFICATION:
-        labels = class_labels(spec.task.labels, splits["train"], report)
-        splits = drop_unknown_labels(splits, labels, report)
-    rows, examples = {}, {}
-    for name, split in splits.items():
-        rows[name], examples[name] = tokenize_split(
-            split, tokenizer, spec.training.max_seq_length, spec.data.cleaning, report, name, labels
-        )
-    if not rows["train"]:
-        raise ConfigError("spec.data.cleaning: no training rows are left after the token-length filters")
-    return Data(rows, examples, labels, {name: tasks_of(kept, spec) for name, kept in examples.items()})
-
-
-def scores(
-    spec: FineTuneJobSpec, model: Any, tokenizer: Any, rows: list[Tokenized], data: Data, accelerator: Any
-) -> dict[str, Any]:
-    """Classification metrics of ``rows``, or their loss (CausalLM); what validation watches."""
-    batch, pad = spec.training.per_device_batch_size, tokenizer.pad_token_id
-    if data.labels is not None:
-        return evaluate.classification(model, rows, batch, pad, data.labels, accelerator)
-    return {"loss": evaluate.causal_loss(model, rows, batch, pad, accelerator)}
-
-
-def test_metrics(
-    spec: FineTuneJobSpec,
-    model: Any,
-    tokenizer: Any,
-    data: Data,
-    accelerator: Any,
-    split: tuple[list[Tokenized], list[Example]] | None = None,
-) -> dict[str, Any]:
-    """Test-split metrics (or those of ``split``'s rows and examples): loss and perplexity plus exact match and
-    ROUGE-L, or classification metrics."""
-    limit = spec.evaluation.max_samples
-    rows, examples = split or (data.rows["test"], data.examples["test"])
-    rows, examples = rows[:limit], examples[:limit]
-    if not rows:
-        return {}
-    metrics = scores(spec, model, tokenizer, rows, data, accelerator)
-    if data.labels is not None:
-        return metrics
-    metrics = evaluate.loss_metrics(metrics["loss"])
-    if accelerator.is_main_process:
-        metrics.update(
-            evaluate.generation(accelerator.unwrap_model(model), tokenizer, examples, spec.evaluation.max_new_tokens)
-        )
-    accelerator.wait_for_everyone()
-    return metrics
-
-
-def few_shot_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
-    """The base model's test metrics with spec.evaluation.fewShot.k solved training examples before each prompt."""
-    assert spec.evaluation.few_shot is not None
-    limit, budget = spec.evaluation.max_samples, spec.training.max_seq_length
-    solved = baselines.shots(data.examples["train"], spec.evaluation.few_shot)
-    examples = [baselines.with_shots(e, solved) for e in data.examples["test"][:limit]]
-    rows = baselines.tokenize_left(examples, tokenizer, budget)
-    if not rows:
-        return {}
-    batch = spec.training.per_device_batch_size
-    metrics = evaluate.loss_metrics(evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator))
-    if accelerator.is_main_process:
-        new_tokens = spec.evaluation.max_new_tokens
-        unwrapped, prompt_budget = accelerator.unwrap_model(model), max(budget - new_tokens, 1)
-        metrics.update(evaluate.generation(unwrapped, tokenizer, examples, new_tokens, 5, prompt_budget))
-    accelerator.wait_for_everyone()
-    return {"k": len(solved), **metrics}
-
-
-def before_tuning(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
-    """What is measured on the base model: zero-shot test metrics (the baseline), few-shot, the retention loss
-    and passkey retrieval, as the evaluation and guard settings ask."""
-    before: dict[str, Any] = {"baseline": {}}
-    if spec.evaluation.enabled and spec.evaluation.baseline:
-        before["baseline"] = test_metrics(spec, model, tokenizer, data, accelerator)
-        if spec.evaluation.few_shot is not None:
-            before["fewShot"] = few_shot_metrics(spec, model, tokenizer, data, accelerator)
-        before["baseline"].update(_passkey(spec, model, tokenizer, accelerator))
-    if spec.forgetting_guard is not None:
-        before["retentionLoss"] = _retention_loss(spec, model, tokenizer, data, accelerator)
-    return before
-
-
-def _retention_loss(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> float | None:
-    """Loss on the held-out General rows; None when a stage's format left none."""
-    rows, batch = data.rows.get("retention", []), spec.training.per_device_batch_size
-    return evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator) if rows else None
-
-
-def _passkey(spec: FineTuneJobSpec, model: Any, tokenizer: Any, accelerator: Any) -> dict[str, float]:
-    extension = spec.context_extension
-    if extension is None or not extension.passkey_samples or spec.task.type != TaskType.CAUSAL_LM:
-        return {}
-    result = {}
-    if accelerator.is_main_process:
-        result = longcontext.passkey(accelerator.unwrap_model(model), tokenizer, extension)
-    accelerator.wait_for_everyone()
-    return result
 
 
 def training_loss(model: Any, batch: dict[str, Any], smoothing: float, classification: bool) -> Any:
@@ -285,12 +143,13 @@ def train(
     before: dict[str, Any] = {"baseline": {}}
     if resumed is not None:
         state = checkpoint.load(resumed, model, optimizer, scheduler, accelerator)
-        before = json.loads((out / "baseline.json").read_text()) if (out / "baseline.json").exists() else before
+        saved = json.loads((out / "baseline.json").read_text()) if (out / "baseline.json").exists() else before
+        before = saved if "baseline" in saved else {"baseline": saved}  # older runs saved the baseline alone
         reporter.metrics.resumed_from_step.set(state.step)
         reporter.phase("Training", resumedFromStep=state.step)
     else:
         reporter.phase("EvaluatingBaseModel")
-        before = before_tuning(spec, model, tokenizer, data, accelerator)
+        before = measure.before_tuning(spec, model, tokenizer, data, accelerator)
         if main:
             (out / "baseline.json").write_text(json.dumps(before))
     baseline = before["baseline"]
@@ -353,12 +212,12 @@ def train(
 
             event_validation = None
             if data.rows["validation"] and state.step % validate_every == 0:
-                values = scores(spec, model, tokenizer, data.rows["validation"], data, accelerator)
+                values = measure.scores(spec, model, tokenizer, data.rows["validation"], data, accelerator)
                 value = float(values[metric_key])
                 entry = {"step": state.step, **{k: values[k] for k in ("loss", metric_key)}}
                 if validation_tasks:
                     entry["tasks"] = {
-                        task: {k: v for k, v in scores(spec, model, tokenizer, rows, data, accelerator).items()
+                        task: {k: v for k, v in measure.scores(spec, model, tokenizer, rows, data, accelerator).items()
                                if k in ("loss", metric_key)}
                         for task, (rows, _) in validation_tasks.items()
                     }  # fmt: skip
@@ -415,15 +274,15 @@ def train(
     reporter.phase("Evaluating")
     test, tasks = {}, {}
     if spec.evaluation.enabled:
-        test = test_metrics(spec, model, tokenizer, data, accelerator)
-        test.update(_passkey(spec, model, tokenizer, accelerator))
+        test = measure.test_metrics(spec, model, tokenizer, data, accelerator)
+        test.update(measure.passkey(spec, model, tokenizer, accelerator))
         tasks = {
-            task: test_metrics(spec, model, tokenizer, data, accelerator, split)
+            task: measure.test_metrics(spec, model, tokenizer, data, accelerator, split)
             for task, split in data.by_task("test").items()
         }
     retention = None
     if spec.forgetting_guard is not None and before.get("retentionLoss") is not None:
-        after = _retention_loss(spec, model, tokenizer, data, accelerator)
+        after = measure.retention_loss(spec, model, tokenizer, data, accelerator)
         assert after is not None
         retention = guards.retention(before["retentionLoss"], after, spec.forgetting_guard)
     metrics = {

@@ -31,9 +31,10 @@ from .batches import Tokenized
 from .data import PrepReport
 from .errors import ConfigError, RegressedError
 from .local import Volumes
-from .loop import Data, prepare_data, train
+from .loop import train
 from .model import load_tokenizer
 from .report import Reporter
+from .splits import Data, prepare_data
 from .tiny import ensure_model
 
 

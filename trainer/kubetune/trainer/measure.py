@@ -1,0 +1,103 @@
+"""What is measured on a model: validation scores, test metrics (per task), and before tuning the zero-shot and
+few-shot baselines, the retention loss and passkey retrieval. Loss and classification metrics run on every
+rank's share; generation runs on rank 0 while the others wait.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api import TaskType
+from kubetune.api.spec import FineTuneJobSpec
+
+from . import baselines, evaluate, longcontext
+from .batches import Tokenized
+from .formats import Example
+from .splits import Data
+
+
+def scores(
+    spec: FineTuneJobSpec, model: Any, tokenizer: Any, rows: list[Tokenized], data: Data, accelerator: Any
+) -> dict[str, Any]:
+    """Classification metrics of ``rows``, or their loss (CausalLM); what validation watches."""
+    batch, pad = spec.training.per_device_batch_size, tokenizer.pad_token_id
+    if data.labels is not None:
+        return evaluate.classification(model, rows, batch, pad, data.labels, accelerator)
+    return {"loss": evaluate.causal_loss(model, rows, batch, pad, accelerator)}
+
+
+def test_metrics(
+    spec: FineTuneJobSpec,
+    model: Any,
+    tokenizer: Any,
+    data: Data,
+    accelerator: Any,
+    split: tuple[list[Tokenized], list[Example]] | None = None,
+) -> dict[str, Any]:
+    """Test-split metrics (or those of ``split``'s rows and examples): loss and perplexity plus exact match and
+    ROUGE-L, or classification metrics."""
+    limit = spec.evaluation.max_samples
+    rows, examples = split or (data.rows["test"], data.examples["test"])
+    rows, examples = rows[:limit], examples[:limit]
+    if not rows:
+        return {}
+    metrics = scores(spec, model, tokenizer, rows, data, accelerator)
+    if data.labels is not None:
+        return metrics
+    metrics = evaluate.loss_metrics(metrics["loss"])
+    if accelerator.is_main_process:
+        metrics.update(
+            evaluate.generation(accelerator.unwrap_model(model), tokenizer, examples, spec.evaluation.max_new_tokens)
+        )
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def few_shot_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
+    """The base model's test metrics with spec.evaluation.fewShot.k solved training examples before each prompt."""
+    assert spec.evaluation.few_shot is not None
+    limit, budget = spec.evaluation.max_samples, spec.training.max_seq_length
+    solved = baselines.shots(data.examples["train"], spec.evaluation.few_shot)
+    examples = [baselines.with_shots(e, solved) for e in data.examples["test"][:limit]]
+    rows = baselines.tokenize_left(examples, tokenizer, budget)
+    if not rows:
+        return {}
+    batch = spec.training.per_device_batch_size
+    metrics = evaluate.loss_metrics(evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator))
+    if accelerator.is_main_process:
+        new_tokens = spec.evaluation.max_new_tokens
+        unwrapped, prompt_budget = accelerator.unwrap_model(model), max(budget - new_tokens, 1)
+        metrics.update(evaluate.generation(unwrapped, tokenizer, examples, new_tokens, 5, prompt_budget))
+    accelerator.wait_for_everyone()
+    return {"k": len(solved), **metrics}
+
+
+def before_tuning(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
+    """What is measured on the base model: zero-shot test metrics (the baseline), few-shot, the retention loss
+    and passkey retrieval, as the evaluation and guard settings ask."""
+    before: dict[str, Any] = {"baseline": {}}
+    if spec.evaluation.enabled and spec.evaluation.baseline:
+        before["baseline"] = test_metrics(spec, model, tokenizer, data, accelerator)
+        if spec.evaluation.few_shot is not None:
+            before["fewShot"] = few_shot_metrics(spec, model, tokenizer, data, accelerator)
+        before["baseline"].update(passkey(spec, model, tokenizer, accelerator))
+    if spec.forgetting_guard is not None:
+        before["retentionLoss"] = retention_loss(spec, model, tokenizer, data, accelerator)
+    return before
+
+
+def retention_loss(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> float | None:
+    """Loss on the held-out General rows; None when a stage's format left none."""
+    rows, batch = data.rows.get("retention", []), spec.training.per_device_batch_size
+    return evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator) if rows else None
+
+
+def passkey(spec: FineTuneJobSpec, model: Any, tokenizer: Any, accelerator: Any) -> dict[str, float]:
+    extension = spec.context_extension
+    if extension is None or not extension.passkey_samples or spec.task.type != TaskType.CAUSAL_LM:
+        return {}
+    result = {}
+    if accelerator.is_main_process:
+        result = longcontext.passkey(accelerator.unwrap_model(model), tokenizer, extension)
+    accelerator.wait_for_everyone()
+    return result

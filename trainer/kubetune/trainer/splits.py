@@ -1,0 +1,74 @@
+"""A job's prepared data: rows loaded, cleaned, split, augmented, labelled and tokenized, with each row's task.
+
+What ``loop.train`` trains and evaluates on, and what stages hand on for replay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api import DataFormat, TaskType
+from kubetune.api.spec import FineTuneJobSpec
+
+from .augment import augment
+from .batches import Tokenized, tokenize_split
+from .data import PrepReport, class_labels, drop_unknown_labels, prepare
+from .errors import ConfigError
+from .formats import Example
+from .local import Volumes
+from .mixing import tasks_of
+
+
+class Data:
+    """Tokenized rows and the examples they came from, per split, their tasks, and the class labels."""
+
+    def __init__(
+        self,
+        rows: dict[str, list[Tokenized]],
+        examples: dict[str, list[Example]],
+        labels: list[str] | None,
+        tasks: dict[str, list[str]],
+    ):
+        self.rows, self.examples, self.labels, self.tasks = rows, examples, labels, tasks
+
+    def by_task(self, split: str) -> dict[str, tuple[list[Tokenized], list[Example]]]:
+        """The split's rows and examples per task; empty unless the job has several tasks."""
+        names = sorted(set(self.tasks["train"]))
+        if len(names) < 2:
+            return {}
+        out: dict[str, tuple[list[Tokenized], list[Example]]] = {}
+        for row, example, task in zip(self.rows[split], self.examples[split], self.tasks[split], strict=True):
+            rows, examples = out.setdefault(task, ([], []))
+            rows.append(row)
+            examples.append(example)
+        return out
+
+
+def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report: PrepReport) -> Data:
+    chat = None
+    if spec.data.format == DataFormat.CHAT:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("spec.data.format: Chat needs a tokenizer with a chat template; this model has none")
+
+        def chat(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+            return str(
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            )
+
+    guard = spec.forgetting_guard
+    splits = prepare(spec.data, volumes, report, chat, guard.retention_ratio if guard else 0.5)
+    if spec.data.augmentation is not None:
+        splits["train"], report.augmented["added"] = augment(splits["train"], spec.data, chat)
+        report.augmented["copies"] = spec.data.augmentation.copies
+    labels = None
+    if spec.task.type == TaskType.CLASSIFICATION:
+        labels = class_labels(spec.task.labels, splits["train"], report)
+        splits = drop_unknown_labels(splits, labels, report)
+    rows, examples = {}, {}
+    for name, split in splits.items():
+        rows[name], examples[name] = tokenize_split(
+            split, tokenizer, spec.training.max_seq_length, spec.data.cleaning, report, name, labels
+        )
+    if not rows["train"]:
+        raise ConfigError("spec.data.cleaning: no training rows are left after the token-length filters")
+    return Data(rows, examples, labels, {name: tasks_of(kept, spec) for name, kept in examples.items()})
