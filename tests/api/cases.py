@@ -29,7 +29,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("lora-knobs-on-full", JobBuilder().set("spec.method", {"type": "Full", "lora": {"rank": 8}}).build(),
      "lora is only allowed when type is LoRA or QLoRA"),
     ("model-two-sources", JobBuilder().set("spec.model.uri", "s3://models/x").build(),
-     "exactly one of pvc, uri or cached"),
+     "exactly one of pvc, uri, cached or fromJob"),
     ("dataset-no-source", JobBuilder().set("spec.data.datasets", [{"name": "train"}]).build(),
      "exactly one of pvc, uri or configMap"),
     ("split-ratios-too-large", JobBuilder().set("spec.data.split", {"validationRatio": 0.5, "testRatio": 0.5}).build(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.support.nodeagent import NodeAgent
 from tests.support.operator import Operator
 
 pytestmark = pytest.mark.usefixtures("operator")
+COMPONENT = "app.kubernetes.io/component"
 
 
 def e2e_job(name: str, workers: int = 2) -> JobBuilder:
@@ -252,3 +254,45 @@ def test_sequential_stages_with_a_forgetting_guard_report_every_stage(k: Cluster
     exported = wait_for("job metrics", lambda: _series(k.operator.metrics(), name), 30)
     assert exported["kubetune_finetunejob_retention_regression_ratio"] == pytest.approx(retention["regression"])
     assert 'kubetune_finetunejob_eval_metric{metric="loss",model="fewshot"}' in exported
+
+
+PROMPT = "### Instruction:\nSpell the word backwards.\n### Input:\nriver\n### Response:\n"
+
+
+def _complete(url: str) -> dict[str, Any] | None:
+    body = json.dumps({"model": "served", "prompt": PROMPT, "max_tokens": 8}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return dict(json.loads(response.read()))
+    except OSError:
+        return None  # not listening yet
+
+
+def test_a_promotable_job_is_deployed_and_serves_the_tuned_model(k: Cluster, volumes: dict[str, Path]) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    doc = e2e_job("served", workers=1).set("spec.training.maxSteps", 4)
+    doc.set("spec.promotion", {"thresholds": [{"metric": "loss", "max": 100.0}]})
+    k.apply(doc.set("spec.deploy", {"port": 18123, "maxNewTokens": 16}).build())
+    k.wait_condition("served", "Succeeded")
+    assert k.condition("served", "Promotable")["reason"] == "GatePassed"
+    k.wait_condition("served", "Deployed", timeout=120)
+    deployment = k.ftj("served")["status"]["deployment"]
+    assert deployment["url"] == "http://served-serve.default.svc/v1" and deployment["model"] == "served"
+    server = next(p for p in k.pods("served") if p["metadata"]["labels"].get(COMPONENT) == "serve")
+    url = f"http://{server['status']['podIP']}:18123/v1/completions"
+    answer = wait_for("the server to answer", lambda: _complete(url), 180, lambda: k.diagnose("served"))
+    base = volumes["kubetune-models"] / "kubetune" / "tiny-llama"
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base),
+                                      volumes["kubetune-outputs"] / "served" / "adapter").eval()  # fmt: skip
+    ids = [tokenizer.bos_token_id] + tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ends = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+        out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=8, do_sample=False, **ends)
+    assert answer["choices"][0]["text"] == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    with urllib.request.urlopen(url.replace("/v1/completions", "/metrics"), timeout=10) as response:
+        assert 'kubetune_serve_requests_total{code="200",endpoint="completions"}' in response.read().decode()

@@ -254,12 +254,14 @@ def test_success_reports_few_shot_per_task_retention_and_promotability() -> None
                           "fewShot": {"loss": 2.5, "k": 3}, "tasks": {"qa": {"loss": 1.1}, "sum": {"loss": 1.3}},
                           "retention": retention})  # fmt: skip
     pods = [pod(0, "Succeeded", 0, summary), pod(1, "Succeeded", 0)]
-    s, _ = status.compute(accepted_job(), worker_job("Complete", succeeded=2), pods, None, NOW)
+    guarded = two_workers().set("spec.forgettingGuard", {"maxRegression": 0.02})
+    guarded.set("spec.data.datasets[1]", {"name": "general", "uri": "s3://b/g.jsonl", "usage": "General"})
+    s, _ = status.compute(accepted_job(guarded), worker_job("Complete", succeeded=2), pods, None, NOW)
     assert s.evaluation is not None and s.evaluation.few_shot == {"loss": 2.5}
     assert s.evaluation.tasks == {"qa": {"loss": 1.1}, "sum": {"loss": 1.3}}
     assert s.retention is not None and (s.retention.regression, s.retention.max_regression) == (0.1, 0.02)
-    assert s.phase == "Succeeded" and conditions(s)["Promotable"] == ("False", "RetentionRegressed")
-    assert "rose 10.0%" in next(c.message for c in s.conditions if c.type == "Promotable")
+    assert s.phase == "Succeeded" and conditions(s)["Promotable"] == ("False", "GateFailed")
+    assert "retention regression <= 2.0% failed" in next(c.message for c in s.conditions if c.type == "Promotable")
     from kubetune.operator import metrics
 
     metrics.observe("ns", "kept", s)
@@ -409,3 +411,52 @@ def test_kopf_bookkeeping_lives_in_memory_and_goes_with_the_object() -> None:
     assert diffbase.fetch(body=body) == essence
     diffbase.forget("u1")
     assert diffbase.fetch(body=body) is None
+
+
+def _succeeded(builder: JobBuilder, test: dict[str, float], baseline: dict[str, float], **extra: Any) -> Any:
+    summary = json.dumps({"phase": "Succeeded", "steps": 10, "test": test, "baseline": baseline, **extra})
+    pods = [pod(0, "Succeeded", 0, summary), pod(1, "Succeeded", 0)]
+    s, transitions = status.compute(accepted_job(builder), worker_job("Complete", succeeded=2), pods, None, NOW)
+    return s, transitions
+
+
+def test_promotion_gate_checks_thresholds_the_base_model_and_retention() -> None:
+    gated = two_workers().set("spec.promotion", {"thresholds": [{"metric": "loss", "max": 2.0},
+                                                                 {"metric": "exactMatch", "min": 0.5}],
+                                                  "beatBaseModel": True})  # fmt: skip
+    s, transitions = _succeeded(gated, {"loss": 1.5, "exactMatch": 0.25}, {"loss": 3.0})
+    assert conditions(s)["Promotable"] == ("False", "GateFailed")
+    assert [(c.name, c.passed) for c in s.gate or []] == [
+        ("test loss <= 2", True),
+        ("test exactMatch >= 0.5", False),
+        ("test loss beats the base model (3.0)", True),
+    ]
+    assert "test exactMatch >= 0.5 failed" in next(c.message for c in s.conditions if c.type == "Promotable")
+    assert any(t.type == "Promotable" and t.event_type == "Warning" for t in transitions)
+    s, _ = _succeeded(gated, {"loss": 1.5, "exactMatch": 0.75}, {"loss": 3.0})
+    assert conditions(s)["Promotable"] == ("True", "GatePassed")
+    s, _ = _succeeded(two_workers(), {"loss": 1.5}, {"loss": 1.0})
+    assert conditions(s)["Promotable"] == ("True", "NoGate") and s.gate is None
+
+
+def test_serving_children_and_status() -> None:
+    from kubetune.operator import serving
+
+    doc = two_workers().set("spec.deploy", {"port": 18080, "maxNewTokens": 32})
+    deployment, service = serving.children(job(doc), SETTINGS)
+    pod_spec = deployment["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
+    assert deployment["metadata"]["name"] == service["metadata"]["name"] == "demo-serve"
+    assert container["args"] == ["serve", "/etc/kubetune/job.json", "--port=18080", "--max-new-tokens=32"]
+    assert all(m["readOnly"] for m in container["volumeMounts"] if m["mountPath"].startswith("/mnt/pvc"))
+    assert not pod_spec["automountServiceAccountToken"] and service["spec"]["ports"][0]["port"] == 80
+    promoted = accepted_job(doc)
+    promoted.status.conditions.append(promoted.status.conditions[0].model_copy(update={"type": "Promotable"}))
+    s, transitions = serving.with_server(promoted, {"status": {"readyReplicas": 1}}, NOW)
+    assert s.deployment is not None and s.deployment.url == "http://demo-serve.team.svc/v1"
+    assert conditions(s)["Deployed"] == ("True", "Serving") and transitions[0].reason == "Serving"
+    s, _ = serving.with_server(accepted_job(doc), None, NOW)
+    assert conditions(s)["Deployed"] == ("False", "NotPromotable") and s.deployment is None
+    vllm = two_workers().set("spec.deploy", {"engine": "VLLM", "gpus": 1}).set("spec.method", {"type": "Full"})
+    container = serving.children(job(vllm), SETTINGS)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["vllm", "serve"] and container["resources"]["limits"]["nvidia.com/gpu"] == "1"

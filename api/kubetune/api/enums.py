@@ -142,6 +142,7 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     OVERFITTING = "Overfitting"
     PROMOTABLE = "Promotable"
+    DEPLOYED = "Deployed"
 
 
 class Mixing(StrEnum):
@@ -157,6 +158,27 @@ class RegressionAction(StrEnum):
 
     FAIL = "Fail"
     MARK_NOT_PROMOTABLE = "MarkNotPromotable"
+
+
+class TestMetric(StrEnum):
+    """Test-set metrics a promotion threshold can bound (their names in status.evaluation.test)."""
+
+    __test__ = False  # not a pytest class
+
+    LOSS = "loss"
+    PERPLEXITY = "perplexity"
+    EXACT_MATCH = "exactMatch"
+    ROUGE_L = "rougeL"
+    ACCURACY = "accuracy"
+    F1 = "f1"
+    PASSKEY_ACCURACY = "passkeyAccuracy"
+
+
+class ServingEngine(StrEnum):
+    """What serves a deployed model."""
+
+    TRANSFORMERS = "Transformers"
+    VLLM = "VLLM"
 
 
 class RopeScaling(StrEnum):

@@ -30,7 +30,12 @@ class Reason(StrEnum):
     VALIDATION_LOSS_RISING = "ValidationLossRising"
     NO_OVERFITTING = "NoOverfitting"
     RETENTION_REGRESSED = "RetentionRegressed"
-    RETENTION_KEPT = "RetentionKept"
+    GATE_PASSED = "GatePassed"
+    GATE_FAILED = "GateFailed"
+    NO_GATE = "NoGate"
+    SERVING = "Serving"
+    SERVER_STARTING = "ServerStarting"
+    NOT_PROMOTABLE = "NotPromotable"
 
 
 MESSAGES: dict[Reason, str] = {
@@ -53,8 +58,13 @@ MESSAGES: dict[Reason, str] = {
     Reason.VALIDATION_LOSS_RISING: "Validation loss rose from {} (step {}) to {} (step {}) while training loss fell "
     "from {} to {}; consider early stopping, dropout, label smoothing or fewer epochs.",
     Reason.NO_OVERFITTING: "Validation loss has not risen while training loss fell.",
-    Reason.RETENTION_REGRESSED: "Retention loss on held-out general data rose {:.1%}, more than allowed ({}).",
-    Reason.RETENTION_KEPT: "Retention loss on held-out general data changed {:+.1%} (allowed: {}).",
+    Reason.RETENTION_REGRESSED: "Retention loss on held-out general data rose more than allowed: {}",
+    Reason.GATE_PASSED: "Every promotion check holds: {}.",
+    Reason.GATE_FAILED: "Not promotable: {} failed.",
+    Reason.NO_GATE: "No promotion checks are declared; the succeeded job is promotable.",
+    Reason.SERVING: "Serving {} at {} ({} of {} replicas ready).",
+    Reason.SERVER_STARTING: "The inference server {} is starting ({} of {} replicas ready).",
+    Reason.NOT_PROMOTABLE: "Not deployed: the job is not promotable.",
 }
 
 

@@ -52,7 +52,7 @@ class ConfigMapKey(ApiModel):
 
 
 class ModelSource(ApiModel):
-    """The base model to fine-tune. Exactly one of pvc, uri or cached is set."""
+    """The base model to fine-tune. Exactly one of pvc, uri, cached or fromJob is set."""
 
     pvc: PVCLocation | None = Field(
         default=None, description="A Hugging Face model directory on a PersistentVolumeClaim."
@@ -69,15 +69,23 @@ class ModelSource(ApiModel):
         description="Name of a model directory in the model cache volume the operator mounts "
         "(for example 'meta-llama/Llama-3.2-1B').",
     )
+    from_job: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Continuous tuning: start from the output of this succeeded FineTuneJob (same namespace; its "
+        "whole or merged model); the model card and manifest record the lineage.",
+    )
     trust_remote_code: bool = Field(
         default=False, description="Allow the model's own Python code to run when loading it."
     )
 
     rules = (
         Rule(
-            cel="[has(self.pvc), has(self.uri), has(self.cached)].filter(x, x).size() == 1",
-            message="exactly one of pvc, uri or cached must be set",
-            check=lambda s: [s.pvc, s.uri, s.cached].count(None) == 2,
+            cel="[has(self.pvc), has(self.uri), has(self.cached), has(self.fromJob)].filter(x, x).size() == 1",
+            message="exactly one of pvc, uri, cached or fromJob must be set",
+            check=lambda s: [s.pvc, s.uri, s.cached, s.from_job].count(None) == 3,
         ),
         Rule(
             cel="!has(self.cached) || !self.cached.contains('..')",

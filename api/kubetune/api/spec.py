@@ -10,6 +10,7 @@ from pydantic import Field
 from .base import ApiModel, Rule, TransitionRule
 from .data import Data
 from .enums import DataFormat, DatasetUsage, Distributed, MethodType, TaskType, ValidationMetric
+from .release import Deploy, Promotion
 from .resources import Resources
 from .sources import ModelSource, OutputLocation
 from .status import FineTuneJobStatus
@@ -86,6 +87,13 @@ class FineTuneJobSpec(ApiModel):
     context_extension: ContextExtension | None = Field(
         default=None, description="RoPE scaling to a longer context, with a passkey-retrieval check."
     )
+    promotion: Promotion | None = Field(
+        default=None,
+        description="The evaluation gate behind condition Promotable; a succeeded job is promotable when unset.",
+    )
+    deploy: Deploy | None = Field(
+        default=None, description="Serve the tuned model once it is promotable (needs output.pvc; CausalLM)."
+    )
 
     rules = (
         Rule(
@@ -140,6 +148,32 @@ class FineTuneJobSpec(ApiModel):
             cel="!has(self.evaluation.fewShot) || self.task.type == 'CausalLM'",
             message="evaluation.fewShot requires task.type CausalLM",
             check=lambda s: s.evaluation.few_shot is None or s.task.type == TaskType.CAUSAL_LM,
+        ),
+        Rule(
+            cel="!has(self.deploy) || (has(self.output) && has(self.output.pvc) && self.task.type == 'CausalLM')",
+            message="deploy requires output.pvc and task.type CausalLM",
+            check=lambda s: (
+                s.deploy is None
+                or (s.output is not None and s.output.pvc is not None and s.task.type == TaskType.CAUSAL_LM)
+            ),
+        ),
+        Rule(
+            cel="!has(self.deploy) || !self.deploy.merged || self.method.type == 'Full' || "
+            "(has(self.output) && self.output.mergeAdapter)",
+            message="deploy.merged requires method.type Full or output.mergeAdapter",
+            check=lambda s: (
+                s.deploy is None
+                or not s.deploy.merged
+                or s.method.type == MethodType.FULL
+                or (s.output is not None and s.output.merge_adapter)
+            ),
+        ),
+        Rule(
+            cel="!has(self.promotion) || !has(self.promotion.maxRetentionRegression) || has(self.forgettingGuard)",
+            message="promotion.maxRetentionRegression requires forgettingGuard",
+            check=lambda s: (
+                s.promotion is None or s.promotion.max_retention_regression is None or s.forgetting_guard is not None
+            ),
         ),
         Rule(
             cel="!has(self.contextExtension) || self.training.maxSeqLength <= self.contextExtension.targetLength",

@@ -97,6 +97,23 @@ class WorkerCounts(ApiModel):
     failed: int = Field(default=0, ge=0, description="Pods failed.")
 
 
+class GateCheck(ApiModel):
+    """One check of the promotion gate."""
+
+    name: str = Field(max_length=253, description="What was checked, e.g. 'test f1 >= 0.8'.")
+    value: float | None = Field(default=None, description="The measured value (unset when missing).")
+    passed: bool = Field(description="Whether the check holds.")
+
+
+class DeploymentStatus(ApiModel):
+    """The inference server of spec.deploy."""
+
+    name: str = Field(max_length=253, description="Deployment and Service name.")
+    url: str = Field(max_length=1024, description="In-cluster base URL of the OpenAI-compatible API.")
+    model: str = Field(max_length=253, description="Model name to send in requests.")
+    ready_replicas: int = Field(default=0, ge=0, description="Server pods ready.")
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob."""
 
@@ -107,6 +124,8 @@ class FineTuneJobStatus(ApiModel):
     metrics: LatestMetrics | None = Field(default=None, description="Latest training and validation figures.")
     evaluation: EvaluationResults | None = Field(default=None, description="Test-set results.")
     retention: RetentionResults | None = Field(default=None, description="Forgetting-guard results.")
+    gate: list[GateCheck] | None = Field(default=None, max_length=32, description="Promotion checks, when done.")
+    deployment: DeploymentStatus | None = Field(default=None, description="The inference server (spec.deploy).")
     current_stage: str | None = Field(default=None, max_length=63, description="Stage running now (stages).")
     stages: list[StageStatus] | None = Field(default=None, max_length=8, description="Per-stage results (stages).")
     checkpoint: CheckpointStatus | None = Field(default=None, description="Latest checkpoint.")

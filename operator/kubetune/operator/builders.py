@@ -82,15 +82,19 @@ def service(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _volumes(job: FineTuneJob, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, volumeMounts): the spec, each claim once, the model cache, ConfigMap datasets, /dev/shm."""
+def volumes_and_mounts(
+    job: FineTuneJob, settings: Settings, writable_output: bool = True
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): the spec, each claim once, the model cache, ConfigMap datasets, /dev/shm. A
+    server (``writable_output=False``) gets the model and output claims only, all read-only."""
     spec = job.spec
     volumes: list[dict[str, Any]] = [{"name": "spec", "configMap": {"name": spec_name(job)}}]
     mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}]
-    writable = {spec.output.pvc.claim_name} if spec.output is not None and spec.output.pvc is not None else set()
+    output = {spec.output.pvc.claim_name} if spec.output is not None and spec.output.pvc is not None else set()
+    writable = output if writable_output else set()
     claims = [spec.model.pvc.claim_name] if spec.model.pvc is not None else []
-    claims += [d.pvc.claim_name for d in spec.data.datasets if d.pvc is not None]
-    claims += sorted(writable)
+    claims += [d.pvc.claim_name for d in spec.data.datasets if d.pvc is not None and writable_output]
+    claims += sorted(output)
     for i, claim in enumerate(dict.fromkeys(claims)):
         read_only = claim not in writable
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
@@ -99,7 +103,7 @@ def _volumes(job: FineTuneJob, settings: Settings) -> tuple[list[dict[str, Any]]
         cache = {"claimName": settings.model_cache_claim, "readOnly": True}
         volumes.append({"name": "model-cache", "persistentVolumeClaim": cache})
         mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE, "readOnly": True})
-    names = dict.fromkeys(d.config_map.name for d in spec.data.datasets if d.config_map is not None)
+    names = dict.fromkeys(d.config_map.name for d in spec.data.datasets if d.config_map is not None and writable_output)
     for i, name in enumerate(names):
         volumes.append({"name": f"configmap-{i}", "configMap": {"name": name}})
         mounts.append({"name": f"configmap-{i}", "mountPath": f"{CONFIGMAP_ROOT}/{name}", "readOnly": True})
@@ -136,7 +140,7 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
 
 def worker_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
     spec, r = job.spec, job.spec.resources
-    volumes, mounts = _volumes(job, settings)
+    volumes, mounts = volumes_and_mounts(job, settings)
     quantities: dict[str, Any] = {"cpu": str(r.cpu), "memory": str(r.memory)}
     if r.gpus_per_worker:
         quantities[GPU] = str(r.gpus_per_worker)

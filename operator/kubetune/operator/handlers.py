@@ -22,7 +22,7 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobSpec
 from kubetune.api.status import FineTuneJobStatus
 
-from . import builders, kube, metrics, persistence, status, validation
+from . import builders, kube, metrics, persistence, serving, status, validation
 from .naming import LABEL_COMPONENT, LABEL_JOB
 from .settings import Settings
 
@@ -127,6 +127,12 @@ def worker_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_
     return {(namespace, labels[LABEL_JOB]): _summary(body)}
 
 
+@kopf.index("apps", "v1", "deployments", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: serving.COMPONENT})
+def servers(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each FineTuneJob's inference Deployment (spec.deploy), kept current from the watch."""
+    return {(namespace, labels[LABEL_JOB]): _summary(body)}
+
+
 @kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1)
 def refresh_status(
     body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
@@ -137,9 +143,10 @@ def refresh_status(
     pods_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_pods"]
     namespace = namespace or "default"
     worker = _worker(kwargs["worker_jobs"], namespace, name)
+    server = _worker(kwargs["servers"], namespace, name)
     pods = list(pods_index.get((namespace, name), []))
     rank0, now = _rank0(pods), datetime.now(UTC)
-    inputs = status.inputs_version(body, worker, pods)
+    inputs = (*status.inputs_version(body, worker, pods), (server or {}).get("metadata", {}).get("resourceVersion"))
     if rank0 is None and memo.get("status_inputs") == inputs and not status.due(memo.get("status_expires"), now):
         return
     with metrics.timed("status"):
@@ -149,6 +156,8 @@ def refresh_status(
         if not _is_accepted(job.status) or status.finished(job.status):
             if status.due(expires, now):
                 kube.delete_finetunejob(namespace, name)
+            elif job.spec.deploy is not None and job.status is not None and job.status.phase == Phase.SUCCEEDED:
+                job.status = _deploy(body, patch, job, server, now)
             metrics.observe(namespace, name, job.status or FineTuneJobStatus())
             return
         report = (
@@ -156,6 +165,17 @@ def refresh_status(
         )
         computed = status.compute(job, worker, pods, report, now)
         metrics.observe(namespace, name, _patch_status(body, patch, job, computed))
+
+
+def _deploy(
+    body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, server: dict[str, Any] | None, now: datetime
+) -> FineTuneJobStatus:
+    """spec.deploy of a succeeded job: create the server (once promotable) and report on it."""
+    if server is None and serving.promotable(job.status):
+        for child in serving.children(job, SETTINGS):
+            kopf.adopt(child, owner=body)
+            kube.create(child)
+    return _patch_status(body, patch, job, serving.with_server(job, server, now))
 
 
 @kopf.on.event(*RESOURCE, when=lambda type, **_: type == "DELETED")

@@ -45,6 +45,10 @@ def _batch() -> kubernetes.client.BatchV1Api:
     return kubernetes.client.BatchV1Api(_client())
 
 
+def _apps() -> kubernetes.client.AppsV1Api:
+    return kubernetes.client.AppsV1Api(_client())
+
+
 def create(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create a child; (the object, created?). An existing child of the same name is returned as is."""
     kind, ns, name = body["kind"], body["metadata"]["namespace"], body["metadata"]["name"]
@@ -52,6 +56,7 @@ def create(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         "ConfigMap": (_core().create_namespaced_config_map, _core().read_namespaced_config_map),
         "Service": (_core().create_namespaced_service, _core().read_namespaced_service),
         "Job": (_batch().create_namespaced_job, _batch().read_namespaced_job),
+        "Deployment": (_apps().create_namespaced_deployment, _apps().read_namespaced_deployment),
     }[kind]
     try:  # raw JSON back: the client's model classes cost more CPU than the rest of the handler
         return _json(create_fn(ns, body, _preload_content=False)), True  # type: ignore[operator]

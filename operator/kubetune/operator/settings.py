@@ -20,6 +20,8 @@ class Settings:
 
     trainer_image: str = "ghcr.io/kubetune/trainer:latest"
     """Image of the training pods when spec.resources.image is unset."""
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    """Image of spec.deploy servers with engine VLLM."""
     image_pull_policy: str = "IfNotPresent"
     model_cache_claim: str = "kubetune-models"
     """PersistentVolumeClaim mounted read-only at /mnt/models in every training pod (spec.model.cached)."""
@@ -39,7 +41,7 @@ class Settings:
     max_workers: int = 16
     """Threads running the (synchronous, API-bound) handlers at once."""
     max_connections: int = 12
-    """Connections kopf keeps to the API server, its 4 cluster-wide watches included (so at least 5). Each one
+    """Connections kopf keeps to the API server, its 5 cluster-wide watches included (so at least 6). Each one
     costs memory: at 500 new jobs 32 connections peaked 35 MiB higher than 8, at the same rate of jobs."""
 
     @classmethod
@@ -47,6 +49,7 @@ class Settings:
         d = cls()
         return cls(
             trainer_image=os.environ.get("KUBETUNE_TRAINER_IMAGE", d.trainer_image),
+            vllm_image=os.environ.get("KUBETUNE_VLLM_IMAGE", d.vllm_image),
             image_pull_policy=os.environ.get("KUBETUNE_IMAGE_PULL_POLICY", d.image_pull_policy),
             model_cache_claim=os.environ.get("KUBETUNE_MODEL_CACHE_CLAIM", d.model_cache_claim),
             trainer_metrics_port=_int("KUBETUNE_TRAINER_METRICS_PORT", d.trainer_metrics_port),

@@ -22,6 +22,7 @@ from kubetune.api.status import (
     Condition,
     EvaluationResults,
     FineTuneJobStatus,
+    GateCheck,
     LatestMetrics,
     Progress,
     RetentionResults,
@@ -29,6 +30,7 @@ from kubetune.api.status import (
     WorkerCounts,
 )
 
+from . import gate
 from .builders import CONTAINER
 
 MESSAGE_LIMIT = 2000
@@ -36,7 +38,7 @@ MESSAGE_LIMIT = 2000
 WARNING_REASONS = {
     Reason.INVALID_SPEC, Reason.WORKER_FAILED, Reason.RESTARTS_EXHAUSTED, Reason.CONFIGURATION_ERROR,
     Reason.DEADLINE_EXCEEDED, Reason.DIVERGED, Reason.MISSING_REFERENCE, Reason.VALIDATION_LOSS_RISING,
-    Reason.RETENTION_REGRESSED,
+    Reason.RETENTION_REGRESSED, Reason.GATE_FAILED,
 }  # fmt: skip
 
 
@@ -51,6 +53,21 @@ class Transition:
     @property
     def event_type(self) -> str:
         return "Warning" if self.reason in WARNING_REASONS else "Normal"
+
+
+def conditioner(status: FineTuneJobStatus, transitions: list[Transition], generation: int | None, now: datetime) -> Any:
+    """``condition(kind, ok, reason, text=None)``: sets a condition of ``status``; a change that succeeds, or
+    fails with a warning reason, is appended to ``transitions`` (an Event)."""
+
+    def condition(kind: ConditionType, ok: bool, reason: Reason, text: str | None = None) -> None:
+        text = text if text is not None else message(reason)
+        state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+        if set_condition(status.conditions, kind, state, reason, text, generation, now) and (
+            ok or reason in WARNING_REASONS
+        ):
+            transitions.append(Transition(kind, reason, text))
+
+    return condition
 
 
 def set_condition(
@@ -157,7 +174,7 @@ def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTu
     if code == EXIT_DIVERGED:
         return Reason.DIVERGED, message(Reason.DIVERGED, detail)
     if code == EXIT_REGRESSED:
-        return Reason.RETENTION_REGRESSED, detail
+        return Reason.RETENTION_REGRESSED, message(Reason.RETENTION_REGRESSED, detail)
     if condition.get("reason") == "DeadlineExceeded":
         return Reason.DEADLINE_EXCEEDED, message(Reason.DEADLINE_EXCEEDED, job.spec.active_deadline_seconds)
     failures = (worker_job.get("status") or {}).get("failed", 0)
@@ -223,7 +240,7 @@ def _stages(report: dict[str, Any]) -> list[StageStatus] | None:
 
 
 def _verdicts(report: dict[str, Any], status: FineTuneJobStatus, condition: Any, finished: bool) -> None:
-    """Stages, the overfitting verdict and the retention check from rank 0's progress or final summary."""
+    """Stages, the overfitting verdict and the retention results from rank 0's progress or final summary."""
     if (stages := _stages(report)) is not None:
         status.stages = stages
         status.current_stage = None if finished else report.get("stage")
@@ -249,21 +266,16 @@ def _verdicts(report: dict[str, Any], status: FineTuneJobStatus, condition: Any,
             regression=kept["regression"],
             max_regression=kept.get("maxRegression"),
         )
-        limit = "no limit" if kept.get("maxRegression") is None else f"{kept['maxRegression']:.1%}"
-        if kept.get("passed", True):
-            condition(
-                ConditionType.PROMOTABLE,
-                True,
-                Reason.RETENTION_KEPT,
-                message(Reason.RETENTION_KEPT, kept["regression"], limit),
-            )
-        else:
-            condition(
-                ConditionType.PROMOTABLE,
-                False,
-                Reason.RETENTION_REGRESSED,
-                message(Reason.RETENTION_REGRESSED, kept["regression"], limit),
-            )
+
+
+def _promotable(condition: Any, passed: bool, checks: list[GateCheck]) -> None:
+    names = ", ".join(c.name for c in checks if c.passed == passed)
+    if not checks:
+        condition(ConditionType.PROMOTABLE, True, Reason.NO_GATE)
+    elif passed:
+        condition(ConditionType.PROMOTABLE, True, Reason.GATE_PASSED, message(Reason.GATE_PASSED, names))
+    else:
+        condition(ConditionType.PROMOTABLE, False, Reason.GATE_FAILED, message(Reason.GATE_FAILED, names))
 
 
 def compute(
@@ -282,13 +294,7 @@ def compute(
     status.output_location = output_location(job)
     transitions: list[Transition] = []
 
-    def condition(kind: ConditionType, ok: bool, reason: Reason, text: str | None = None) -> None:
-        text = text if text is not None else message(reason)
-        state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
-        if set_condition(status.conditions, kind, state, reason, text, generation, now) and (
-            ok or reason in WARNING_REASONS
-        ):
-            transitions.append(Transition(kind, reason, text))
+    condition = conditioner(status, transitions, generation, now)
 
     status.progress, status.metrics, status.checkpoint = _progress(job, previous, report, now)
     if report:
@@ -319,6 +325,9 @@ def compute(
                 tasks=summary.get("tasks") or {},
             )
         _verdicts(summary, status, condition, finished=True)
+        passed, checks = gate.evaluate(job.spec, status.evaluation, status.retention)
+        status.gate = checks or None
+        _promotable(condition, passed, checks)
         final = summary.get("final") or {}
         if summary.get("steps") is not None:  # a short run may end between two progress reads
             steps = int(summary["steps"])

@@ -5,6 +5,7 @@
 - ``kubetune launch [MANIFEST]``: what a training pod runs: ``torchrun`` with the pod's multi-node layout,
   starting one ``worker`` per GPU (one on CPU). Without MANIFEST the job is read from ``$KUBETUNE_JOB`` (JSON).
 - ``kubetune worker [MANIFEST]``: one training process (a torchrun rank).
+- ``kubetune serve [MANIFEST]``: serve a finished job's model with an OpenAI-compatible API (``serve.py``).
 
 Exit codes: 0 done, 78 bad spec or data (the message names the field or row), 3 training diverged,
 4 retention regressed beyond spec.forgettingGuard.maxRegression (outputs saved), 143 stopped by SIGTERM after
@@ -14,6 +15,7 @@ a checkpoint (a new run resumes), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -70,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "run a FineTuneJob manifest on this machine"),
         ("launch", "start torchrun workers for this pod (what training pods run)"),
         ("worker", "one training process (a torchrun rank)"),
+        ("serve", "serve a finished job's model (OpenAI-compatible API)"),
     ):
         command = sub.add_parser(name, help=text)
         command.add_argument("manifest", type=Path, nargs=None if name == "run" else "?")
@@ -87,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
             default=int(os.environ.get("KUBETUNE_METRICS_PORT", "0" if name == "run" else "9400")),
             help="serve /metrics and /progress on this port on rank 0 (0: off)",
         )
+        if name == "serve":
+            command.add_argument("--port", type=int, default=8000, help="port of the API")
+            command.add_argument("--merged", action="store_true", help="serve the merged model, not the adapter")
+            command.add_argument("--max-new-tokens", type=int, default=256, help="most tokens one request generates")
     return parser
 
 
@@ -161,6 +168,8 @@ def _main(args: argparse.Namespace) -> int:
     volumes = Volumes(claims=claims) if args.command == "run" or claims else Volumes.in_pod()
     volumes.config_maps = config_maps
     out = output_dir(job, args, volumes)
+    if args.command == "serve":
+        return _serve(job, volumes, out, args)
     if outputs.finished(out, job.spec):
         if args.command != "run":
             print(f"{job.name}: {out} already holds the finished run of this spec", file=sys.stderr)
@@ -195,6 +204,26 @@ def _main(args: argparse.Namespace) -> int:
     reporter.finish({**summary, **_results(metrics)})
     if args.command == "run":
         _print_summary(metrics, out)
+    return 0
+
+
+def _serve(job: FineTuneJob, volumes: Volumes, out: Path, args: argparse.Namespace) -> int:
+    """Serve until SIGTERM (a Deployment's pod being stopped)."""
+    import signal
+    import threading
+
+    from .serve import Model, serve
+
+    if not outputs.finished(out, job.spec):
+        raise ConfigError(f"{job.name}: {out} holds no finished run of this spec; nothing to serve")
+    address = os.environ.get("KUBETUNE_SERVE_ADDRESS", "")  # the pod IP in a pod: all interfaces otherwise
+    server = serve(Model(job, volumes, out, args.merged), args.port, args.max_new_tokens, address)
+    print(f"serving {job.name} on :{server.server_address[1]}", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    server.shutdown()
     return 0
 
 
