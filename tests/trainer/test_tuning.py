@@ -228,3 +228,28 @@ def test_neftune_noises_embeddings_only_while_training() -> None:
     assert not torch.equal(noisy, clean) and float((noisy - clean).abs().max()) <= bound + 1e-6
     model.eval()
     assert torch.equal(model.embed(ids).detach(), clean)
+
+
+def test_continuous_tuning_starts_from_the_earlier_job_and_records_the_lineage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune.trainer.cli import main
+
+    monkeypatch.chdir(tmp_path)  # local runs keep their outputs in runs/<name>, where fromJob finds them
+    merged = {"pvc": {"claimName": "out"}, "mergeAdapter": True}
+    for name, start, version in (("first", None, "v1"), ("second", "first", "v2"), ("third", "second", "v3")):
+        job = fast_job(name).set("spec.training.maxSteps", 2).set("spec.output", merged)
+        job.set("spec.data.datasets[0].version", version)
+        if start:
+            job.set("spec.model", {"fromJob": start})
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(job.build()))
+        assert main(["run", str(tmp_path / f"{name}.yaml"), f"--volume=data={DATA}"]) == 0
+    manifest = json.loads((tmp_path / "runs" / "third" / "manifest.json").read_text())
+    assert [(a["job"], a["dataVersions"]) for a in manifest["lineage"]] == [
+        ("first", {"rows": "v1"}), ("second", {"rows": "v2"})]  # fmt: skip
+    assert manifest["dataVersions"] == {"rows": "v3"}
+    card = (tmp_path / "runs" / "third" / "README.md").read_text()
+    assert "## Lineage" in card and "`first`" in card and "`second`" in card and "Fine-tuned from `second`" in card
+    (tmp_path / "orphan.yaml").write_text(yaml.safe_dump(fast_job("orphan").set("spec.model", {"fromJob": "nope"})
+                                                          .build()))  # fmt: skip
+    assert main(["run", str(tmp_path / "orphan.yaml"), f"--volume=data={DATA}"]) == 78

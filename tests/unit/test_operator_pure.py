@@ -460,3 +460,25 @@ def test_serving_children_and_status() -> None:
     vllm = two_workers().set("spec.deploy", {"engine": "VLLM", "gpus": 1}).set("spec.method", {"type": "Full"})
     container = serving.children(job(vllm), SETTINGS)[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:2] == ["vllm", "serve"] and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_from_job_resolves_to_the_earlier_jobs_model_or_says_why_not() -> None:
+    from kubetune.operator import lineage
+
+    later = job(two_workers().set("spec.model", {"fromJob": "earlier"}))
+    earlier = JobBuilder("earlier").set("spec.output", {"pvc": {"claimName": "models", "path": "runs/earlier"},
+                                                         "mergeAdapter": True}).build()  # fmt: skip
+    with pytest.raises(lineage.NotReadyError, match="FineTuneJob earlier does not exist"):
+        lineage.resolve(later, None)
+    with pytest.raises(lineage.NotReadyError, match="has not succeeded yet"):
+        lineage.resolve(later, {**earlier, "status": {"phase": "Running"}})
+    with pytest.raises(lineage.ImpossibleError, match="failed"):
+        lineage.resolve(later, {**earlier, "status": {"phase": "Failed"}})
+    resolved = lineage.resolve(later, {**earlier, "status": {"phase": "Succeeded"}})
+    assert resolved.spec.model.pvc is not None and resolved.spec.model.from_job is None
+    assert (resolved.spec.model.pvc.claim_name, resolved.spec.model.pvc.path) == ("models", "runs/earlier/merged")
+    volumes = builders.worker_job(resolved, SETTINGS)["spec"]["template"]["spec"]["volumes"]
+    assert {"claimName": "models", "readOnly": True} in [v.get("persistentVolumeClaim") for v in volumes]
+    adapter_only = JobBuilder("earlier").set("spec.output", {"pvc": {"claimName": "models"}}).build()
+    with pytest.raises(lineage.ImpossibleError, match=r"needs output\.mergeAdapter"):
+        lineage.resolve(later, {**adapter_only, "status": {"phase": "Succeeded"}})

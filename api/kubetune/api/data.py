@@ -36,6 +36,13 @@ class DatasetSource(ApiModel):
         le=1000,
         description="Relative sampling weight of this dataset's task when several are mixed (see spec.data.mixing).",
     )
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Version label of the dataset (e.g. '2026-11' or a commit), recorded in the manifest and the "
+        "model card; continuous tuning points a new job at a newer version.",
+    )
     task: str | None = Field(
         default=None,
         min_length=1,

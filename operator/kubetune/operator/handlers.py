@@ -22,7 +22,7 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobSpec
 from kubetune.api.status import FineTuneJobStatus
 
-from . import builders, kube, metrics, persistence, serving, status, validation
+from . import builders, kube, lineage, metrics, persistence, serving, status, validation
 from .naming import LABEL_COMPONENT, LABEL_JOB
 from .settings import Settings
 
@@ -68,6 +68,7 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
         job, namespace = _parse(body, patch), namespace or "default"
         if status.finished(job.status):
             return
+        job = _from_job(body, patch, job, namespace)
         missing = validation.missing_references(
             job.spec, SETTINGS.model_cache_claim, kube.claim_names(namespace),
             kube.config_map_keys(namespace, {name for _, name, _ in validation.config_maps(job.spec)}),
@@ -94,6 +95,20 @@ def suspend_changed(new: Any, namespace: str | None, name: str, **kwargs: Any) -
         return
     with metrics.timed("suspend"):
         kube.set_suspend(worker["metadata"]["namespace"], worker["metadata"]["name"], bool(new))
+
+
+def _from_job(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, namespace: str) -> FineTuneJob:
+    """The job as its workers see it: spec.model.fromJob resolved to the earlier job's model (waiting for it)."""
+    if job.spec.model.from_job is None:
+        return job
+    try:
+        return lineage.resolve(job, kube.get_finetunejob(namespace, job.spec.model.from_job))
+    except lineage.NotReadyError as error:
+        _accepted(job, patch, False, Reason.MISSING_REFERENCE, str(error))
+        raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, error), delay=15) from error
+    except lineage.ImpossibleError as error:
+        _invalid(body, patch, str(error))
+        raise kopf.PermanentError(message(Reason.INVALID_SPEC, error)) from error
 
 
 def _worker(jobs_index: kopf.Index[Any, dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:

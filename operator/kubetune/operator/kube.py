@@ -95,6 +95,17 @@ def config_map_keys(namespace: str, names: set[str]) -> dict[str, set[str]]:
     return found
 
 
+def get_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
+    """A FineTuneJob as JSON, or None when there is none of that name."""
+    try:
+        return _json(kubernetes.client.CustomObjectsApi(_client()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))  # fmt: skip
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
 def delete_finetunejob(namespace: str, name: str) -> None:
     """Delete a FineTuneJob (its children go with it through their owner references)."""
     try:

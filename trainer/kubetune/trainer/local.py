@@ -36,6 +36,8 @@ class Volumes:
     """ConfigMap data given inline (local runs); in a pod they are files under ``config_map_root``."""
     config_map_root: Path | None = None
     scratch: Path = field(default_factory=lambda: Path(os.environ.get("TMPDIR", "/tmp")) / "kubetune")
+    runs: Path = Path("runs")
+    """Where local runs keep their outputs (``spec.model.fromJob`` finds earlier jobs there)."""
 
     @classmethod
     def in_pod(cls) -> Volumes:
@@ -58,6 +60,8 @@ class Volumes:
             return self.pvc(source.pvc)
         if source.cached is not None:
             return self.model_cache / source.cached
+        if source.from_job is not None:  # in a pod the operator has turned this into the earlier job's claim
+            return handed_on(self.runs / source.from_job, f"{where}.fromJob")
         assert source.uri is not None
         fs, path = filesystem(source.uri, f"{where}.uri")
         local = self.scratch / "model"
@@ -110,6 +114,17 @@ class Volumes:
             raise ConfigError(f"{where}.uri: {source.uri} does not exist") from error
         except OSError as error:
             raise ConfigError(f"{where}.uri: cannot read {source.uri}: {error}") from error
+
+
+def handed_on(out: Path, where: str) -> Path:
+    """The model a finished job's outputs hand on: its whole model (Full) or its merged model."""
+    for name in ("model", "merged"):
+        if (out / name / "config.json").is_file():
+            return out / name
+    raise ConfigError(
+        f"{where}: {out} holds no whole or merged model (the earlier job must have finished, with method Full or "
+        "output.mergeAdapter)"
+    )
 
 
 def filesystem(uri: str, where: str) -> tuple[Any, str]:

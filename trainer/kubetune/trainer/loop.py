@@ -337,8 +337,8 @@ def save(
         merged(model_path, weights, spec, labels).save_pretrained(out / "merged")
         tokenizer.save_pretrained(out / "merged")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    outputs.model_card(out, job, metrics, report.to_dict())
-    outputs.write_manifest(out, job, report.sha256, metrics["worldSize"])
+    outputs.model_card(out, job, metrics, report.to_dict(), model_path)
+    outputs.write_manifest(out, job, report.sha256, metrics["worldSize"], model_path)
 
 
 def _on_sigterm() -> Any:

@@ -49,12 +49,27 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_manifest(out: Path, job: FineTuneJob, data_sha256: dict[str, str], world_size: int) -> dict[str, Any]:
+def lineage(base: Path | None) -> list[dict[str, Any]]:
+    """The jobs the model at ``base`` descends from, oldest first: when ``base`` is a finished job's output (its
+    ``model/`` or ``merged/``), that job's own lineage and then the job itself."""
+    manifest = base.parent / COMPLETE if base is not None else None
+    if manifest is None or not manifest.is_file():
+        return []
+    earlier = json.loads(manifest.read_text())
+    keep = ("job", "specHash", "dataSha256", "dataVersions", "finishedAt")
+    return [*earlier.get("lineage", []), {k: earlier[k] for k in keep if k in earlier}]
+
+
+def write_manifest(
+    out: Path, job: FineTuneJob, data_sha256: dict[str, str], world_size: int, base: Path | None = None
+) -> dict[str, Any]:
     manifest = {
         "job": job.name,
         "specHash": spec_hash(job.spec),
         "spec": job.spec.to_wire(),
         "dataSha256": data_sha256,
+        "dataVersions": {d.name: d.version for d in job.spec.data.datasets if d.version},
+        "lineage": lineage(base),
         "seed": job.spec.training.seed,
         "splitSeed": job.spec.data.split.seed,
         "worldSize": world_size,
@@ -69,15 +84,19 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
 
-def model_card(out: Path, job: FineTuneJob, metrics: dict[str, Any], report: dict[str, Any]) -> None:
+def model_card(
+    out: Path, job: FineTuneJob, metrics: dict[str, Any], report: dict[str, Any], base: Path | None = None
+) -> None:
     """README.md: what was trained, on what, how, and how well, against the base model."""
     spec = job.spec
-    base = spec.model.cached or spec.model.uri or (spec.model.pvc.path if spec.model.pvc else "")
+    start = (
+        spec.model.cached or spec.model.uri or spec.model.from_job or (spec.model.pvc.path if spec.model.pvc else "")
+    )
     test, baseline = metrics.get("test", {}), metrics.get("baseline", {})
     lines = [
         f"# {job.name}",
         "",
-        f"Fine-tuned from `{base}` with kubetune ({spec.method.type}, task {spec.task.type}).",
+        f"Fine-tuned from `{start}` with kubetune ({spec.method.type}, task {spec.task.type}).",
         "",
         "## Data",
         "",
@@ -117,6 +136,14 @@ def model_card(out: Path, job: FineTuneJob, metrics: dict[str, Any], report: dic
                       f"({r['regression']:+.1%}; allowed: {r.get('maxRegression')})."]  # fmt: skip
     if (metrics.get("overfitting") or {}).get("detected"):
         lines += ["", f"Warning: validation loss rose while training loss fell: {metrics['overfitting']}."]
+    ancestors = lineage(base)
+    if ancestors:
+        lines += ["", "## Lineage", "", "Continued from earlier jobs' outputs (oldest first):", ""]
+        lines += [f"- `{a['job']}` (spec {a['specHash'][:12]}, data {a.get('dataVersions') or a.get('dataSha256')}, "
+                  f"finished {a.get('finishedAt')})" for a in ancestors]  # fmt: skip
+    versions = {d.name: d.version for d in spec.data.datasets if d.version}
+    if versions:
+        lines += ["", f"Dataset versions: {versions}."]
     lines += ["", "## Use", ""]
     if spec.method.type == MethodType.FULL:
         lines.append("Load `model/` with `AutoModelForCausalLM.from_pretrained`.")

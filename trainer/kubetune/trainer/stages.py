@@ -108,8 +108,9 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
         metrics["retention"] = guards.retention(retention_before, retention_after, guard)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     report = json.loads((out / "stages" / last.name / "prep_report.json").read_text())
-    outputs.model_card(out, job, metrics, report)
-    outputs.write_manifest(out, job, report.get("sha256", {}), metrics.get("worldSize", 1))
+    base = volumes.model(spec.model) if spec.model.uri is None else None  # for the lineage
+    outputs.model_card(out, job, metrics, report, base)
+    outputs.write_manifest(out, job, report.get("sha256", {}), metrics.get("worldSize", 1), base)
     retention = metrics.get("retention")
     if guard and retention and not retention["passed"] and guard.on_regression == RegressionAction.FAIL:
         raise RegressedError(
