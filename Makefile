@@ -41,7 +41,8 @@ dashboards: ## Rewrite the Grafana dashboards (charts/kubetune/files/dashboards)
 
 .PHONY: crds
 crds: venv ## Regenerate crds/ from the pydantic API (and the chart's copy of crds/)
-	$(PY) -m kubetune.api.crd > crds/kubetune.dev_finetunejobs.yaml
+	$(PY) -m kubetune.api.crd FineTuneJob > crds/kubetune.dev_finetunejobs.yaml
+	$(PY) -m kubetune.api.crd FineTuneSweep > crds/kubetune.dev_finetunesweeps.yaml
 	rm -f charts/kubetune/files/crds/*.yaml && cp crds/*.yaml charts/kubetune/files/crds/
 
 .PHONY: lint

@@ -66,7 +66,8 @@ def overview() -> dict[str, Any]:
     job_link = [{"title": "Open the job's dashboard", "url": "/d/kubetune-finetunejob/kubetune-finetunejob?"
                  "var-namespace=${__data.fields.namespace}&var-finetunejob=${__data.fields.finetunejob}"}]  # fmt: skip
     return dashboard(
-        "kubetune-overview", "kubetune / Overview", "All FineTuneJobs: phases, workers, failures, the operator.",
+        "kubetune-overview", "kubetune / Overview",
+        "All FineTuneJobs and FineTuneSweeps: phases, workers, failures, sweeps, the operator.",
         [variable("namespace", "Namespace", "label_values(kubetune_finetunejob_status_phase, namespace)", True)],
         [
             panel("stat", "Running jobs", [(f'sum(kubetune_finetunejob_status_phase{{{ns}, phase="Running"}})', "")],
@@ -99,6 +100,11 @@ def overview() -> dict[str, Any]:
             panel("timeseries", "Reconcile errors", [(
                 "sum by (handler) (rate(kubetune_reconcile_errors_total[$__rate_interval]))", "{{handler}}")],
                 w=6, unit="reqps"),
+            panel("table", "Sweeps: best trial", [(f"kubetune_finetunesweep_best_metric{{{ns}}}", "")], w=12,
+                  description="Each FineTuneSweep's best objective value so far (status.bestTrial has the trial)."),
+            panel("timeseries", "Sweep trials by phase", [(
+                f"sum by (namespace, finetunesweep, phase) (kubetune_finetunesweep_trials{{{ns}}})",
+                "{{finetunesweep}} {{phase}}")], w=12, description="Trials of each sweep: running, done, stopped."),
         ],
     )
 

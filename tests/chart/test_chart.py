@@ -57,7 +57,7 @@ def test_every_value_is_commented() -> None:
 def test_rendered_objects(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["CustomResourceDefinition"] * 3 + ["ConfigMap"] * 2 + [
+    assert kinds == sorted(["CustomResourceDefinition"] * 4 + ["ConfigMap"] * 2 + [
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"])  # fmt: skip
     crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
     assert crds["finetunejobs.kubetune.dev"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

@@ -25,6 +25,7 @@ from tests.support.wait import wait_for
 ALERTS = CHART / "files" / "alerts.yaml"
 RELEASE = "kt"
 JOB = "watched-lora"
+SWEEP = "watched-sweep"
 
 
 @dataclass
@@ -100,7 +101,13 @@ def test_the_installed_operator_runs_as_its_service_account(release: Release) ->
         ("update", "customresourcedefinitions", False),
         ("create", "clusterrolebindings", False),
         ("update", "finetunejobs.kubetune.dev", False),
-        ("create", "finetunejobs.kubetune.dev", False),
+        ("create", "finetunejobs.kubetune.dev", True),  # a sweep's trials
+        ("watch", "finetunesweeps.kubetune.dev", True),
+        ("patch", "finetunesweeps.kubetune.dev/status", True),
+        ("create", "finetunesweeps.kubetune.dev", False),
+        ("create", "deployments.apps", True),  # spec.deploy
+        ("delete", "deployments.apps", False),
+        ("update", "deployments.apps", False),
         ("delete", "pods", False),
         ("create", "serviceaccounts/token", False),
         ("create", "persistentvolumeclaims", False),
@@ -127,8 +134,17 @@ def _example() -> dict[str, Any]:
     return dict(doc)
 
 
-def _phase(cluster: ControlPlane, name: str) -> str:
-    result = cluster.kubectl("get", "finetunejob", name, "-o", "jsonpath={.status.phase}", check=False)
+def _sweep() -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "examples" / "sweeps" / "learning-rate.yaml").read_text())
+    doc["metadata"]["name"] = SWEEP
+    doc["spec"].update(maxTrials=1, maxParallel=1)
+    doc["spec"]["template"]["training"]["maxSteps"] = 4
+    doc["spec"]["template"]["validation"]["everySteps"] = 2  # the objective is the best validation loss
+    return dict(doc)
+
+
+def _phase(cluster: ControlPlane, name: str, kind: str = "finetunejob") -> str:
+    result = cluster.kubectl("get", kind, name, "-o", "jsonpath={.status.phase}", check=False)
     return result.stdout.strip()
 
 
@@ -149,6 +165,7 @@ def watched(release: Release, prometheus: Prometheus, node: NodeAgent) -> Iterat
     cluster = release.cluster
     start = time.time()
     cluster.kubectl("apply", "-f", "-", input=json.dumps(_example()))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(_sweep()))  # one trial: the sweep panels have data
 
     def diagnostics() -> str:
         worker = node.logs("default", _pod(cluster, 0))[-3000:]
@@ -156,9 +173,13 @@ def watched(release: Release, prometheus: Prometheus, node: NodeAgent) -> Iterat
 
     wait_for("the example to succeed", lambda: _phase(cluster, JOB) in ("Succeeded", "Failed"), 420, diagnostics)
     assert _phase(cluster, JOB) == "Succeeded", diagnostics()
+    done = ("Succeeded", "Failed")
+    wait_for("the sweep to finish", lambda: _phase(cluster, SWEEP, "finetunesweep") in done, 300, diagnostics)
+    assert _phase(cluster, SWEEP, "finetunesweep") == "Succeeded", diagnostics()
     time.sleep(3)  # one more scrape of the final status
     yield Watched(start, time.time())
     cluster.kubectl("delete", "finetunejob", JOB, "--wait=true", check=False)
+    cluster.kubectl("delete", "finetunesweep", SWEEP, "--wait=true", check=False)
 
 
 def _pod(cluster: ControlPlane, index: int) -> str:

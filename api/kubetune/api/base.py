@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -64,3 +64,28 @@ class ApiModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The object as it appears in a manifest: camelCase keys, unset optional fields left out."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def name_rule(limit: int) -> Rule:
+    """metadata.name may be at most ``limit`` characters (room for the children's suffixes)."""
+    return Rule(
+        cel=f"!has(self.metadata.name) || self.metadata.name.size() <= {limit}",
+        message=f"metadata.name must be at most {limit} characters",
+        check=lambda s: len(s.metadata.get("name", "")) <= limit,
+    )
+
+
+class Resource(ApiModel):
+    """A kubetune.dev object: its metadata as a plain mapping, and its name and namespace."""
+
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+
+    @property
+    def name(self) -> str:
+        """The object's name."""
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        """The object's namespace ('default' when unset)."""
+        return str(self.metadata.get("namespace") or "default")

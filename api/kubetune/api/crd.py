@@ -1,4 +1,4 @@
-"""Generates the FineTuneJob CustomResourceDefinition from the pydantic models.
+"""Generates the FineTuneJob and FineTuneSweep CustomResourceDefinitions from the pydantic models.
 
 The CRD in ``crds/`` is this module's output (``make crds``); a test fails when the two differ, and another
 proves the API server and pydantic accept and reject the same manifests. Pydantic's JSON schema is turned
@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from .base import ApiModel
 from .spec import GROUP, KIND, PLURAL, VERSION, FineTuneJob
+from .sweep import SWEEP_KIND, SWEEP_PLURAL, FineTuneSweep
 
 Schema = dict[str, Any]
 
@@ -113,9 +114,10 @@ class _Converter:
         return out
 
 
-def openapi_schema() -> Schema:
-    """The structural OpenAPI v3 schema of a FineTuneJob, as the CRD's ``openAPIV3Schema``."""
-    full = FineTuneJob.model_json_schema(by_alias=True, mode="validation")
+def openapi_schema(resource: type[ApiModel] = FineTuneJob) -> Schema:
+    """The structural OpenAPI v3 schema of a FineTuneJob (or FineTuneSweep), as the CRD's ``openAPIV3Schema``."""
+    kind = resource.__name__
+    full = resource.model_json_schema(by_alias=True, mode="validation")
     converter = _Converter(full.get("$defs", {}))
     props = full["properties"]
     status = converter.node(props["status"])
@@ -127,29 +129,51 @@ def openapi_schema() -> Schema:
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "kubetune.dev/v1alpha1"},
-            "kind": {"type": "string", "description": "FineTuneJob"},
+            "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},
             "spec": converter.node(props["spec"]),
             "status": status,
         },
-        "x-kubernetes-validations": [{"rule": r.cel, "message": r.message} for r in FineTuneJob.rules],
+        "x-kubernetes-validations": [{"rule": r.cel, "message": r.message} for r in resource.rules],
     }
 
 
-def build_crd() -> Schema:
-    """The whole CustomResourceDefinition manifest."""
+JOB_COLUMNS: list[Schema] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
+    {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percentage",
+     "description": "Percent of training steps done."},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]  # fmt: skip
+SWEEP_COLUMNS: list[Schema] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Trials", "type": "integer", "jsonPath": ".status.created", "description": "Trials created."},
+    {"name": "Best", "type": "string", "jsonPath": ".status.bestTrial"},
+    {"name": "Metric", "type": "number", "jsonPath": ".status.bestMetric"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]  # fmt: skip
+
+
+def build_crd(kind: str = KIND) -> Schema:
+    """The whole CustomResourceDefinition manifest of ``kind`` (FineTuneJob or FineTuneSweep)."""
+    kinds: dict[str, tuple[type[ApiModel], str, str, list[Schema]]] = {
+        KIND: (FineTuneJob, PLURAL, "ftj", JOB_COLUMNS),
+        SWEEP_KIND: (FineTuneSweep, SWEEP_PLURAL, "fts", SWEEP_COLUMNS),
+    }
+    resource, plural, short, columns = kinds[kind]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": ["ftj"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
                 "categories": ["kubetune", "all"],
             },
             "scope": "Namespaced",
@@ -159,19 +183,8 @@ def build_crd() -> Schema:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
-                        {
-                            "name": "Progress",
-                            "type": "integer",
-                            "jsonPath": ".status.progress.percentage",
-                            "description": "Percent of training steps done.",
-                        },
-                        {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss", "priority": 1},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": openapi_schema(resource)},
                 }
             ],
         },
@@ -181,16 +194,16 @@ def build_crd() -> Schema:
 HEADER = "# Generated by `python -m kubetune.api.crd` (make crds) from kubetune.api. Do not edit.\n"
 
 
-def render() -> str:
-    """The CRD as the YAML file kept in crds/."""
+def render(kind: str = KIND) -> str:
+    """The CRD of ``kind`` as the YAML file kept in crds/."""
     import yaml
 
     class NoAliases(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
-    return HEADER + yaml.dump(build_crd(), Dumper=NoAliases, sort_keys=False, width=120)
+    return HEADER + yaml.dump(build_crd(kind), Dumper=NoAliases, sort_keys=False, width=120)
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.stdout.write(render(sys.argv[1] if len(sys.argv) > 1 else KIND))

@@ -174,6 +174,13 @@ class TestMetric(StrEnum):
     PASSKEY_ACCURACY = "passkeyAccuracy"
 
 
+class SearchAlgorithm(StrEnum):
+    """How a FineTuneSweep picks its trials."""
+
+    GRID = "Grid"
+    RANDOM = "Random"
+
+
 class ServingEngine(StrEnum):
     """What serves a deployed model."""
 

@@ -36,6 +36,11 @@ class Reason(StrEnum):
     SERVING = "Serving"
     SERVER_STARTING = "ServerStarting"
     NOT_PROMOTABLE = "NotPromotable"
+    TRIALS_RUNNING = "TrialsRunning"
+    TRIAL_STOPPED = "TrialStopped"
+    SWEEP_COMPLETED = "SweepCompleted"
+    NO_TRIAL_SUCCEEDED = "NoTrialSucceeded"
+    NO_OBJECTIVE = "NoObjective"
 
 
 MESSAGES: dict[Reason, str] = {
@@ -65,6 +70,12 @@ MESSAGES: dict[Reason, str] = {
     Reason.SERVING: "Serving {} at {} ({} of {} replicas ready).",
     Reason.SERVER_STARTING: "The inference server {} is starting ({} of {} replicas ready).",
     Reason.NOT_PROMOTABLE: "Not deployed: the job is not promotable.",
+    Reason.TRIALS_RUNNING: "{} trial(s) running; {} of {} created.",
+    Reason.TRIAL_STOPPED: "Stopped trial {} early: best validation metric {:.4g} is worse than the finished "
+    "trials' median {:.4g}.",
+    Reason.SWEEP_COMPLETED: "Every trial finished; the best is {} ({:.6g}) with {}.",
+    Reason.NO_TRIAL_SUCCEEDED: "Every trial finished and none succeeded.",
+    Reason.NO_OBJECTIVE: "Trials succeeded but none reported the objective {} (does the template validate?).",
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from .base import ApiModel, Rule, TransitionRule
+from .base import ApiModel, Resource, Rule, TransitionRule, name_rule
 from .data import Data
 from .enums import DataFormat, DatasetUsage, Distributed, MethodType, TaskType, ValidationMetric
 from .release import Deploy, Promotion
@@ -200,32 +200,15 @@ def _immutability_rules() -> tuple[TransitionRule, ...]:
 FineTuneJobSpec.transition_rules = _immutability_rules()
 
 
-class FineTuneJob(ApiModel):
+class FineTuneJob(Resource):
     """A fine-tuning run of one base model on one or more datasets."""
 
     api_version: Literal["kubetune.dev/v1alpha1"] = Field(description="kubetune.dev/v1alpha1")
     kind: Literal["FineTuneJob"] = Field(description="FineTuneJob")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: FineTuneJobSpec = Field(description="Desired state.")
     status: FineTuneJobStatus | None = Field(default=None, description="Observed state, written by the operator.")
 
-    rules = (
-        Rule(
-            cel=f"!has(self.metadata.name) || self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-            message=f"metadata.name must be at most {MAX_NAME_LENGTH} characters",
-            check=lambda s: len(s.metadata.get("name", "")) <= MAX_NAME_LENGTH,
-        ),
-    )
-
-    @property
-    def name(self) -> str:
-        """The object's name."""
-        return str(self.metadata.get("name", ""))
-
-    @property
-    def namespace(self) -> str:
-        """The object's namespace ('default' when unset)."""
-        return str(self.metadata.get("namespace") or "default")
+    rules = (name_rule(MAX_NAME_LENGTH),)
 
 
 def parse_job(manifest: dict[str, Any]) -> FineTuneJob:

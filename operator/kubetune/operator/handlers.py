@@ -305,3 +305,8 @@ def _rank0(pods: list[dict[str, Any]]) -> str | None:
         ):
             return str(ip)
     return None
+
+
+from . import sweep_handlers  # noqa: E402  registers the FineTuneSweep handlers with kopf
+
+__all__ = ["sweep_handlers"]

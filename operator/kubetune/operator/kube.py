@@ -52,14 +52,16 @@ def _apps() -> kubernetes.client.AppsV1Api:
 def create(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create a child; (the object, created?). An existing child of the same name is returned as is."""
     kind, ns, name = body["kind"], body["metadata"]["namespace"], body["metadata"]["name"]
-    create_fn, read_fn = {
+    functions: dict[str, tuple[Any, Any]] = {
         "ConfigMap": (_core().create_namespaced_config_map, _core().read_namespaced_config_map),
         "Service": (_core().create_namespaced_service, _core().read_namespaced_service),
         "Job": (_batch().create_namespaced_job, _batch().read_namespaced_job),
         "Deployment": (_apps().create_namespaced_deployment, _apps().read_namespaced_deployment),
-    }[kind]
+        "FineTuneJob": (_create_finetunejob, _read_finetunejob),
+    }
+    create_fn, read_fn = functions[kind]
     try:  # raw JSON back: the client's model classes cost more CPU than the rest of the handler
-        return _json(create_fn(ns, body, _preload_content=False)), True  # type: ignore[operator]
+        return _json(create_fn(ns, body, _preload_content=False)), True
     except ApiException as error:
         if error.status != 409:
             raise
@@ -95,10 +97,28 @@ def config_map_keys(namespace: str, names: set[str]) -> dict[str, set[str]]:
     return found
 
 
+def _create_finetunejob(namespace: str, body: dict[str, Any], **kwargs: Any) -> Any:
+    return _custom().create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, **kwargs)
+
+
+def _read_finetunejob(name: str, namespace: str, **kwargs: Any) -> Any:
+    return _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, **kwargs)
+
+
+def _custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(_client())
+
+
+def stop_trial(namespace: str, name: str, annotation: str) -> None:
+    """Suspend a sweep's trial (it keeps its checkpoint) and mark it stopped."""
+    patch = {"metadata": {"annotations": {annotation: "median"}}, "spec": {"suspend": True}}
+    _custom().patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+
+
 def get_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
     """A FineTuneJob as JSON, or None when there is none of that name."""
     try:
-        return _json(kubernetes.client.CustomObjectsApi(_client()).get_namespaced_custom_object(
+        return _json(_custom().get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))  # fmt: skip
     except ApiException as error:
         if error.status == 404:
@@ -109,7 +129,7 @@ def get_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
 def delete_finetunejob(namespace: str, name: str) -> None:
     """Delete a FineTuneJob (its children go with it through their owner references)."""
     try:
-        kubernetes.client.CustomObjectsApi(_client()).delete_namespaced_custom_object(
+        _custom().delete_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background"
         )
     except ApiException as error:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from kubetune.api.enums import ConditionStatus, ConditionType, Phase
 from kubetune.api.status import FineTuneJobStatus
+from kubetune.api.sweep import FineTuneSweepStatus
 
 EVAL_METRICS = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
 MODELS = ("tuned", "base", "fewshot")
@@ -71,6 +72,12 @@ overfitting = Gauge(
     JOB,
     registry=registry,
 )
+SWEEP = ("namespace", "finetunesweep")
+sweep_trials = Gauge("kubetune_finetunesweep_trials", "A sweep's trials by phase.", (*SWEEP, "phase"),
+                     registry=registry)  # fmt: skip
+sweep_best = Gauge("kubetune_finetunesweep_best_metric", "Objective value of a sweep's best finished trial.", SWEEP,
+                   registry=registry)  # fmt: skip
+TRIAL_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Stopped", "Suspended")
 reconcile_seconds = Histogram(
     "kubetune_reconcile_duration_seconds", "Time spent in one handler call.", ("handler",), registry=registry,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -172,3 +179,21 @@ def forget(namespace: str, name: str) -> None:
         for model in MODELS:
             with contextlib.suppress(KeyError):
                 evaluation.remove(*key, metric, model)
+
+
+def observe_sweep(namespace: str, name: str, status: FineTuneSweepStatus) -> None:
+    """Export one sweep: its trials by phase and its best objective value."""
+    counts = collections.Counter(t.phase for t in status.trials)
+    for value in TRIAL_PHASES:
+        sweep_trials.labels(namespace, name, value).set(counts.get(value, 0))
+    if status.best_metric is not None:
+        sweep_best.labels(namespace, name).set(status.best_metric)
+
+
+def forget_sweep(namespace: str, name: str) -> None:
+    """Remove a deleted sweep's series."""
+    with contextlib.suppress(KeyError):
+        sweep_best.remove(namespace, name)
+    for value in TRIAL_PHASES:
+        with contextlib.suppress(KeyError):
+            sweep_trials.remove(namespace, name, value)

@@ -38,7 +38,7 @@ MESSAGE_LIMIT = 2000
 WARNING_REASONS = {
     Reason.INVALID_SPEC, Reason.WORKER_FAILED, Reason.RESTARTS_EXHAUSTED, Reason.CONFIGURATION_ERROR,
     Reason.DEADLINE_EXCEEDED, Reason.DIVERGED, Reason.MISSING_REFERENCE, Reason.VALIDATION_LOSS_RISING,
-    Reason.RETENTION_REGRESSED, Reason.GATE_FAILED,
+    Reason.RETENTION_REGRESSED, Reason.GATE_FAILED, Reason.NO_TRIAL_SUCCEEDED, Reason.NO_OBJECTIVE,
 }  # fmt: skip
 
 
@@ -55,8 +55,9 @@ class Transition:
         return "Warning" if self.reason in WARNING_REASONS else "Normal"
 
 
-def conditioner(status: FineTuneJobStatus, transitions: list[Transition], generation: int | None, now: datetime) -> Any:
-    """``condition(kind, ok, reason, text=None)``: sets a condition of ``status``; a change that succeeds, or
+def conditioner(status: Any, transitions: list[Transition], generation: int | None, now: datetime) -> Any:
+    """``condition(kind, ok, reason, text=None)``: sets a condition of ``status`` (a FineTuneJob's or a
+    FineTuneSweep's); a change that succeeds, or
     fails with a warning reason, is appended to ``transitions`` (an Event)."""
 
     def condition(kind: ConditionType, ok: bool, reason: Reason, text: str | None = None) -> None:
