@@ -7,10 +7,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetune.api import parse_job
+from kubetune.api.sweep import parse_sweep
 from tests.support.builders import JobBuilder
 
 QLORA_KNOBS = {"quantType": "NF4", "doubleQuant": True}
 GENERAL = {"name": "general", "uri": "s3://b/general.jsonl", "usage": "General"}
+
+
+def parse(doc: dict[str, Any]) -> Any:
+    """A FineTuneJob or FineTuneSweep, as its kind says (pydantic's verdict on a case)."""
+    return parse_sweep(doc) if doc.get("kind") == "FineTuneSweep" else parse_job(doc)
+
+
+def sweep(name: str = "sweep", **spec: Any) -> dict[str, Any]:
+    """A FineTuneSweep over the builder's job, with ``spec`` fields on top."""
+    body = {"template": JobBuilder().build()["spec"],
+            "parameters": [{"path": "training.learningRate", "values": [0.01, 0.001]}], **spec}  # fmt: skip
+    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneSweep", "metadata": {"name": name}, "spec": body}
+
+
+RANGE = {"path": "training.learningRate", "min": 1e-5, "max": 1e-2, "log": True}
 
 # (id, manifest, text both errors must contain)
 BAD: list[tuple[str, dict[str, Any], str]] = [
@@ -85,6 +102,32 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      .build(), "at least one of wordDropout, wordSwap and tokenNoise"),
     ("label-smoothing-one", JobBuilder().set("spec.training.labelSmoothing", 1.0).build(),
      "spec.training.labelSmoothing"),
+    ("deploy-without-output", JobBuilder().set("spec.deploy", {}).build(),
+     "deploy requires output.pvc and task.type CausalLM"),
+    ("deploy-merged-adapter-not-saved", JobBuilder().set("spec.output", {"pvc": {"claimName": "out"}})
+     .set("spec.deploy", {"merged": True}).build(), "deploy.merged requires method.type Full or output.mergeAdapter"),
+    ("vllm-without-gpus", JobBuilder().set("spec.output", {"pvc": {"claimName": "out"}})
+     .set("spec.deploy", {"engine": "VLLM"}).build(), "engine VLLM requires gpus > 0"),
+    ("threshold-without-bound", JobBuilder().set("spec.promotion", {"thresholds": [{"metric": "f1"}]}).build(),
+     "set min, max or both"),
+    ("unknown-threshold-metric", JobBuilder().set("spec.promotion", {"thresholds": [{"metric": "bleu", "min": 1.0}]})
+     .build(), "spec.promotion.thresholds[0].metric"),
+    ("retention-gate-without-guard", JobBuilder().set("spec.promotion", {"maxRetentionRegression": 0.02}).build(),
+     "promotion.maxRetentionRegression requires forgettingGuard"),
+    ("model-from-job-and-cached", JobBuilder().set("spec.model.fromJob", "earlier").build(),
+     "exactly one of pvc, uri, cached or fromJob"),
+    ("sweep-grid-over-a-range", sweep(parameters=[RANGE]), "algorithm Grid needs values on every parameter"),
+    ("sweep-duplicate-paths", sweep(parameters=[{"path": "training.epochs", "values": [1]},
+                                                {"path": "training.epochs", "values": [2]}]),
+     "parameters[].path must be unique"),
+    ("sweep-values-and-range", sweep(algorithm="Random", parameters=[{**RANGE, "values": [0.1]}]),
+     "set either values, or min and max"),
+    ("sweep-log-range-from-zero", sweep(algorithm="Random", parameters=[{**RANGE, "min": 0.0}]),
+     "min must be below max, and above 0 on a log scale"),
+    ("sweep-bad-objective", sweep(objective={"metric": "accuracy"}), "spec.objective.metric"),
+    ("sweep-name-too-long", sweep("s" * 49), "metadata.name must be at most 48"),
+    ("sweep-bad-template", sweep(template=JobBuilder().set("spec.training.learningRate", 0).build()["spec"]),
+     "spec.template.training.learningRate"),
 ]  # fmt: skip
 
 GOOD: list[tuple[str, dict[str, Any]]] = [
@@ -113,4 +156,13 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
      .set("spec.stages", [{"name": "domain", "datasets": ["docs"], "format": "Completion"},
                           {"name": "instruct", "datasets": ["train"], "training": {"epochs": 1}}])
      .build()),
+    ("everything-of-issue-8", JobBuilder().set("spec.output", {"pvc": {"claimName": "out"}, "mergeAdapter": True})
+     .set("spec.promotion", {"thresholds": [{"metric": "f1", "min": 0.8}, {"metric": "loss", "max": 2.0}],
+                             "beatBaseModel": True})
+     .set("spec.deploy", {"replicas": 2, "merged": True, "port": 9000, "maxNewTokens": 64})
+     .set("spec.data.datasets[0].version", "2026-11").build()),
+    ("continuous-tuning", JobBuilder().drop("spec.model.cached").set("spec.model.fromJob", "earlier").build()),
+    ("random-sweep", sweep(algorithm="Random", seed=3, maxTrials=20, maxParallel=4, parameters=[
+        RANGE, {"path": "method.lora.rank", "min": 4, "max": 64, "integer": True}],
+        objective={"metric": "test.f1", "goal": "Maximize"}, earlyStopping={"afterPercent": 30})),
 ]  # fmt: skip

@@ -14,7 +14,8 @@ import pytest
 from pydantic import ValidationError
 
 from kubetune.api import describe, parse_job
-from tests.api.cases import BAD, GOOD
+from kubetune.api.sweep import parse_sweep
+from tests.api.cases import BAD, GOOD, parse
 from tests.support.builders import JobBuilder
 from tests.support.controlplane import ControlPlane
 
@@ -29,7 +30,7 @@ def server_dry_run(cluster: ControlPlane, doc: dict[str, Any]) -> tuple[bool, st
 
 def pydantic_verdict(doc: dict[str, Any]) -> tuple[bool, str]:
     try:
-        parse_job(doc)
+        parse(doc)
     except ValidationError as error:
         return False, describe(error)
     return True, ""
@@ -69,14 +70,23 @@ def test_server_and_pydantic_reject_the_same_bad_manifest(
 @pytest.mark.parametrize(("case", "doc"), GOOD, ids=[c[0] for c in GOOD])
 def test_server_and_pydantic_accept_and_default_alike(cluster: ControlPlane, case: str, doc: dict[str, Any]) -> None:
     doc = {**doc, "metadata": {"name": f"good-{len(case)}-{abs(hash(case)) % 10**6}"}}
-    model = parse_job(doc)
+    model = parse(doc)
     created = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(doc), check=False)
     assert created.returncode == 0, created.stderr
     try:
         stored = json.loads(created.stdout)
         assert stored["spec"] == model.to_wire()["spec"], "server defaults differ from pydantic defaults"
     finally:
-        cluster.kubectl("delete", "ftj", doc["metadata"]["name"], "--wait=false")
+        cluster.kubectl("delete", doc["kind"].lower(), doc["metadata"]["name"], "--wait=false")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_sweep_example_is_accepted_by_the_server_and_pydantic(cluster: ControlPlane, path: Path) -> None:
+    import yaml
+
+    parse_sweep(yaml.safe_load(path.read_text()))
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ def test_invalid_spec_is_not_accepted_and_creates_nothing(k: Cluster) -> None:
 
 
 def test_suspend_resume_then_delete_cleans_up(k: Cluster) -> None:
-    k.apply(e2e_job("pausing").set("spec.training.epochs", 6).build())
+    k.apply(e2e_job("pausing").set("spec.training.epochs", 20).build())  # long enough to be seen running
     wait_for("a checkpoint", lambda: _running_with_checkpoint(k, "pausing"), 300, lambda: k.diagnose("pausing"))
     k.cp.kubectl("patch", "ftj", "pausing", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     k.wait_condition("pausing", "Suspended", timeout=120)
@@ -325,3 +325,19 @@ def test_a_sweep_runs_its_trials_and_ranks_them(k: Cluster, volumes: dict[str, P
     assert "Succeeded" in printed and status["bestTrial"] in printed
     exported = k.operator.metrics()
     assert 'kubetune_finetunesweep_best_metric{finetunesweep="learning-rate",namespace="default"}' in exported
+
+
+def test_continuous_tuning_waits_for_the_earlier_job_and_records_the_lineage(
+    k: Cluster, volumes: dict[str, Path]
+) -> None:
+    first = e2e_job("tune-v1", workers=1).set("spec.training.maxSteps", 3).set("spec.output.mergeAdapter", True)
+    second = e2e_job("tune-v2", workers=1).set("spec.training.maxSteps", 3).set("spec.model", {"fromJob": "tune-v1"})
+    k.apply(second.set("spec.data.datasets[0].version", "v2").build())  # before the job it starts from
+    waiting = wait_for("Accepted=False", lambda: k.condition("tune-v2", "Accepted") or None, 60)
+    assert waiting["reason"] == "MissingReference" and "spec.model.fromJob" in waiting["message"]
+    k.apply(first.set("spec.data.datasets[0].version", "v1").build())
+    k.wait_condition("tune-v1", "Succeeded")
+    k.wait_condition("tune-v2", "Succeeded", timeout=300)
+    manifest = json.loads((volumes["kubetune-outputs"] / "tune-v2" / "manifest.json").read_text())
+    assert [(a["job"], a["dataVersions"]) for a in manifest["lineage"]] == [("tune-v1", {"rows": "v1"})]
+    assert "`tune-v1`" in (volumes["kubetune-outputs"] / "tune-v2" / "README.md").read_text()

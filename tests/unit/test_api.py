@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from kubetune.api import FineTuneJob, MethodType, Scheduler, describe, parse_job, parse_spec
 from kubetune.api.base import ApiModel
 from kubetune.api.crd import render
-from tests.api.cases import BAD, GOOD
+from tests.api.cases import BAD, GOOD, parse
 from tests.support.builders import JobBuilder, make_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 def rejection(doc: dict[str, Any]) -> str:
     with pytest.raises(ValidationError) as info:
-        parse_job(doc)
+        parse(doc)
     return describe(info.value)
 
 
@@ -54,7 +54,7 @@ def test_bad_manifest_is_rejected_naming_the_field(case: str, doc: dict[str, Any
 
 @pytest.mark.parametrize(("case", "doc"), GOOD, ids=[c[0] for c in GOOD])
 def test_good_manifest_is_accepted(case: str, doc: dict[str, Any]) -> None:
-    parse_job(doc)
+    parse(doc)
 
 
 def test_defaults_are_documented_values() -> None:
