@@ -296,6 +296,8 @@ def test_a_promotable_job_is_deployed_and_serves_the_tuned_model(k: Cluster, vol
     assert answer["choices"][0]["text"] == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
     with urllib.request.urlopen(url.replace("/v1/completions", "/metrics"), timeout=10) as response:
         assert 'kubetune_serve_requests_total{code="200",endpoint="completions"}' in response.read().decode()
+    k.cp.kubectl("delete", "ftj", "served")  # the server goes with it (owner references)
+    wait_for("the server deleted", lambda: k.get("deployment", "served-serve") is None, 60)
 
 
 def test_a_sweep_runs_its_trials_and_ranks_them(k: Cluster, volumes: dict[str, Path]) -> None:

@@ -263,7 +263,11 @@ class NodeAgent:
         if not text.strip() and code != 0 and policy == "FallbackToLogsOnError":
             lines = pod.log.read_text(errors="replace").splitlines()[-LOG_FALLBACK_LINES:]
             text = "\n".join(lines)[-LOG_FALLBACK_BYTES:]
-        self._report_exit(pod, path, container, code, text, started)
+        try:
+            self._report_exit(pod, path, container, code, text, started)
+        except OSError:
+            if not self._stop.is_set():  # the API server is gone when the agent stops: nothing to report to
+                raise
 
     def _report_exit(
         self, pod: PodProcess, path: str, container: dict[str, Any], code: int, text: str, started: str

@@ -175,9 +175,9 @@ def test_label_smoothing_zero_limit_is_the_models_own_loss(tmp_path: Path) -> No
     rows = tokenize([Example.pair("Spell the word backwards: river\n", "revir"), Example.pair("", "A plain text row.")],
                     tokenizer, 64)  # fmt: skip
     for batch in (collate(rows, tokenizer.pad_token_id), collate_packed(rows)):
-        own = float(model(**batch).loss)
-        assert float(training_loss(model, batch, 1e-9, False)) == pytest.approx(own, rel=1e-5)
-        assert float(training_loss(model, batch, 0.3, False)) != pytest.approx(own, rel=1e-3)
+        own = float(model(**batch).loss.detach())
+        assert float(training_loss(model, batch, 1e-9, False).detach()) == pytest.approx(own, rel=1e-5)
+        assert float(training_loss(model, batch, 0.3, False).detach()) != pytest.approx(own, rel=1e-3)
 
 
 @pytest.mark.parametrize(("scaling", "rope_type"), [("Linear", "linear"), ("Dynamic", "dynamic"), ("YaRN", "yarn")])
