@@ -41,7 +41,7 @@ from .errors import (
     PreemptedError,
     RegressedError,
 )
-from .evaluate import HEADLINE
+from .evaluate import HEADLINE, headline
 from .local import Volumes, upload
 from .report import ProgressEvent, Reporter
 from .runtime import record_exit_code, supervise, torchrun_command
@@ -232,24 +232,20 @@ def _final(reporter: Reporter) -> dict[str, Any]:
     return {k: v for k, v in reporter.latest.items() if k in FINAL and v is not None}
 
 
-def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 6) for k, v in (metrics or {}).items() if k in HEADLINE or k == "passkeyAccuracy"}
-
-
 def _results(metrics: dict[str, Any]) -> dict[str, Any]:
     """The evaluation part of the final summary: test, baseline and few-shot headline figures, per task and per
     stage, retention and the overfitting verdict (parts a run does not have are left out)."""
-    results: dict[str, Any] = {"test": _brief(metrics["test"]), "baseline": _brief(metrics["baseline"])}
+    results: dict[str, Any] = {"test": headline(metrics["test"]), "baseline": headline(metrics["baseline"])}
     if metrics.get("fewShot"):
-        results["fewShot"] = {**_brief(metrics["fewShot"]), "k": metrics["fewShot"].get("k")}
+        results["fewShot"] = {**headline(metrics["fewShot"]), "k": metrics["fewShot"].get("k")}
     if metrics.get("tasks"):
-        results["tasks"] = {task: _brief(values) for task, values in metrics["tasks"].items()}
+        results["tasks"] = {task: headline(values) for task, values in metrics["tasks"].items()}
     if metrics.get("retention"):
         results["retention"] = metrics["retention"]
     if metrics["history"]["validation"]:
         results["overfitting"] = metrics["overfitting"]
     if metrics.get("stages"):
-        results["stages"] = [{**s, "test": _brief(s.get("test", {}))} for s in metrics["stages"]]
+        results["stages"] = [{**s, "test": headline(s.get("test", {}))} for s in metrics["stages"]]
     return results
 
 
@@ -263,13 +259,13 @@ def _show(bar: Any, event: ProgressEvent) -> None:
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     print(f"done: {metrics['steps']} steps in {metrics['seconds']}s; outputs in {out}/")
     test, base, few = metrics["test"], metrics["baseline"], metrics.get("fewShot") or {}
-    for key in (*HEADLINE, "passkeyAccuracy"):
+    for key in HEADLINE:
         if key in test:
             against = f" (base model {base[key]:.4f}" if key in base else ""
             against += f", {few['k']}-shot {few[key]:.4f}" if key in few else ""
             print(f"  test {key}: {test[key]:.4f}{against}{')' if against else ''}")
     for task, values in (metrics.get("tasks") or {}).items():
-        print(f"  task {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in _brief(values).items()))
+        print(f"  task {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in headline(values).items()))
     for stage in metrics.get("stages") or []:
         print(f"  stage {stage['name']}: {stage.get('steps')} steps, test {stage.get('test')}")
     if metrics.get("retention"):

@@ -15,8 +15,13 @@ from .batches import IGNORE, Tokenized, batches
 from .formats import Example
 
 _WORD = re.compile(r"\w+")
-HEADLINE = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1")
+HEADLINE = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
 """The test metrics shown in summaries and the model card, in this order (those a task has)."""
+
+
+def headline(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The headline figures of ``metrics``, rounded: what summaries, statuses and stage results carry."""
+    return {k: round(float(v), 6) for k, v in (metrics or {}).items() if k in HEADLINE}
 
 
 def _sum(values: list[float], accelerator: Any) -> list[float]:
@@ -121,6 +126,30 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """A prompt's token ids as training saw them: BOS first (where the tokenizer has one), then the text."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def generate(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True,
+             **sampling: Any) -> list[int]:  # fmt: skip
+    """The token ids ``model`` generates after ``ids``: greedy unless ``sampling`` says otherwise (callers hold
+    ``torch.no_grad()``)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ends = {"eos_token_id": tokenizer.eos_token_id} if stop_at_eos else {}
+    output = model.generate(
+        input_ids=torch.tensor([ids], device=device),
+        attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        **{"do_sample": False, **sampling, **ends},
+    )
+    return list(output[0, len(ids) :].tolist())
+
+
 def generation(
     model: Any,
     tokenizer: Any,
@@ -134,24 +163,16 @@ def generation(
     import torch
 
     model.eval()
-    device = next(model.parameters()).device
     exact, rouge = 0.0, 0.0
     kept: list[dict[str, str]] = []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     with torch.no_grad():
         for example in examples:
-            ids = bos + tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+            ids = prompt_ids(tokenizer, example.prompt)
             if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
                 ids = bos + ids[len(ids) - max_prompt_tokens + len(bos) :]
-            output = model.generate(
-                input_ids=torch.tensor([ids], device=device),
-                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            answer = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True).strip()
+            new = generate(model, tokenizer, ids, max_new_tokens)
+            answer = tokenizer.decode(new, skip_special_tokens=True).strip()
             reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
             exact += float(normalize_answer(answer) == normalize_answer(reference))
             rouge += rouge_l(answer, reference)

@@ -122,8 +122,8 @@ def handed_on(out: Path, where: str) -> Path:
         if (out / name / "config.json").is_file():
             return out / name
     raise ConfigError(
-        f"{where}: {out} holds no whole or merged model (the earlier job must have finished, with method Full or "
-        "output.mergeAdapter)"
+        f"{where}: {out} holds no whole or merged model (a job hands one on once it finished, with method Full "
+        "or output.mergeAdapter)"
     )
 
 

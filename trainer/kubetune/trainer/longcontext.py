@@ -17,6 +17,7 @@ from typing import Any
 from kubetune.api.tuning import ContextExtension
 
 from .errors import ConfigError
+from .evaluate import generate
 
 ROPE_TYPES = {"Linear": "linear", "Dynamic": "dynamic", "YaRN": "yarn"}
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -70,20 +71,13 @@ def passkey(model: Any, tokenizer: Any, extension: ContextExtension, seed: int =
 
     prompts = passkey_prompts(tokenizer, extension.target_length, extension.passkey_samples, seed)
     model.eval()
-    device = next(model.parameters()).device
     found, tokens = 0, 0
     with torch.no_grad():
         for prompt, key in prompts:
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             tokens += len(ids)
-            output = model.generate(
-                input_ids=torch.tensor([ids], device=device),
-                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
-                max_new_tokens=8,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            found += key in tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+            new = generate(model, tokenizer, ids, 8, stop_at_eos=False)
+            found += key in tokenizer.decode(new, skip_special_tokens=True)
     model.train()
     n = max(len(prompts), 1)
     return {"passkeyAccuracy": found / n, "passkeyPromptTokens": tokens / n}

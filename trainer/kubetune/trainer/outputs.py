@@ -124,7 +124,7 @@ def model_card(
         f"| metric | fine-tuned | base model{shots} |",
         "|---|---|---" + ("|---|" if few else "|"),
     ]
-    for key in (*HEADLINE, "passkeyAccuracy"):
+    for key in HEADLINE:
         if key in test:
             extra = f" | {_cell(few.get(key))}" if few else ""
             lines.append(f"| {key} | {_cell(test[key])} | {_cell(baseline.get(key))}{extra} |")

@@ -26,9 +26,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kubetune.api import DataFormat, FineTuneJob, MethodType
 
-from .errors import ConfigError
+from .evaluate import generate, prompt_ids
 from .formats import INSTRUCTION_TEMPLATE
-from .local import Volumes
+from .local import Volumes, handed_on
 from .model import load_tokenizer
 
 
@@ -55,12 +55,8 @@ class ServeMetrics:
 def model_dir(job: FineTuneJob, out: Path, merged: bool) -> tuple[Path, Path | None]:
     """(model directory, adapter directory or None) of a finished job's outputs."""
     spec = job.spec
-    if spec.method.type == MethodType.FULL:
-        return out / "model", None
-    if merged or spec.stages:
-        if not (out / "merged" / "config.json").exists():
-            raise ConfigError(f"spec.deploy.merged: {out}/merged holds no merged model (set output.mergeAdapter)")
-        return out / "merged", None
+    if spec.method.type == MethodType.FULL or merged or spec.stages:
+        return handed_on(out, "spec.deploy.merged"), None
     return Path(), out / "adapter"
 
 
@@ -110,23 +106,14 @@ class Model:
             raise BadRequestError("temperature must be a number from 0 to 2", "temperature")
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        ids = bos + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        sampling: dict[str, Any] = {"do_sample": False}
+        ids = prompt_ids(self.tokenizer, prompt)
+        sampling: dict[str, Any] = {}
         if temperature > 0:
             sampling = {"do_sample": True, "temperature": float(temperature), "top_p": float(body.get("top_p", 1.0))}
         with self.lock, torch.no_grad():
             if isinstance(body.get("seed"), int):
                 torch.manual_seed(body["seed"])
-            output = self.model.generate(
-                input_ids=torch.tensor([ids], device=self.device),
-                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
-                max_new_tokens=max_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                **sampling,
-            )
-        new = output[0, len(ids) :].tolist()
+            new = generate(self.model, self.tokenizer, ids, max_tokens, **sampling)
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         finish = "stop" if self.tokenizer.eos_token_id in new else "length"
         for marker in stop:

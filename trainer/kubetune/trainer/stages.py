@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import DataFormat, DatasetUsage, FineTuneJob, MethodType, TaskType, ValidationMetric
+from kubetune.api import DataFormat, DatasetUsage, FineTuneJob, TaskType, ValidationMetric
 from kubetune.api.enums import RegressionAction
 from kubetune.api.spec import FineTuneJobSpec
 from kubetune.api.tuning import Stage
@@ -30,7 +30,8 @@ from . import guards, outputs
 from .batches import Tokenized
 from .data import PrepReport
 from .errors import ConfigError, RegressedError
-from .local import Volumes
+from .evaluate import headline
+from .local import Volumes, handed_on
 from .loop import train
 from .model import load_tokenizer
 from .report import Reporter
@@ -98,8 +99,8 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
         if metrics.get("retention"):
             retention_before = metrics["retention"]["before"] if retention_before is None else retention_before
             retention_after = metrics["retention"]["after"]
-        results[index].update(phase="Succeeded", steps=metrics.get("steps"), test=_brief(metrics.get("test", {})))
-        model_path = _handed_on(stage_out, sub.spec)
+        results[index].update(phase="Succeeded", steps=metrics.get("steps"), test=headline(metrics.get("test")))
+        model_path = handed_on(stage_out, f"spec.stages[{index}]")  # the next stage starts from it
     reporter.stage(None, len(spec.stages), results)
     last = spec.stages[-1]
     _publish(out / "stages" / last.name, out, stage_spec(spec, last))
@@ -120,20 +121,11 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
     return metrics
 
 
-def _brief(test: dict[str, Any]) -> dict[str, float]:
-    return {k: round(float(v), 6) for k, v in test.items() if isinstance(v, int | float) and k != "samples"}
-
-
 def _data(job: FineTuneJob, volumes: Volumes) -> Data:
     """A finished stage's data again (for replay in the stages after it)."""
     path = ensure_model(volumes.model(job.spec.model), job.spec.model.cached)
     tokenizer = load_tokenizer(path, job.spec.model.trust_remote_code)
     return prepare_data(job.spec, volumes, tokenizer, PrepReport())
-
-
-def _handed_on(stage_out: Path, spec: FineTuneJobSpec) -> Path:
-    """The model the next stage starts from: the stage's whole model (Full) or its merged model."""
-    return stage_out / ("model" if spec.method.type == MethodType.FULL else "merged")
 
 
 def _publish(stage_out: Path, out: Path, spec: FineTuneJobSpec) -> None:
