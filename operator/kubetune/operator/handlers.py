@@ -90,7 +90,7 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
 def suspend_changed(new: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
     """spec.suspend is mirrored to the worker Job (level-triggered: compared with the Job as the index has it,
     so a change made while the operator was down is applied too); the Job controller stops or restarts the pods."""
-    worker = _worker(kwargs["worker_jobs"], namespace or "default", name)
+    worker = _indexed(kwargs["worker_jobs"], namespace or "default", name)
     if worker is None or bool(worker["spec"].get("suspend")) == bool(new):  # none yet: it is made from the spec
         return
     with metrics.timed("suspend"):
@@ -111,9 +111,10 @@ def _from_job(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, namespace: s
         raise kopf.PermanentError(message(Reason.INVALID_SPEC, error)) from error
 
 
-def _worker(jobs_index: kopf.Index[Any, dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
-    """A FineTuneJob's worker Job as the ``worker_jobs`` index has it (None: not seen yet)."""
-    return next(iter(jobs_index.get((namespace, name), [])), None)
+def _indexed(index: kopf.Index[Any, dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
+    """A FineTuneJob's child as an index keyed by (namespace, job) has it: its worker Job or its server (None:
+    not seen yet)."""
+    return next(iter(index.get((namespace, name), [])), None)
 
 
 def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -157,8 +158,8 @@ def refresh_status(
     running, no TTL due) does nothing: with hundreds of waiting jobs that is most ticks."""
     pods_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_pods"]
     namespace = namespace or "default"
-    worker = _worker(kwargs["worker_jobs"], namespace, name)
-    server = _worker(kwargs["servers"], namespace, name)
+    worker = _indexed(kwargs["worker_jobs"], namespace, name)
+    server = _indexed(kwargs["servers"], namespace, name)
     pods = list(pods_index.get((namespace, name), []))
     rank0, now = _rank0(pods), datetime.now(UTC)
     inputs = (*status.inputs_version(body, worker, pods), (server or {}).get("metadata", {}).get("resourceVersion"))
@@ -245,15 +246,7 @@ def _parse(body: kopf.Body, patch: kopf.Patch) -> FineTuneJob:
 
 
 def _invalid(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
-    now, generation = datetime.now(UTC), body.get("metadata", {}).get("generation")
-    conditions: list[Any] = []
-    status.set_condition(
-        conditions, ConditionType.ACCEPTED, ConditionStatus.FALSE, Reason.INVALID_SPEC,
-        message(Reason.INVALID_SPEC, text), generation, now,
-    )  # fmt: skip
-    patch.status["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
-    patch.status["phase"] = Phase.FAILED.value
-    patch.status["observedGeneration"] = generation
+    patch.status.update(status.rejected(text, body.get("metadata", {}).get("generation"), datetime.now(UTC)))
     kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
 
 
@@ -288,9 +281,7 @@ def _patch_status(
 
 
 def _is_accepted(current: FineTuneJobStatus | None) -> bool:
-    return current is not None and any(
-        c.type == ConditionType.ACCEPTED and c.status == ConditionStatus.TRUE for c in current.conditions
-    )
+    return status.is_true(current, ConditionType.ACCEPTED)
 
 
 def _rank0(pods: list[dict[str, Any]]) -> str | None:

@@ -118,8 +118,7 @@ def stop_trial(namespace: str, name: str, annotation: str) -> None:
 def get_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
     """A FineTuneJob as JSON, or None when there is none of that name."""
     try:
-        return _json(_custom().get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, _preload_content=False))  # fmt: skip
+        return _json(_read_finetunejob(name, namespace, _preload_content=False))
     except ApiException as error:
         if error.status == 404:
             return None

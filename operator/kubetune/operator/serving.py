@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from kubetune.api.enums import ConditionStatus, ConditionType, MethodType, ServingEngine
+from kubetune.api.enums import ConditionType, MethodType, ServingEngine
 from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import FineTuneJob
 from kubetune.api.status import DeploymentStatus, FineTuneJobStatus
@@ -19,7 +19,7 @@ from kubetune.api.status import DeploymentStatus, FineTuneJobStatus
 from .builders import GPU, MODEL_CACHE, PVC_ROOT, SPEC_DIR, SPEC_KEY, volumes_and_mounts
 from .naming import LABEL_COMPONENT, LABEL_JOB, child_name, labels
 from .settings import Settings
-from .status import Transition, conditioner
+from .status import Transition, conditioner, is_true
 
 COMPONENT = "serve"
 
@@ -29,9 +29,7 @@ def serve_name(job: FineTuneJob) -> str:
 
 
 def promotable(current: FineTuneJobStatus | None) -> bool:
-    return current is not None and any(
-        c.type == ConditionType.PROMOTABLE and c.status == ConditionStatus.TRUE for c in current.conditions
-    )
+    return is_true(current, ConditionType.PROMOTABLE)
 
 
 def _merged(job: FineTuneJob) -> bool:

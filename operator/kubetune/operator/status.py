@@ -55,6 +55,20 @@ class Transition:
         return "Warning" if self.reason in WARNING_REASONS else "Normal"
 
 
+def is_true(current: Any, kind: ConditionType) -> bool:
+    """Whether ``current`` (a FineTuneJob's or FineTuneSweep's status, or None) has condition ``kind`` True."""
+    return current is not None and any(c.type == kind and c.status == ConditionStatus.TRUE for c in current.conditions)
+
+
+def rejected(text: str, generation: int | None, now: datetime) -> dict[str, Any]:
+    """The status patch of an object whose spec is invalid: Accepted=False (InvalidSpec), phase Failed."""
+    conditions: list[Condition] = []
+    set_condition(conditions, ConditionType.ACCEPTED, ConditionStatus.FALSE, Reason.INVALID_SPEC,
+                  message(Reason.INVALID_SPEC, text), generation, now)  # fmt: skip
+    return {"conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
+            "phase": Phase.FAILED.value, "observedGeneration": generation}  # fmt: skip
+
+
 def conditioner(status: Any, transitions: list[Transition], generation: int | None, now: datetime) -> Any:
     """``condition(kind, ok, reason, text=None)``: sets a condition of ``status`` (a FineTuneJob's or a
     FineTuneSweep's); a change that succeeds, or
@@ -355,7 +369,7 @@ def compute(
         condition(ConditionType.SUSPENDED, True, Reason.SUSPENDED)
         status.phase = Phase.SUSPENDED
     else:
-        if any(c.type == ConditionType.SUSPENDED and c.status == ConditionStatus.TRUE for c in status.conditions):
+        if is_true(status, ConditionType.SUSPENDED):
             condition(ConditionType.SUSPENDED, False, Reason.RESUMED)
         if len(running) >= workers:
             phase = (report or {}).get("phase")

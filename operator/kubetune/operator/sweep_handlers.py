@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kubetune.api.enums import ConditionStatus, ConditionType, Phase
+from kubetune.api.enums import Phase
 from kubetune.api.errors import describe
 from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import GROUP, PLURAL, VERSION
@@ -34,12 +34,7 @@ def _sweep(body: kopf.Body) -> FineTuneSweep:
 
 
 def _reject(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
-    conditions: list[Any] = []
-    status.set_condition(conditions, ConditionType.ACCEPTED, ConditionStatus.FALSE, Reason.INVALID_SPEC,
-                         message(Reason.INVALID_SPEC, text), body.get("metadata", {}).get("generation"),
-                         datetime.now(UTC))  # fmt: skip
-    patch.status["conditions"] = [c.model_dump(mode="json", by_alias=True) for c in conditions]
-    patch.status["phase"] = Phase.FAILED.value
+    patch.status.update(status.rejected(text, body.get("metadata", {}).get("generation"), datetime.now(UTC)))
     kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
     raise kopf.PermanentError(message(Reason.INVALID_SPEC, text))
 
