@@ -1,4 +1,4 @@
-# kubetune: `make run` fine-tunes a tiny model locally; `make test` runs the whole suite.
+# kubetune: `make run` fine-tunes a small real pretrained model locally; `make test` runs the whole suite.
 # Both set everything up themselves (venv, control plane, Debian packages), cached in ~/.cache/kubetune.
 
 SHELL := /bin/bash
@@ -6,7 +6,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
-EXAMPLE ?= examples/lora-instruction.yaml
+EXAMPLE ?= examples/language-id.yaml
+RUN_THREADS ?= $(shell nproc)
 PYTEST_ARGS ?=
 
 export OMP_NUM_THREADS ?= 1
@@ -31,9 +32,13 @@ venv: ## Create or reuse the cached virtualenv (.venv links to it)
 control-plane: ## Build or reuse kube-apiserver, controller-manager, scheduler, kubectl; install etcd
 	bash hack/build-control-plane.sh
 
+.PHONY: models
+models: venv ## Build or reuse the real pretrained models of the model cache (~/.cache/kubetune/models)
+	bash hack/model-cache.sh >/dev/null
+
 .PHONY: run
-run: venv ## Fine-tune a tiny model locally from $(EXAMPLE) (no cluster needed)
-	$(PY) -m kubetune.trainer run $(EXAMPLE)
+run: models ## Fine-tune SmolLM2-135M-Instruct locally from $(EXAMPLE) (no cluster needed); base vs tuned
+	OMP_NUM_THREADS=$(RUN_THREADS) $(PY) -m kubetune.trainer run $(EXAMPLE)
 
 .PHONY: dashboards
 dashboards: ## Rewrite the Grafana dashboards (charts/kubetune/files/dashboards) from hack/dashboards.py
@@ -58,6 +63,7 @@ test: ## Everything: set-up, lint, the whole pytest suite on the real control pl
 	bash hack/build-control-plane.sh > .control-plane-build.log 2>&1 & build=$$!
 	bash hack/build-helm.sh > .helm-build.log 2>&1 & helm=$$!
 	bash hack/venv.sh >/dev/null
+	bash hack/model-cache.sh >/dev/null
 	wait $$build || { cat .control-plane-build.log; exit 1; }
 	wait $$helm || { cat .helm-build.log; exit 1; }
 	export KUBETUNE_BIN_DIR="$$(tail -n 1 .control-plane-build.log)"

@@ -157,13 +157,13 @@ def test_stages_run_in_order_and_a_failed_stage_resumes_from_its_own_checkpoint(
     assert "domain" in card and "instruct" in card
 
 
-def test_label_smoothing_zero_limit_is_the_models_own_loss(tmp_path: Path) -> None:
+def test_summed_loss_over_targets_is_the_models_own_mean_loss(tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kubetune.trainer.batches import collate, tokenize
     from kubetune.trainer.formats import Example
-    from kubetune.trainer.loop import training_loss
+    from kubetune.trainer.loop import summed_loss, target_count
     from kubetune.trainer.packing import collate_packed
     from kubetune.trainer.tiny import build_tiny_llama
 
@@ -175,9 +175,10 @@ def test_label_smoothing_zero_limit_is_the_models_own_loss(tmp_path: Path) -> No
     rows = tokenize([Example.pair("Spell the word backwards: river\n", "revir"), Example.pair("", "A plain text row.")],
                     tokenizer, 64)  # fmt: skip
     for batch in (collate(rows, tokenizer.pad_token_id), collate_packed(rows)):
-        own = float(model(**batch).loss.detach())
-        assert float(training_loss(model, batch, 1e-9, False).detach()) == pytest.approx(own, rel=1e-5)
-        assert float(training_loss(model, batch, 0.3, False).detach()) != pytest.approx(own, rel=1e-3)
+        own, n = float(model(**batch).loss.detach()), target_count(batch, False)
+        assert float(summed_loss(model, batch, 0.0, False).detach()) / n == pytest.approx(own, rel=1e-5)
+        assert float(summed_loss(model, batch, 1e-9, False).detach()) / n == pytest.approx(own, rel=1e-5)
+        assert float(summed_loss(model, batch, 0.3, False).detach()) / n != pytest.approx(own, rel=1e-3)
 
 
 @pytest.mark.parametrize(("scaling", "rope_type"), [("Linear", "linear"), ("Dynamic", "dynamic"), ("YaRN", "yarn")])

@@ -80,6 +80,7 @@ def tokenize_split(
         kept.append(example)
     if report is not None and split:
         report.token_lengths[split] = percentiles(lengths)
+        report.lengths[split] = lengths
         report.split_sizes[split] = len(out)
     return out, kept
 

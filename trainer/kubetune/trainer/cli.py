@@ -42,6 +42,7 @@ from .errors import (
     RegressedError,
 )
 from .evaluate import HEADLINE, headline
+from .plots import PLOTS, columns
 from .local import Volumes, upload
 from .report import ProgressEvent, Reporter
 from .runtime import record_exit_code, supervise, torchrun_command
@@ -60,7 +61,7 @@ RUN_FILES: tuple[str, ...] = (
     "baseline.json",
     "stages",
 )
-RUN_FILES += ("README.md", outputs.COMPLETE)
+RUN_FILES += ("README.md", "report.html", *PLOTS, outputs.COMPLETE)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -257,13 +258,21 @@ def _show(bar: Any, event: ProgressEvent) -> None:
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
-    print(f"done: {metrics['steps']} steps in {metrics['seconds']}s; outputs in {out}/")
-    test, base, few = metrics["test"], metrics["baseline"], metrics.get("fewShot") or {}
-    for key in HEADLINE:
-        if key in test:
-            against = f" (base model {base[key]:.4f}" if key in base else ""
-            against += f", {few['k']}-shot {few[key]:.4f}" if key in few else ""
-            print(f"  test {key}: {test[key]:.4f}{against}{')' if against else ''}")
+    """The final lines of a local run: base model zero-shot, few-shot and tuned test metrics side by side, each
+    with its 95% bootstrap interval, then tasks, stages, retention and warnings."""
+    print(f"done: {metrics['steps']} steps in {metrics['seconds']}s; outputs in {out}/ (open {out}/report.html)")
+    compared = columns(metrics)
+    keys = [key for key in HEADLINE if key in metrics["test"]]
+    if keys:
+        width = max(24, *(len(label) + 2 for label, _ in compared))
+        print(f"  {'test':<16}" + "".join(f"{label:>{width}}" for label, _ in compared))
+        for key in keys:
+            cells = []
+            for _, values in compared:
+                interval = (values.get("intervals") or {}).get(key)
+                text = f"{values[key]:.4f}" if key in values else "-"
+                cells.append(f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and key in values else text)
+            print(f"  {key:<16}" + "".join(f"{cell:>{width}}" for cell in cells))
     for task, values in (metrics.get("tasks") or {}).items():
         print(f"  task {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in headline(values).items()))
     for stage in metrics.get("stages") or []:

@@ -40,6 +40,8 @@ class PrepReport:
     sha256: dict[str, str] = field(default_factory=dict)
     augmented: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, Any] = field(default_factory=dict)
+    lengths: dict[str, list[int]] = field(default_factory=dict)
+    """Every row's token count per split, for the report's histogram (not saved in prep_report.json)."""
 
     def drop(self, reason: str, source: str, row: int) -> None:
         self.dropped[reason] += 1

@@ -24,6 +24,39 @@ def headline(metrics: dict[str, Any] | None) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in (metrics or {}).items() if k in HEADLINE}
 
 
+RESAMPLES = 1000
+
+
+def interval(values: list[float], resamples: int = RESAMPLES, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of the mean of per-row ``values`` (percentiles of seeded resampled means)."""
+    import numpy as np
+
+    if not values:
+        return [0.0, 0.0]
+    data = np.asarray(values, dtype=float)
+    means = data[np.random.default_rng(seed).integers(0, len(data), (resamples, len(data)))].mean(axis=1)
+    return [round(float(np.percentile(means, 2.5)), 6), round(float(np.percentile(means, 97.5)), 6)]
+
+
+def f1_interval(truth: list[int], predicted: list[int], classes: int, resamples: int = RESAMPLES,
+                seed: int = 0) -> list[float]:  # fmt: skip
+    """95% bootstrap interval of macro F1 (classes absent from a resample and never predicted score 0, as
+    scikit-learn's zero_division=0 does)."""
+    import numpy as np
+
+    if not truth:
+        return [0.0, 0.0]
+    t, p = np.asarray(truth), np.asarray(predicted)
+    scores = []
+    for rows in np.random.default_rng(seed).integers(0, len(t), (resamples, len(t))):
+        tt, pp = t[rows], p[rows]
+        tp = np.bincount(tt[tt == pp], minlength=classes)
+        support, guessed = np.bincount(tt, minlength=classes), np.bincount(pp, minlength=classes)
+        denominator = support + guessed
+        scores.append(float(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0).mean()))
+    return [round(float(np.percentile(scores, 2.5)), 6), round(float(np.percentile(scores, 97.5)), 6)]
+
+
 def _sum(values: list[float], accelerator: Any) -> list[float]:
     """Element-wise sum over ranks (no-op in one process)."""
     if accelerator is None or accelerator.num_processes == 1:
@@ -97,6 +130,10 @@ def classification(
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
+        "intervals": {
+            "accuracy": interval([float(a == b) for a, b in zip(truth, predicted, strict=True)]),
+            "f1": f1_interval(truth, predicted, len(labels)),
+        },
         "confusionMatrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
         "labels": labels,
         "samples": len(truth),
@@ -163,7 +200,8 @@ def generation(
     import torch
 
     model.eval()
-    exact, rouge = 0.0, 0.0
+    exact: list[float] = []
+    rouge: list[float] = []
     kept: list[dict[str, str]] = []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     with torch.no_grad():
@@ -174,10 +212,11 @@ def generation(
             new = generate(model, tokenizer, ids, max_new_tokens)
             answer = tokenizer.decode(new, skip_special_tokens=True).strip()
             reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
-            exact += float(normalize_answer(answer) == normalize_answer(reference))
-            rouge += rouge_l(answer, reference)
+            exact.append(float(normalize_answer(answer) == normalize_answer(reference)))
+            rouge.append(rouge_l(answer, reference))
             if len(kept) < samples_kept:
                 kept.append({"prompt": example.prompt[-200:], "reference": reference, "generated": answer})
     model.train()
     n = max(len(examples), 1)
-    return {"exactMatch": exact / n, "rougeL": rouge / n, "samples": len(examples), "examples": kept}
+    return {"exactMatch": sum(exact) / n, "rougeL": sum(rouge) / n, "samples": len(examples),
+            "intervals": {"exactMatch": interval(exact), "rougeL": interval(rouge)}, "examples": kept}  # fmt: skip

@@ -21,7 +21,7 @@ from kubetune.api import FineTuneJob, MethodType, TaskType, ValidationMetric
 from kubetune.api.enums import RegressionAction
 from kubetune.api.spec import FineTuneJobSpec
 
-from . import checkpoint, guards, measure, outputs
+from . import checkpoint, guards, measure, outputs, plots
 from .augment import add_neftune
 from .batches import IGNORE, Tokenized, collate, shard_chunks
 from .checkpoint import TrainerState
@@ -41,23 +41,52 @@ DIVERGENCE_STEPS = 5
 """The loss counts as diverged when it stays above DIVERGENCE_FACTOR x the first step's for DIVERGENCE_STEPS steps."""
 
 
-def training_loss(model: Any, batch: dict[str, Any], smoothing: float, classification: bool) -> Any:
-    """The model's own loss, or with label smoothing the cross-entropy over the shifted targets (CausalLM) or
-    the classes, mean over the targets trained on."""
-    if not smoothing:
-        return model(**batch).loss
+def target_count(batch: dict[str, Any], classification: bool) -> int:
+    """What one micro-batch's loss is summed over: its rows (Classification) or its shifted target tokens."""
+    labels = batch["labels"]
+    return len(labels) if classification else int((labels[..., 1:] != IGNORE).sum())
+
+
+def summed_loss(model: Any, batch: dict[str, Any], smoothing: float, classification: bool) -> Any:
+    """Cross-entropy summed over the micro-batch's targets: the shifted tokens (CausalLM, as transformers
+    shifts them) or the rows' classes, with label smoothing when asked."""
     import torch
 
     labels = batch["labels"]
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
     if classification:
-        return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+        return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="sum")
     return torch.nn.functional.cross_entropy(
         logits[..., :-1, :].reshape(-1, logits.size(-1)),
-        labels[..., 1:].reshape(-1),
+        labels[..., 1:].reshape(-1).to(logits.device),
         ignore_index=IGNORE,
         label_smoothing=smoothing,
+        reduction="sum",
     )
+
+
+def accumulate(model: Any, batches: list[dict[str, Any]], smoothing: float, classification: bool,
+               accelerator: Any) -> tuple[float, int]:  # fmt: skip
+    """Forward and backward over one optimizer step's micro-batches, gradients synchronised on the last one.
+
+    Every target of the step weighs the same, whatever its micro-batch and rank: each micro-batch's summed loss
+    is divided by the step's target count over all micro-batches and ranks (one all-reduce of the count), times
+    the world size that DDP's and FSDP's gradient averaging divides by again. Returns this rank's share of the
+    step's mean loss (the shares sum to it over ranks, over the world size) and its trained tokens."""
+    import torch
+
+    local = float(sum(target_count(batch, classification) for batch in batches))
+    count = accelerator.reduce(torch.tensor([local], device=accelerator.device), "sum")
+    scale = accelerator.num_processes / max(float(count[0]), 1.0)
+    step_loss, tokens = 0.0, 0
+    for i, batch in enumerate(batches):
+        sync = i == len(batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+            loss = summed_loss(model, batch, smoothing, classification) * scale
+        accelerator.backward(loss)
+        step_loss += float(loss.detach())
+        tokens += int((batch["labels"] != IGNORE).sum()) if batch["labels"].dim() > 1 else len(batch["labels"])
+    return step_loss, tokens
 
 
 def micro_batch(chunk: list[Tokenized], spec: FineTuneJobSpec, pad: int, device: Any) -> dict[str, Any]:
@@ -174,15 +203,8 @@ def train(
         state.epoch = epoch
         for first in range(start, steps_per_epoch * accumulation, accumulation):
             # One optimizer step: `accumulation` micro-batches, gradients synchronised on the last one only.
-            step_loss, tokens = 0.0, 0
-            for micro in range(accumulation):
-                batch = micro_batch(chunks[first + micro], spec, pad, accelerator.device)
-                sync = micro == accumulation - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                    loss = training_loss(model, batch, hp.label_smoothing, classification) / accumulation
-                accelerator.backward(loss)
-                step_loss += float(loss.detach())
-                tokens += int((batch["labels"] != IGNORE).sum()) if batch["labels"].dim() > 1 else len(batch["labels"])
+            step = [micro_batch(chunks[first + micro], spec, pad, accelerator.device) for micro in range(accumulation)]
+            step_loss, tokens = accumulate(model, step, hp.label_smoothing, classification, accelerator)
             # All ranks agree on the loss and on stopping, so they all take the same branch below.
             totals = torch.tensor([step_loss, tokens, float(stop_requested())], device=accelerator.device)
             totals = accelerator.reduce(totals, "sum")
@@ -337,6 +359,7 @@ def save(
         merged(model_path, weights, spec, labels).save_pretrained(out / "merged")
         tokenizer.save_pretrained(out / "merged")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plots.write(out, job.name, metrics, report.to_dict(), report.lengths)
     outputs.model_card(out, job, metrics, report.to_dict(), model_path)
     outputs.write_manifest(out, job, report.sha256, metrics["worldSize"], model_path)
 
