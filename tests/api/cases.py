@@ -128,10 +128,19 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("sweep-name-too-long", sweep("s" * 49), "metadata.name must be at most 48"),
     ("sweep-bad-template", sweep(template=JobBuilder().set("spec.training.learningRate", 0).build()["spec"]),
      "spec.template.training.learningRate"),
+    ("image-shell-characters", JobBuilder().set("spec.resources.image", "evil; curl x").build(),
+     "image must be an OCI image reference"),
+    ("image-upper-case-name", JobBuilder().set("spec.resources.image", "ghcr.io/Kubetune/Trainer:1").build(),
+     "image must be an OCI image reference"),
+    ("image-bad-digest", JobBuilder().set("spec.resources.image", "trainer@sha256:xyz").build(),
+     "image must be an OCI image reference"),
 ]  # fmt: skip
 
 GOOD: list[tuple[str, dict[str, Any]]] = [
     ("minimal", JobBuilder().build()),
+    ("image-references", JobBuilder().set("spec.resources.image", "localhost:5000/kubetune/trainer:0.1.0-rc.1@sha256:"
+     + "a" * 64).build()),
+    ("image-short-name", JobBuilder().set("spec.resources.image", "trainer").build()),
     ("qlora-with-knobs", JobBuilder().set("spec.method", {"type": "QLoRA", "quantization": QLORA_KNOBS}).build()),
     ("integer-cpu-and-learning-rate", JobBuilder().set("spec.resources.cpu", 4).set("spec.training.learningRate", 1)
      .build()),

@@ -482,3 +482,15 @@ def test_from_job_resolves_to_the_earlier_jobs_model_or_says_why_not() -> None:
     adapter_only = JobBuilder("earlier").set("spec.output", {"pvc": {"claimName": "models"}}).build()
     with pytest.raises(lineage.ImpossibleError, match=r"needs output\.mergeAdapter"):
         lineage.resolve(later, {**adapter_only, "status": {"phase": "Succeeded"}})
+
+
+@pytest.mark.parametrize(
+    ("cpu", "expected"),
+    [(1, 1), (4, 4), ("2", 2), ("500m", 1), ("1500m", 1), ("2500m", 2), ("1.5", 1), ("0.1", 1), ("3.9", 3),
+     ("1k", 1000), ("100m", 1)],
+)  # fmt: skip
+def test_omp_threads_are_whole_cores_of_the_cpu_quantity(cpu: int | str, expected: int) -> None:
+    assert builders.threads(cpu) == expected
+    manifest = builders.worker_job(job(JobBuilder("demo").set("spec.resources.cpu", cpu)), SETTINGS)
+    env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OMP_NUM_THREADS"] == str(expected)

@@ -179,8 +179,14 @@ class Data(ApiModel):
     prompt_template: str | None = Field(
         default=None,
         max_length=8192,
-        description="Instruction prompt with {instruction}, {input} and {system} placeholders; the tokenizer's "
-        "chat template is used when unset.",
+        description="Instruction prompt with {instruction}, {input} and {system} placeholders; an Alpaca-style "
+        "'### Instruction:' / '### Response:' prompt when unset.",
+    )
+    use_chat_template: bool = Field(
+        default=False,
+        description="Instruction rows: render the instruction (and input) as the user turn, the system field as "
+        "the system turn and the response as the assistant turn with the model's own chat template, instead of "
+        "a text prompt. Needs a tokenizer with a chat template.",
     )
     cleaning: Cleaning = Field(default_factory=Cleaning, description="Row cleaning before the split.")
     split: Split = Field(default_factory=Split, description="Train/validation/test split of Split datasets.")
@@ -209,6 +215,12 @@ class Data(ApiModel):
             cel="self.datasets.exists(d, d.usage == 'Split' || d.usage == 'Train')",
             message="datasets must include at least one with usage Split or Train",
             check=lambda s: _has_usage(s, DatasetUsage.SPLIT) or _has_usage(s, DatasetUsage.TRAIN),
+        ),
+        Rule(
+            cel="!has(self.useChatTemplate) || !self.useChatTemplate || ((!has(self.format) || "
+            "self.format == 'Instruction') && !has(self.promptTemplate))",
+            message="useChatTemplate needs format Instruction and no promptTemplate",
+            check=lambda s: not s.use_chat_template or (s.format == DataFormat.INSTRUCTION and s.prompt_template is None),
         ),
     )
 

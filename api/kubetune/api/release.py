@@ -7,7 +7,7 @@ from pydantic import Field
 
 from .base import ApiModel, Rule
 from .enums import ServingEngine, TestMetric
-from .resources import Quantity
+from .resources import IMAGE_RULE, Quantity
 
 
 class Threshold(ApiModel):
@@ -74,4 +74,5 @@ class Deploy(ApiModel):
             message="engine VLLM requires gpus > 0",
             check=lambda s: s.engine != ServingEngine.VLLM or s.gpus > 0,
         ),
+        IMAGE_RULE,
     )

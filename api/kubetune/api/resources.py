@@ -10,6 +10,27 @@ from .base import ApiModel, Rule
 from .enums import TaintEffect, TolerationOperator
 from .sources import DNS_LABEL, DNS_SUBDOMAIN
 
+import re
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+IMAGE = (
+    rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+"""An OCI image reference: [registry[:port]/]name[/name...][:tag][@algorithm:digest] (distribution's grammar)."""
+IMAGE_MESSAGE = (
+    "image must be an OCI image reference, [registry[:port]/]name[:tag][@sha256:digest], e.g. "
+    "ghcr.io/kubetune/trainer:0.1.0 (lower-case name, no spaces or shell characters)"
+)
+
+IMAGE_RULE = Rule(
+    cel=f"!has(self.image) || self.image.matches(r'{IMAGE}')",
+    message=IMAGE_MESSAGE,
+    check=lambda s: s.image is None or re.match(IMAGE, s.image) is not None,
+)
+"""On any type with an ``image`` field (training workers, the model server)."""
+
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 Quantity = int | Annotated[str, Field(max_length=64, pattern=QUANTITY)]
 
@@ -58,3 +79,5 @@ class Resources(ApiModel):
     service_account_name: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="ServiceAccount of the workers."
     )
+
+    rules = (IMAGE_RULE,)

@@ -16,6 +16,8 @@ Training pods get no Kubernetes API token: the operator reads their progress fro
 from __future__ import annotations
 
 import json
+import re
+from decimal import Decimal
 from typing import Any
 
 from kubetune.api.exitcodes import NON_RETRYABLE
@@ -33,6 +35,18 @@ TERMINATION_LOG = "/dev/termination-log"
 CONTAINER = "trainer"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU = "nvidia.com/gpu"
+_SUFFIXES = {"m": Decimal("0.001"), "": Decimal(1), "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9),
+             "T": Decimal(10**12), "P": Decimal(10**15), "E": Decimal(10**18), "Ki": Decimal(2**10),
+             "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50),
+             "Ei": Decimal(2**60)}  # fmt: skip
+
+
+def threads(cpu: int | str) -> int:
+    """OMP_NUM_THREADS for a CPU quantity: whole cores, rounded down, at least 1 ("500m" and "1.5" give 1)."""
+    found = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", str(cpu))
+    if found is None or found.group(2) not in _SUFFIXES:
+        return 1
+    return max(1, int(Decimal(found.group(1)) * _SUFFIXES[found.group(2)]))
 
 
 def spec_name(job: FineTuneJob) -> str:
@@ -128,7 +142,7 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
         "KUBETUNE_MODEL_CACHE": MODEL_CACHE,
         "TMPDIR": "/scratch",
         "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1" if r.gpus_per_worker else str(r.cpu),
+        "OMP_NUM_THREADS": "1" if r.gpus_per_worker else str(threads(r.cpu)),
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
     # Node rank: the Job controller also injects JOB_COMPLETION_INDEX; NODE_RANK makes the contract explicit.

@@ -16,7 +16,7 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import FineTuneJob
 from kubetune.api.status import DeploymentStatus, FineTuneJobStatus
 
-from .builders import GPU, MODEL_CACHE, PVC_ROOT, SPEC_DIR, SPEC_KEY, volumes_and_mounts
+from .builders import GPU, MODEL_CACHE, PVC_ROOT, SPEC_DIR, SPEC_KEY, threads, volumes_and_mounts
 from .naming import LABEL_COMPONENT, LABEL_JOB, child_name, labels
 from .settings import Settings
 from .status import Transition, conditioner, is_true
@@ -55,7 +55,7 @@ def _container(job: FineTuneJob, settings: Settings, mounts: list[dict[str, Any]
         args = ["serve", f"{SPEC_DIR}/{SPEC_KEY}", f"--port={d.port}", f"--max-new-tokens={d.max_new_tokens}"]
         args += ["--merged"] if _merged(job) else []
     env = {"KUBETUNE_PVC_ROOT": PVC_ROOT, "KUBETUNE_MODEL_CACHE": MODEL_CACHE, "TMPDIR": "/scratch",
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1" if d.gpus else str(d.cpu)}  # fmt: skip
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1" if d.gpus else str(threads(d.cpu))}  # fmt: skip
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10}
     return {
         "name": COMPONENT,

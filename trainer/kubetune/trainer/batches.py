@@ -23,9 +23,17 @@ Tokenized = tuple[list[int], list[int]]
 """(input_ids, labels) of one example; labels is [class index] for Classification."""
 
 
+def bos(tokenizer: Any, text: str) -> list[int]:
+    """The BOS id to put before ``text``: none when the tokenizer has none or the text already starts with it
+    (chat templates whose turns open with the BOS token, as SmolLM2's ``<|im_start|>``)."""
+    if tokenizer.bos_token_id is None or (tokenizer.bos_token and text.startswith(tokenizer.bos_token)):
+        return []
+    return [tokenizer.bos_token_id]
+
+
 def encode(example: Example, tokenizer: Any, labels: list[str] | None = None) -> Tokenized:
     """Token ids of one example (BOS first, EOS last where the example asks for it) and their labels."""
-    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = bos(tokenizer, example.parts[0][0] if example.parts else "")
     targets: list[int] = [IGNORE] * len(ids)
     for text, trained in example.parts:
         part = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -131,9 +131,43 @@ def output_dir(job: FineTuneJob, args: argparse.Namespace, volumes: Volumes) -> 
     return volumes.scratch / "output" / job.name
 
 
+THIRD_PARTY = ("bitsandbytes", "transformers", "peft", "accelerate", "torch", "huggingface_hub")
+
+
+class ThirdPartyAtDebug(logging.Filter):
+    """Third-party warnings that are not the user's concern (bitsandbytes' optional CPU kernels, deprecation
+    notices inside transformers) are logged at DEBUG: shown with ``KUBETUNE_LOG_LEVEL=DEBUG``, hidden otherwise.
+    Errors always show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        third_party = record.name.startswith(THIRD_PARTY) or (
+            record.name == "py.warnings" and "site-packages" in record.getMessage()
+        )
+        if record.levelno >= logging.ERROR or not third_party:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def quiet_third_party() -> None:
+    """Route third-party warnings (and Python warnings) through ``ThirdPartyAtDebug``."""
+    level = os.environ.get("KUBETUNE_LOG_LEVEL")
+    if level:
+        logging.getLogger().setLevel(level.upper())
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ThirdPartyAtDebug())
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_default_handler()  # its own handler bypasses the root's filter
+        transformers_logging.enable_propagation()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.command != "run" else logging.WARNING, format="%(message)s")
+    quiet_third_party()
     code = _exit_code(args)
     record_exit_code(code)
     return code

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from .batches import IGNORE, Tokenized, batches
+from .batches import IGNORE, Tokenized, batches, bos
 from .formats import Example
 
 _WORD = re.compile(r"\w+")
@@ -165,8 +165,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 def prompt_ids(tokenizer: Any, text: str) -> list[int]:
     """A prompt's token ids as training saw them: BOS first (where the tokenizer has one), then the text."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return bos(tokenizer, text) + list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def generate(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True,
@@ -203,12 +202,12 @@ def generation(
     exact: list[float] = []
     rouge: list[float] = []
     kept: list[dict[str, str]] = []
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     with torch.no_grad():
         for example in examples:
             ids = prompt_ids(tokenizer, example.prompt)
             if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-                ids = bos + ids[len(ids) - max_prompt_tokens + len(bos) :]
+                first = bos(tokenizer, example.prompt)
+                ids = first + ids[len(ids) - max_prompt_tokens + len(first) :]
             new = generate(model, tokenizer, ids, max_new_tokens)
             answer = tokenizer.decode(new, skip_special_tokens=True).strip()
             reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()

@@ -87,6 +87,10 @@ def _to_example(row: Row, data: Data, source: str, number: int, chat: ChatRender
             return "emptyInstruction"
         if not response:
             return "emptyResponse"
+        if data.use_chat_template:
+            assert chat is not None, "useChatTemplate needs the tokenizer's chat template"
+            return _chat_example(instruction_messages(instruction, extra, get(fields.system), response), clean,
+                                 source, number, chat)  # fmt: skip
         template = data.prompt_template or INSTRUCTION_TEMPLATE
         input_block = f"### Input:\n{extra}\n" if extra else ""
         prompt = template.format(
@@ -105,6 +109,16 @@ def _to_example(row: Row, data: Data, source: str, number: int, chat: ChatRender
         return Example([(text, False)], source, number, label=label, eos=False)
     assert chat is not None, "Chat rows need the tokenizer's chat template"
     return _chat_example(row.get(fields.messages), clean, source, number, chat)
+
+
+def instruction_messages(instruction: str, extra: str, system: str, response: str | None) -> list[dict[str, str]]:
+    """An Instruction row as chat turns (useChatTemplate): system, then the user's instruction and input, then
+    the assistant's response (left out when None: a prompt to answer)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction})
+    if response is not None:
+        messages.append({"role": "assistant", "content": response})
+    return messages
 
 
 def _chat_example(

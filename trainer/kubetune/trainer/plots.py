@@ -102,9 +102,10 @@ def _test_metrics(metrics: dict[str, Any], report: dict[str, Any], lengths: dict
         intervals = values.get("intervals") or {}
         low = [h - intervals[k][0] if k in intervals else 0.0 for h, k in zip(heights, keys, strict=True)]
         high = [intervals[k][1] - h if k in intervals else 0.0 for h, k in zip(heights, keys, strict=True)]
-        ax.bar(x, heights, width, yerr=[low, high], capsize=3, label=label)
+        bars = ax.bar(x, heights, width, yerr=[low, high], capsize=3, label=label)
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize="small")
     ax.set_xticks(np.arange(len(keys)), keys)
-    ax.set(ylim=(0, 1.05), ylabel="test score", title="Test metrics (95% bootstrap intervals)")
+    ax.set(ylim=(0, 1.12), ylabel="test score", title="Test metrics (95% bootstrap intervals)")
     ax.legend(loc="upper left", fontsize="small")
     return figure
 

@@ -46,9 +46,10 @@ class Data:
 
 def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report: PrepReport) -> Data:
     chat = None
-    if spec.data.format == DataFormat.CHAT:
+    if spec.data.format == DataFormat.CHAT or spec.data.use_chat_template:
         if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("spec.data.format: Chat needs a tokenizer with a chat template; this model has none")
+            field = "useChatTemplate" if spec.data.use_chat_template else "format: Chat"
+            raise ConfigError(f"spec.data.{field} needs a tokenizer with a chat template; this model has none")
 
         def chat(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
             return str(
