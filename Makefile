@@ -7,7 +7,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 EXAMPLE ?= examples/language-id.yaml
-RUN_THREADS ?= $(shell nproc)
+RUN_THREADS ?= $(shell nproc --all)
 PYTEST_ARGS ?=
 
 export OMP_NUM_THREADS ?= 1
@@ -38,7 +38,7 @@ models: venv ## Build or reuse the real pretrained models of the model cache (~/
 
 .PHONY: run
 run: models ## Fine-tune SmolLM2-135M-Instruct locally from $(EXAMPLE) (no cluster needed); base vs tuned
-	OMP_NUM_THREADS=$(RUN_THREADS) $(PY) -m kubetune.trainer run $(EXAMPLE)
+	OMP_NUM_THREADS=$(RUN_THREADS) MKL_NUM_THREADS=$(RUN_THREADS) $(PY) -m kubetune.trainer run $(EXAMPLE)
 
 .PHONY: dashboards
 dashboards: ## Rewrite the Grafana dashboards (charts/kubetune/files/dashboards) from hack/dashboards.py

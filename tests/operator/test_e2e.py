@@ -248,7 +248,7 @@ def test_sequential_stages_with_a_forgetting_guard_report_every_stage(k: Cluster
     assert k.condition(name, "Promotable")["reason"] in ("GatePassed", "GateFailed")
     assert k.condition(name, "Overfitting")["status"] in ("True", "False")
     evaluation = status["evaluation"]
-    assert {"loss", "rougeL"} <= set(evaluation["fewShot"]) and {"loss", "rougeL"} <= set(evaluation["baseline"])
+    assert {"exactMatch", "rougeL"} <= set(evaluation["fewShot"]) and {"loss", "rougeL"} <= set(evaluation["baseline"])
     out = volumes["kubetune-outputs"] / name
     assert (out / "stages" / "domain" / "merged" / "config.json").is_file() and (out / "adapter").is_dir()
     exported = wait_for("job metrics", lambda: _series(k.operator.metrics(), name), 30)

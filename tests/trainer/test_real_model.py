@@ -39,7 +39,7 @@ def _rows(data: Path, count: int) -> list[dict[str, Any]]:
     """The first ``count`` language-ID conversations as (sentence, language, instruction)."""
     rows = []
     for line in (DATA / "languages.jsonl").read_text().splitlines()[:count]:
-        system, user, assistant = json.loads(line)["messages"]
+        _, user, assistant = json.loads(line)["messages"]
         rows.append({"instruction": user["content"], "output": assistant["content"],
                      "text": user["content"].rsplit("\n", 1)[-1], "label": assistant["content"]})  # fmt: skip
     return rows
@@ -63,10 +63,22 @@ def real_job(name: str, path: str = "instructions.jsonl") -> JobBuilder:
         .set("spec.data.datasets[0]", {"name": "rows", "pvc": {"claimName": "data", "path": path}})
         .set("spec.data.useChatTemplate", True)
         .set("spec.data.split", {"validationRatio": 0.05, "testRatio": 0.1, "seed": 7})
-        .set("spec.method", {"type": "LoRA", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0,
-                                                       "targetModules": ["q_proj", "v_proj"]}})  # fmt: skip
-        .set("spec.training", {"learningRate": 0.002, "epochs": 1, "perDeviceBatchSize": 8, "maxSeqLength": 96,
-                               "maxSteps": 30, "warmupSteps": 2, "seed": 7})  # fmt: skip
+        .set(
+            "spec.method",
+            {"type": "LoRA", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]}},
+        )
+        .set(
+            "spec.training",
+            {
+                "learningRate": 0.002,
+                "epochs": 1,
+                "perDeviceBatchSize": 8,
+                "maxSeqLength": 96,
+                "maxSteps": 30,
+                "warmupSteps": 2,
+                "seed": 7,
+            },
+        )
         .set("spec.evaluation", {"maxSamples": 30, "maxNewTokens": 4})
     )
 

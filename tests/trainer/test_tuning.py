@@ -76,8 +76,8 @@ def test_few_shot_baseline_and_neftune(run_job: Runner, tmp_path: Path, capsys: 
     job = fast_job("shots").set("spec.evaluation.fewShot", {"k": 2}).set("spec.training.neftuneNoiseAlpha", 5.0)
     assert run_job(job.set("spec.training.maxSteps", 6).build()) == 0
     result = metrics(tmp_path / "out")
-    assert result["fewShot"]["k"] == 2 and {"loss", "exactMatch", "rougeL"} <= set(result["fewShot"])
-    assert result["fewShot"]["loss"] != result["baseline"]["loss"]
+    assert result["fewShot"]["k"] == 2 and {"exactMatch", "rougeL", "intervals"} <= set(result["fewShot"])
+    assert "loss" not in result["fewShot"], "a prompted model's loss is not compared"
     assert "2-shot" in capsys.readouterr().out
 
 
@@ -254,3 +254,31 @@ def test_continuous_tuning_starts_from_the_earlier_job_and_records_the_lineage(
     (tmp_path / "orphan.yaml").write_text(yaml.safe_dump(fast_job("orphan").set("spec.model", {"fromJob": "nope"})
                                                           .build()))  # fmt: skip
     assert main(["run", str(tmp_path / "orphan.yaml"), f"--volume=data={DATA}"]) == 78
+
+
+def test_few_shot_prefix_cache_gives_the_uncached_answers(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune.trainer import baselines, evaluate
+    from kubetune.trainer.formats import Example
+    from kubetune.trainer.tiny import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path / "tiny", seed=4)
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        AutoTokenizer.from_pretrained(path),
+    )
+    solved = [Example.pair("Spell the word backwards: river\n", "revir"), Example.pair("Add 2 and 3\n", "5")]
+    tests = [baselines.with_shots(Example.pair(p, "x"), solved) for p in ("Name a colour\n", "Say hi\n", "Count\n")]
+    prefix = baselines.prefix(solved)
+    cached = evaluate.generation(model, tokenizer, tests, 6, prefix=prefix)
+    plain = []
+    with torch.no_grad():
+        for example in tests:
+            ids = evaluate.prompt_ids(tokenizer, prefix) + tokenizer(example.prompt[len(prefix) :],
+                                                                     add_special_tokens=False)["input_ids"]  # fmt: skip
+            plain.append(
+                tokenizer.decode(evaluate.generate(model, tokenizer, ids, 6), skip_special_tokens=True).strip()
+            )
+    assert [e["generated"] for e in cached["examples"]] == plain

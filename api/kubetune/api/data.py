@@ -220,7 +220,9 @@ class Data(ApiModel):
             cel="!has(self.useChatTemplate) || !self.useChatTemplate || ((!has(self.format) || "
             "self.format == 'Instruction') && !has(self.promptTemplate))",
             message="useChatTemplate needs format Instruction and no promptTemplate",
-            check=lambda s: not s.use_chat_template or (s.format == DataFormat.INSTRUCTION and s.prompt_template is None),
+            check=lambda s: (
+                not s.use_chat_template or (s.format == DataFormat.INSTRUCTION and s.prompt_template is None)
+            ),
         ),
     )
 

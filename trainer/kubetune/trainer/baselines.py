@@ -23,10 +23,14 @@ def shots(train: list[Example], few_shot: FewShot) -> list[Example]:
     return random.Random(few_shot.seed).sample(train, min(few_shot.k, len(train)))
 
 
+def prefix(solved: list[Example]) -> str:
+    """The text every few-shot prompt starts with: each solved example's prompt and answer."""
+    return "".join(s.prompt + s.target.rstrip() + SEPARATOR for s in solved)
+
+
 def with_shots(example: Example, solved: list[Example]) -> Example:
     """``example`` with the solved examples (prompt and answer) in front of its prompt."""
-    prefix = "".join(s.prompt + s.target.rstrip() + SEPARATOR for s in solved)
-    return Example([(prefix + example.prompt, False), (example.target, True)], example.source, example.row,
+    return Example([(prefix(solved) + example.prompt, False), (example.target, True)], example.source, example.row,
                    eos=example.eos)  # fmt: skip
 
 

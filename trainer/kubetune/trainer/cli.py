@@ -42,8 +42,8 @@ from .errors import (
     RegressedError,
 )
 from .evaluate import HEADLINE, headline
-from .plots import PLOTS, columns
 from .local import Volumes, upload
+from .plots import PLOTS, columns
 from .report import ProgressEvent, Reporter
 from .runtime import record_exit_code, supervise, torchrun_command
 
@@ -162,6 +162,7 @@ def quiet_third_party() -> None:
 
         transformers_logging.disable_default_handler()  # its own handler bypasses the root's filter
         transformers_logging.enable_propagation()
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars under the run's own
 
 
 def main(argv: list[str] | None = None) -> int:

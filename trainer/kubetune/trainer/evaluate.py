@@ -193,9 +193,14 @@ def generation(
     max_new_tokens: int,
     samples_kept: int = 5,
     max_prompt_tokens: int | None = None,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """Greedy answers to each example's prompt, scored against its target: exact match and ROUGE-L (means).
-    A prompt longer than ``max_prompt_tokens`` keeps its last tokens."""
+    A prompt longer than ``max_prompt_tokens`` keeps its last tokens. A ``prefix`` that every prompt starts
+    with (the few-shot examples) is run through the model once and its key/value cache reused for each prompt;
+    its tokens are the prefix's own, then the rest's, either way."""
+    import copy
+
     import torch
 
     model.eval()
@@ -203,12 +208,21 @@ def generation(
     rouge: list[float] = []
     kept: list[dict[str, str]] = []
     with torch.no_grad():
+        head, cache = prompt_ids(tokenizer, prefix) if prefix else [], None
+        if head and (max_prompt_tokens is None or len(head) < max_prompt_tokens):
+            device = next(model.parameters()).device
+            cache = model(input_ids=torch.tensor([head], device=device), use_cache=True).past_key_values
         for example in examples:
-            ids = prompt_ids(tokenizer, example.prompt)
+            if head and example.prompt.startswith(prefix):
+                ids = head + list(tokenizer(example.prompt[len(prefix) :], add_special_tokens=False)["input_ids"])
+            else:
+                ids = prompt_ids(tokenizer, example.prompt)
+            cached = cache is not None and ids[: len(head)] == head
             if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
                 first = bos(tokenizer, example.prompt)
-                ids = first + ids[len(ids) - max_prompt_tokens + len(first) :]
-            new = generate(model, tokenizer, ids, max_new_tokens)
+                ids, cached = first + ids[len(ids) - max_prompt_tokens + len(first) :], False
+            reuse = {"cache": copy.deepcopy(cache)} if cached else {}
+            new = generate(model, tokenizer, ids, max_new_tokens, **reuse)
             answer = tokenizer.decode(new, skip_special_tokens=True).strip()
             reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
             exact.append(float(normalize_answer(answer) == normalize_answer(reference)))

@@ -250,8 +250,7 @@ def train(
                 improved = best is None or (value > best + delta if higher_is_better else value < best - delta)
                 if improved:
                     state.best_value, state.best_step, state.bad_validations = value, state.step, 0
-                    if main:
-                        accelerator.unwrap_model(model).save_pretrained(out / "best")
+                    save_weights(accelerator, model, out / "best")
                 else:
                     state.bad_validations += 1
                 patience = spec.validation.early_stopping
@@ -324,9 +323,10 @@ def train(
         "overfitting": guards.overfitting(state.train_history, state.validation_history),
     }
     reporter.phase("Saving")
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP: every rank gives its shards
     if main:
         save(job, model_path, accelerator.unwrap_model(model), tokenizer, data.labels, out, metrics, report,
-             merge_adapter)  # fmt: skip
+             merge_adapter, state_dict)  # fmt: skip
     accelerator.wait_for_everyone()
     guard = spec.forgetting_guard
     if retention is not None and not retention["passed"] and guard and guard.on_regression == RegressionAction.FAIL:
@@ -348,11 +348,13 @@ def save(
     metrics: dict[str, Any],
     report: PrepReport,
     merge_adapter: bool = False,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
-    """Weights and tokenizer, the merged model when asked, metrics, the model card, then the manifest (last)."""
+    """Weights (from ``state_dict``, the whole state gathered on this process, when given) and tokenizer, the
+    merged model when asked, metrics, plots, the model card, then the manifest (last)."""
     spec = job.spec
     weights = outputs.weights_dir(out, spec)
-    model.save_pretrained(weights)
+    model.save_pretrained(weights, state_dict=state_dict)
     tokenizer.save_pretrained(weights)
     merge_adapter = merge_adapter or (spec.output is not None and spec.output.merge_adapter)
     if merge_adapter and spec.method.type != MethodType.FULL:
@@ -362,6 +364,15 @@ def save(
     plots.write(out, job.name, metrics, report.to_dict(), report.lengths)
     outputs.model_card(out, job, metrics, report.to_dict(), model_path)
     outputs.write_manifest(out, job, report.sha256, metrics["worldSize"], model_path)
+
+
+def save_weights(accelerator: Any, model: Any, path: Path) -> None:
+    """Save the model (or adapter) from every rank's part: the state dict is gathered on all ranks (FSDP's
+    shards are a collective; DDP and one process just read it), then the main process writes it."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict)
+    accelerator.wait_for_everyone()
 
 
 def _on_sigterm() -> Any:

@@ -54,20 +54,21 @@ def test_metrics(
 
 
 def few_shot_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
-    """The base model's test metrics with spec.evaluation.fewShot.k solved training examples before each prompt."""
+    """The base model's generated answers (exact match, ROUGE-L) with spec.evaluation.fewShot.k solved training
+    examples before each test prompt. No loss: a prompted model's loss on the answer is not comparable to a
+    tuned model's, and it would cost a second pass over the long prompts."""
     assert spec.evaluation.few_shot is not None
     limit, budget = spec.evaluation.max_samples, spec.training.max_seq_length
     solved = baselines.shots(data.examples["train"], spec.evaluation.few_shot)
     examples = [baselines.with_shots(e, solved) for e in data.examples["test"][:limit]]
-    rows = baselines.tokenize_left(examples, tokenizer, budget)
-    if not rows:
+    if not examples:
         return {}
-    batch = spec.training.per_device_batch_size
-    metrics = evaluate.loss_metrics(evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator))
+    metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
         new_tokens = spec.evaluation.max_new_tokens
         unwrapped, prompt_budget = accelerator.unwrap_model(model), max(budget - new_tokens, 1)
-        metrics.update(evaluate.generation(unwrapped, tokenizer, examples, new_tokens, 5, prompt_budget))
+        prefix = baselines.prefix(solved)
+        metrics = evaluate.generation(unwrapped, tokenizer, examples, new_tokens, 5, prompt_budget, prefix)
     accelerator.wait_for_everyone()
     return {"k": len(solved), **metrics}
 

@@ -85,7 +85,9 @@ class Model:
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise BadRequestError("messages must be a non-empty list of {role, content} objects", "messages")
         data = self.job.spec.data
-        if (data.format == DataFormat.CHAT or data.use_chat_template) and getattr(self.tokenizer, "chat_template", None):
+        if (data.format == DataFormat.CHAT or data.use_chat_template) and getattr(
+            self.tokenizer, "chat_template", None
+        ):
             return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         users = [str(m.get("content", "")) for m in messages if m.get("role") == "user"]
         if data.format == DataFormat.INSTRUCTION:
