@@ -208,7 +208,8 @@ def generation(
     rouge: list[float] = []
     kept: list[dict[str, str]] = []
     with torch.no_grad():
-        head, cache = prompt_ids(tokenizer, prefix) if prefix else [], None
+        head = prompt_ids(tokenizer, prefix) if prefix else []
+        cache: Any = None
         if head and (max_prompt_tokens is None or len(head) < max_prompt_tokens):
             device = next(model.parameters()).device
             cache = model(input_ids=torch.tensor([head], device=device), use_cache=True).past_key_values
@@ -221,7 +222,7 @@ def generation(
             if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
                 first = bos(tokenizer, example.prompt)
                 ids, cached = first + ids[len(ids) - max_prompt_tokens + len(first) :], False
-            reuse = {"cache": copy.deepcopy(cache)} if cached else {}
+            reuse: dict[str, Any] = {"cache": copy.deepcopy(cache)} if cached else {}
             new = generate(model, tokenizer, ids, max_new_tokens, **reuse)
             answer = tokenizer.decode(new, skip_special_tokens=True).strip()
             reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
