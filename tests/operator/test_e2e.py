@@ -253,7 +253,7 @@ def test_sequential_stages_with_a_forgetting_guard_report_every_stage(k: Cluster
     assert (out / "stages" / "domain" / "merged" / "config.json").is_file() and (out / "adapter").is_dir()
     exported = wait_for("job metrics", lambda: _series(k.operator.metrics(), name), 30)
     assert exported["kubetune_finetunejob_retention_regression_ratio"] == pytest.approx(retention["regression"])
-    assert 'kubetune_finetunejob_eval_metric{metric="loss",model="fewshot"}' in exported
+    assert 'kubetune_finetunejob_eval_metric{metric="rougeL",model="fewshot"}' in exported
 
 
 PROMPT = "### Instruction:\nSpell the word backwards.\n### Input:\nriver\n### Response:\n"

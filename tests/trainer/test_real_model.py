@@ -117,7 +117,7 @@ def test_lora_through_the_chat_template_beats_the_base_model(tuned: tuple[dict[s
     assert m["test"]["exactMatch"] > m["baseline"]["exactMatch"] + 0.3, (m["test"], m["baseline"])
     assert m["test"]["loss"] < m["baseline"]["loss"]
     sample = m["test"]["examples"][0]
-    assert sample["prompt"].startswith("<|im_start|>") and sample["prompt"].endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>user\n" in sample["prompt"] and sample["prompt"].endswith("<|im_start|>assistant\n")
     assert (out / "report.html").exists() and (out / "test_metrics.png").exists()
     low, high = m["test"]["intervals"]["exactMatch"]
     assert low <= m["test"]["exactMatch"] <= high
