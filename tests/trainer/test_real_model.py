@@ -31,6 +31,7 @@ CACHE = Path(os.environ.get("KUBETUNE_REAL_MODEL_CACHE", Path.home() / ".cache" 
 pytestmark = [
     pytest.mark.realmodel,
     pytest.mark.slow,
+    pytest.mark.timeout(1800),  # the LoRA fixture's run alone took 400 s on 2 cores; the suite's default is 600
     pytest.mark.skipif(not (CACHE / MODEL / "config.json").exists(), reason=f"run hack/model-cache.sh: no {MODEL}"),
 ]
 
