@@ -22,5 +22,5 @@ PY
 write operator "The operator image's packages: the closure of pydantic, pyyaml, kopf, kubernetes, prometheus-client" \
   pydantic pyyaml kopf kubernetes prometheus-client
 write trainer "The trainer image's packages: the closure of requirements/runtime.in less kopf and kubernetes" \
-  pydantic pyyaml prometheus-client torch transformers tokenizers safetensors peft accelerate bitsandbytes trl \
+  pydantic pyyaml prometheus-client torch transformers tokenizers safetensors peft accelerate bitsandbytes matplotlib \
   scikit-learn pyarrow fsspec tqdm

@@ -132,7 +132,6 @@ def test_serve_answers_a_chat_request_through_the_chat_template(tuned: tuple[dic
     from tests.trainer.test_serve import post
 
     doc, out = tuned
-    os.environ["KUBETUNE_MODEL_CACHE"] = str(CACHE)
     model = Model(parse_job(doc), Volumes(claims={"data": data}, model_cache=CACHE), out, merged=False)
     server = serve(model, 0, limit=16, address="127.0.0.1")
     try:
