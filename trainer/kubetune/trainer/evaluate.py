@@ -35,7 +35,14 @@ def interval(values: list[float], resamples: int = RESAMPLES, seed: int = 0) -> 
         return [0.0, 0.0]
     data = np.asarray(values, dtype=float)
     means = data[np.random.default_rng(seed).integers(0, len(data), (resamples, len(data)))].mean(axis=1)
-    return [round(float(np.percentile(means, 2.5)), 6), round(float(np.percentile(means, 97.5)), 6)]
+    return _central_95(means)
+
+
+def _central_95(scores: Any) -> list[float]:
+    """Percentiles 2.5 and 97.5 of resampled scores, rounded as metrics are."""
+    import numpy as np
+
+    return [round(float(np.percentile(scores, 2.5)), 6), round(float(np.percentile(scores, 97.5)), 6)]
 
 
 def f1_interval(truth: list[int], predicted: list[int], classes: int, resamples: int = RESAMPLES,
@@ -54,7 +61,7 @@ def f1_interval(truth: list[int], predicted: list[int], classes: int, resamples:
         support, guessed = np.bincount(tt, minlength=classes), np.bincount(pp, minlength=classes)
         denominator = support + guessed
         scores.append(float(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0).mean()))
-    return [round(float(np.percentile(scores, 2.5)), 6), round(float(np.percentile(scores, 97.5)), 6)]
+    return _central_95(scores)
 
 
 def _sum(values: list[float], accelerator: Any) -> list[float]:

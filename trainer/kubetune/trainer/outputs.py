@@ -17,6 +17,7 @@ from kubetune.api import MethodType
 from kubetune.api.spec import MUTABLE_FIELDS, FineTuneJob, FineTuneJobSpec
 
 from .evaluate import HEADLINE
+from .plots import PLOTS
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "safetensors", "pydantic")
 COMPLETE = "manifest.json"
@@ -144,9 +145,7 @@ def model_card(
     versions = {d.name: d.version for d in spec.data.datasets if d.version}
     if versions:
         lines += ["", f"Dataset versions: {versions}."]
-    plots = [
-        name for name in ("loss.png", "learning_rate.png", "test_metrics.png", "prep.png") if (out / name).exists()
-    ]
+    plots = [name for name in PLOTS if (out / name).exists()]
     if plots:
         lines += ["", "## Plots", "", "The whole run in one page: [report.html](report.html).", ""]
         lines += [f"![{name}]({name})" for name in plots]

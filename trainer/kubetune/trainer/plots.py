@@ -16,7 +16,6 @@ from typing import Any
 
 from .evaluate import HEADLINE
 
-PLOTS = ("loss.png", "learning_rate.png", "test_metrics.png", "prep.png")
 SCORES = ("exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
 """Test metrics on a 0-1 scale, drawn side by side (loss and perplexity are in the table)."""
 
@@ -28,8 +27,7 @@ def write(out: Path, name: str, metrics: dict[str, Any], report: dict[str, Any],
 
     matplotlib.use("Agg")
     written = []
-    for file, draw in (("loss.png", _loss), ("learning_rate.png", _learning_rate),
-                       ("test_metrics.png", _test_metrics), ("prep.png", _prep)):  # fmt: skip
+    for file, draw in DRAWERS.items():
         figure = draw(metrics, report, lengths)
         if figure is not None:
             figure.savefig(out / file, dpi=100, bbox_inches="tight")
@@ -126,6 +124,12 @@ def _prep(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, li
         hist.legend()
     figure.tight_layout()
     return figure
+
+
+DRAWERS = {"loss.png": _loss, "learning_rate.png": _learning_rate, "test_metrics.png": _test_metrics,
+           "prep.png": _prep}  # fmt: skip
+PLOTS = tuple(DRAWERS)
+"""The plot files a run writes, in report order."""
 
 
 def page(out: Path, name: str, metrics: dict[str, Any], report: dict[str, Any], plots: list[str]) -> str:
