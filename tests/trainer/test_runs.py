@@ -1,4 +1,4 @@
-"""Whole runs on the tiny Llama: every method and task, merged output, resume after a kill, two ranks."""
+"""Whole runs on the tiny Llama: every method and task, merged output, resume after a kill, two ranks (DDP, FSDP)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,45 @@ def test_two_ranks_on_cpu_with_torchrun(tmp_path: Path) -> None:
     assert metrics(out)["worldSize"] == 2
     assert sorted(p.name for p in (out / "checkpoints" / "step-00000006").glob("rng-*")) == ["rng-0.pt", "rng-1.pt"]
     assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2
+
+
+def test_fsdp_on_two_cpu_ranks_shards_trains_like_ddp_and_resumes_after_a_kill(tmp_path: Path) -> None:
+    """FSDP2 over gloo: each rank keeps half the optimizer state, the steps are DDP's to float precision, a run
+    killed after its checkpoint resumes to the same end, and the saved model is whole."""
+    job = fast_job("fsdp").set("spec.method", {"type": "Full"}).set("spec.training.learningRate", 0.001)
+    job.set("spec.training.maxSteps", 6).set("spec.checkpointing", {"everySteps": 3, "keep": 2})
+    job.set("spec.validation.everySteps", 3)
+    for name, distributed in (("ddp", "DDP"), ("fsdp", "FSDP")):
+        manifest = job.set("spec.training.distributed", distributed).build()
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(manifest))
+
+    def launch(name: str, out: str, **env: str) -> subprocess.CompletedProcess[str]:
+        manifest, output = tmp_path / f"{name}.yaml", tmp_path / out
+        return _kubetune("launch", str(manifest), f"--volume=data={DATA}", f"--output={output}", "--metrics-port=0",
+                         env={"NPROC_PER_NODE": "2", **env})  # fmt: skip
+
+    ddp = launch("ddp", "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    killed = launch("fsdp", "fsdp", KUBETUNE_FAULT_AFTER_STEP="4")
+    assert killed.returncode != 0
+    shards = tmp_path / "fsdp" / "checkpoints" / "step-00000003"
+    whole = tmp_path / "ddp" / "checkpoints" / "step-00000003" / "optimizer-0.pt"
+    assert sorted(p.name for p in shards.glob("optimizer-*")) == ["optimizer-0.pt", "optimizer-1.pt"]
+    assert (shards / "optimizer-0.pt").stat().st_size < 0.6 * whole.stat().st_size, "FSDP shards the optimizer"
+    resumed = launch("fsdp", "fsdp")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '"resumedFromStep": 3' in resumed.stderr
+
+    a, b = metrics(tmp_path / "ddp"), metrics(tmp_path / "fsdp")
+    assert [r["step"] for r in b["history"]["train"]] == list(range(1, 7)) and b["worldSize"] == 2
+    for x, y in zip(a["history"]["train"], b["history"]["train"], strict=True):
+        assert abs(x["loss"] - y["loss"]) < 1e-4
+    assert abs(a["test"]["loss"] - b["test"]["loss"]) < 1e-4 and b["test"]["samples"] == a["test"]["samples"]
+    from safetensors.torch import load_file
+
+    ours, theirs = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("fsdp", "ddp"))
+    assert ours.keys() == theirs.keys()
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-4
 
 
 def test_reporter_serves_prometheus_metrics_and_progress_and_writes_the_termination_message(tmp_path: Path) -> None:

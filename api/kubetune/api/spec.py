@@ -107,13 +107,9 @@ class FineTuneJobSpec(ApiModel):
             check=lambda s: s.task.type == TaskType.CLASSIFICATION or s.validation.metric == ValidationMetric.LOSS,
         ),
         Rule(
-            cel="self.training.distributed != 'FSDP' || "
-            "(self.method.type == 'Full' && has(self.resources.gpusPerWorker) && self.resources.gpusPerWorker > 0)",
-            message="training.distributed FSDP requires method.type Full and resources.gpusPerWorker > 0",
-            check=lambda s: (
-                s.training.distributed != Distributed.FSDP
-                or (s.method.type == MethodType.FULL and s.resources.gpus_per_worker > 0)
-            ),
+            cel="self.training.distributed != 'FSDP' || self.method.type == 'Full'",
+            message="training.distributed FSDP requires method.type Full",
+            check=lambda s: s.training.distributed != Distributed.FSDP or s.method.type == MethodType.FULL,
         ),
         Rule(
             cel="!has(self.stages) || self.stages.all(a, self.stages.exists_one(b, b.name == a.name))",

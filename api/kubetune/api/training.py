@@ -130,7 +130,8 @@ class Training(ApiModel):
     distributed: Distributed = Field(
         default=Distributed.DDP,
         description="DDP: every process holds the whole model (gloo on CPU, nccl on GPU). FSDP: parameters, "
-        "gradients and optimizer state are sharded across GPUs (Full fine-tuning on GPUs only).",
+        "gradients and optimizer state are sharded across processes (FSDP2; Full fine-tuning only; gloo on CPU, "
+        "nccl on GPU).",
     )
 
     rules = (

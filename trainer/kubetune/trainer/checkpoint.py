@@ -2,7 +2,8 @@
 
 A checkpoint is written into a temporary directory and renamed into place, so a run killed while writing one
 never leaves a half-written checkpoint behind; only ``keep`` newest are kept. A checkpoint records the hash of
-the spec it belongs to: a run with a different spec never resumes from it.
+the spec it belongs to: a run with a different spec never resumes from it. Weights are stored whole (gathered
+from every rank under FSDP) and the optimizer per rank (FSDP's is sharded: resume on as many processes).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import runtime
+from .errors import ConfigError
 
 PREFIX = "step-"
 
@@ -88,11 +92,23 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, accelerator: An
     import torch
     from safetensors.torch import load_file
 
-    weights = accelerator.unwrap_model(model)
-    unexpected = weights.load_state_dict(load_file(path / "trainable.safetensors"), strict=False).unexpected_keys
-    if unexpected:
-        raise RuntimeError(f"checkpoint {path} has weights this model does not: {unexpected[:3]}")
+    trainable: dict[str, Any] = load_file(path / "trainable.safetensors")
     own = path / f"optimizer-{accelerator.process_index}.pt"
+    if runtime.sharded(accelerator):  # whole tensors into this rank's shards
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        saved = len(list(path.glob("optimizer-*.pt")))
+        if saved != accelerator.num_processes:
+            raise ConfigError(
+                f"checkpoint {path} holds the FSDP optimizer shards of {saved} processes, this run has "
+                f"{accelerator.num_processes}: resume an FSDP run with the same resources.workers x processes"
+            )
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        unexpected = set_model_state_dict(model, trainable, options=options).unexpected_keys
+    else:
+        unexpected = accelerator.unwrap_model(model).load_state_dict(trainable, strict=False).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f"checkpoint {path} has weights this model does not: {list(unexpected)[:3]}")
     # DDP ranks hold identical optimizer state, so a run resumed on more processes can start from rank 0's.
     optimizer.load_state_dict(torch.load(own if own.exists() else path / "optimizer-0.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))

@@ -201,26 +201,36 @@ def generation(
     samples_kept: int = 5,
     max_prompt_tokens: int | None = None,
     prefix: str = "",
+    accelerator: Any = None,
+    lockstep: bool = False,
 ) -> dict[str, Any]:
     """Greedy answers to each example's prompt, scored against its target: exact match and ROUGE-L (means).
     A prompt longer than ``max_prompt_tokens`` keeps its last tokens. A ``prefix`` that every prompt starts
     with (the few-shot examples) is run through the model once and its key/value cache reused for each prompt;
-    its tokens are the prefix's own, then the rest's, either way."""
+    its tokens are the prefix's own, then the rest's, either way.
+
+    With an ``accelerator`` of several processes every rank answers its share and the scores are gathered in
+    the examples' order, so the figures are those of one process. ``lockstep`` (FSDP, where every forward pass
+    is a collective) gives every rank the same number of prompts (a repeated one, not scored, fills a short
+    share) and never stops at EOS early (the answer is cut there instead): all ranks run the same passes."""
     import copy
 
     import torch
 
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    mine = list(range(rank, len(examples), world))
+    if lockstep:
+        mine += [-1] * (-(-len(examples) // world) - len(mine))
     model.eval()
-    exact: list[float] = []
-    rouge: list[float] = []
-    kept: list[dict[str, str]] = []
+    scored: list[tuple[int, float, float, dict[str, str]]] = []
     with torch.no_grad():
         head = prompt_ids(tokenizer, prefix) if prefix else []
         cache: Any = None
         if head and (max_prompt_tokens is None or len(head) < max_prompt_tokens):
             device = next(model.parameters()).device
             cache = model(input_ids=torch.tensor([head], device=device), use_cache=True).past_key_values
-        for example in examples:
+        for index in mine:
+            example = examples[max(index, 0)]
             if head and example.prompt.startswith(prefix):
                 ids = head + list(tokenizer(example.prompt[len(prefix) :], add_special_tokens=False)["input_ids"])
             else:
@@ -230,14 +240,22 @@ def generation(
                 first = bos(tokenizer, example.prompt)
                 ids, cached = first + ids[len(ids) - max_prompt_tokens + len(first) :], False
             reuse: dict[str, Any] = {"cache": copy.deepcopy(cache)} if cached else {}
-            new = generate(model, tokenizer, ids, max_new_tokens, **reuse)
+            new = generate(model, tokenizer, ids, max_new_tokens, stop_at_eos=not lockstep, **reuse)
+            if tokenizer.eos_token_id in new:
+                new = new[: new.index(tokenizer.eos_token_id)]
             answer = tokenizer.decode(new, skip_special_tokens=True).strip()
             reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
-            exact.append(float(normalize_answer(answer) == normalize_answer(reference)))
-            rouge.append(rouge_l(answer, reference))
-            if len(kept) < samples_kept:
-                kept.append({"prompt": example.prompt[-200:], "reference": reference, "generated": answer})
+            sample = {"prompt": example.prompt[-200:], "reference": reference, "generated": answer}
+            if index >= 0:
+                scored.append((index, float(normalize_answer(answer) == normalize_answer(reference)),
+                               rouge_l(answer, reference), sample))  # fmt: skip
     model.train()
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        scored = sorted(s for part in gather_object([scored]) for s in part)
+    exact, rouge = [s[1] for s in scored], [s[2] for s in scored]
     n = max(len(examples), 1)
     return {"exactMatch": sum(exact) / n, "rougeL": sum(rouge) / n, "samples": len(examples),
-            "intervals": {"exactMatch": interval(exact), "rougeL": interval(rouge)}, "examples": kept}  # fmt: skip
+            "intervals": {"exactMatch": interval(exact), "rougeL": interval(rouge)},
+            "examples": [s[3] for s in scored[:samples_kept]]}  # fmt: skip

@@ -323,7 +323,7 @@ def train(
         "overfitting": guards.overfitting(state.train_history, state.validation_history),
     }
     reporter.phase("Saving")
-    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP: every rank gives its shards
+    state_dict = gathered_state(accelerator, model)  # a collective under FSDP: every rank gives its shards
     if main:
         save(job, model_path, accelerator.unwrap_model(model), tokenizer, data.labels, out, metrics, report,
              merge_adapter, state_dict)  # fmt: skip
@@ -369,10 +369,21 @@ def save(
 def save_weights(accelerator: Any, model: Any, path: Path) -> None:
     """Save the model (or adapter) from every rank's part: the state dict is gathered on all ranks (FSDP's
     shards are a collective; DDP and one process just read it), then the main process writes it."""
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = gathered_state(accelerator, model)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict)
     accelerator.wait_for_everyone()
+
+
+def gathered_state(accelerator: Any, model: Any) -> dict[str, Any]:
+    """The whole state dict on the main process (every rank must call it), without the second names of tied
+    parameters (the LM head that is the embedding): FSDP gathers each name into its own tensor, so
+    ``save_pretrained`` would not see that they are one and would write the embedding twice."""
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    first = {name for name, _ in unwrapped.named_parameters()}
+    aliases = {name for name, _ in unwrapped.named_parameters(remove_duplicate=False)} - first
+    return {name: tensor for name, tensor in state_dict.items() if name not in aliases}
 
 
 def _on_sigterm() -> Any:

@@ -1,6 +1,7 @@
 """What is measured on a model: validation scores, test metrics (per task), and before tuning the zero-shot and
-few-shot baselines, the retention loss and passkey retrieval. Loss and classification metrics run on every
-rank's share; generation runs on rank 0 while the others wait.
+few-shot baselines, the retention loss and passkey retrieval. Loss, classification metrics and generated answers
+run on every rank's share (in lockstep under FSDP); the passkey check runs on rank 0 while the others wait
+(on all ranks under FSDP).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 from kubetune.api import TaskType
 from kubetune.api.spec import FineTuneJobSpec
 
-from . import baselines, evaluate, longcontext
+from . import baselines, evaluate, longcontext, runtime
 from .batches import Tokenized
 from .formats import Example
 from .splits import Data
@@ -45,11 +46,8 @@ def test_metrics(
     if data.labels is not None:
         return metrics
     metrics = evaluate.loss_metrics(metrics["loss"])
-    if accelerator.is_main_process:
-        metrics.update(
-            evaluate.generation(accelerator.unwrap_model(model), tokenizer, examples, spec.evaluation.max_new_tokens)
-        )
-    accelerator.wait_for_everyone()
+    new_tokens, unwrapped = spec.evaluation.max_new_tokens, accelerator.unwrap_model(model)
+    metrics.update(evaluate.generation(unwrapped, tokenizer, examples, new_tokens, **_ranks(accelerator)))
     return metrics
 
 
@@ -63,14 +61,18 @@ def few_shot_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Da
     examples = [baselines.with_shots(e, solved) for e in data.examples["test"][:limit]]
     if not examples:
         return {}
-    metrics: dict[str, Any] = {}
-    if accelerator.is_main_process:
-        new_tokens = spec.evaluation.max_new_tokens
-        unwrapped, prompt_budget = accelerator.unwrap_model(model), max(budget - new_tokens, 1)
-        prefix = baselines.prefix(solved)
-        metrics = evaluate.generation(unwrapped, tokenizer, examples, new_tokens, 5, prompt_budget, prefix)
-    accelerator.wait_for_everyone()
+    new_tokens = spec.evaluation.max_new_tokens
+    unwrapped, prompt_budget = accelerator.unwrap_model(model), max(budget - new_tokens, 1)
+    prefix = baselines.prefix(solved)
+    metrics = evaluate.generation(
+        unwrapped, tokenizer, examples, new_tokens, 5, prompt_budget, prefix, **_ranks(accelerator)
+    )
     return {"k": len(solved), **metrics}
+
+
+def _ranks(accelerator: Any) -> dict[str, Any]:
+    """How generation shares its prompts: every rank answers its part, in lockstep under FSDP."""
+    return {"accelerator": accelerator, "lockstep": runtime.sharded(accelerator)}
 
 
 def before_tuning(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
@@ -97,6 +99,8 @@ def passkey(spec: FineTuneJobSpec, model: Any, tokenizer: Any, accelerator: Any)
     extension = spec.context_extension
     if extension is None or not extension.passkey_samples or spec.task.type != TaskType.CAUSAL_LM:
         return {}
+    if runtime.sharded(accelerator):  # every forward is a collective: all ranks run the same (fixed-length) prompts
+        return longcontext.passkey(accelerator.unwrap_model(model), tokenizer, extension)
     result = {}
     if accelerator.is_main_process:
         result = longcontext.passkey(accelerator.unwrap_model(model), tokenizer, extension)

@@ -1,5 +1,5 @@
-"""The process layout: accelerate's Accelerator for one process or a ``torchrun`` group (DDP over gloo on CPU,
-nccl on GPU; FSDP on GPUs), numeric precision, and the ``torchrun`` command a training pod runs.
+"""The process layout: accelerate's Accelerator for one process or a ``torchrun`` group (DDP or FSDP2; gloo on
+CPU, nccl on GPU), numeric precision, and the ``torchrun`` command a training pod runs.
 
 Multi-node layout comes from the standard variables: ``NNODES``, ``NODE_RANK`` (or the Indexed Job's
 ``JOB_COMPLETION_INDEX``), ``MASTER_ADDR`` and ``MASTER_PORT``; one process per GPU (``NPROC_PER_NODE``
@@ -40,14 +40,38 @@ def make_accelerator(spec: FineTuneJobSpec) -> Any:
     precision = mixed_precision(spec.training.precision, cuda, cuda and torch.cuda.is_bf16_supported())
     kwargs: dict[str, Any] = {"mixed_precision": precision, "cpu": not cuda}
     if spec.training.distributed == Distributed.FSDP:
-        if not cuda:
-            raise ConfigError("spec.training.distributed: FSDP needs GPUs; none is visible to this process")
         from accelerate import FullyShardedDataParallelPlugin
 
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap", state_dict_type="FULL_STATE_DICT"
         )
-    return Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs)
+    if "fsdp_plugin" in kwargs:
+        _fsdp_on_cpu(accelerator, kwargs["fsdp_plugin"], precision)
+    return accelerator
+
+
+def _fsdp_on_cpu(accelerator: Any, plugin: Any, precision: str) -> None:
+    """accelerate turns FSDP on for accelerators only and runs a CPU process group as DDP (MULTI_CPU), yet
+    torch's FSDP2 shards over gloo as well: switch the shared state over, which is what ``prepare`` reads."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    for state in (accelerator.state, PartialState()):
+        state.distributed_type = DistributedType.FSDP
+    if precision != "no":
+        plugin.set_mixed_precision(precision)
+    accelerator.state.fsdp_plugin = plugin
+
+
+def sharded(accelerator: Any) -> bool:
+    """Whether the model's parameters are sharded across ranks (FSDP): then every forward pass is a collective,
+    so all ranks must run the same number of them, generation included."""
+    from accelerate.utils import DistributedType
+
+    return bool(accelerator.num_processes > 1 and accelerator.distributed_type == DistributedType.FSDP)
 
 
 def torchrun_command(worker_args: list[str], env: dict[str, str] | None = None) -> list[str]:
