@@ -79,6 +79,71 @@ def test_qlora_trains_in_4_bit_and_merges_into_a_plain_model(run_job: Runner, tm
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_an_overfitting_run_delivers_its_best_validation_step(
+    run_job: Runner, tmp_path: Path, restore_best: bool
+) -> None:
+    """Validation and test are the same held-out rows, so the test loss shows which step's weights were
+    delivered: the best validation's (restoreBest, the default), or the last one's. (LoRA on the tiny Llama
+    barely moves, so it cannot overfit: the adapter path is the next test's.)"""
+    rows = (DATA / "instructions.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "train.jsonl").write_text("".join(rows[:24]))
+    for name in ("validation.jsonl", "test.jsonl"):
+        (tmp_path / name).write_text("".join(rows[24:40]))
+    job = fast_job("overfit", "train.jsonl").set("spec.data.datasets[0].usage", "Train")
+    for index, usage in enumerate(("Validation", "Test"), start=1):
+        job.set(f"spec.data.datasets[{index}]", {"name": usage.lower(), "usage": usage,
+                                                 "pvc": {"claimName": "data", "path": f"{usage.lower()}.jsonl"}})  # fmt: skip
+    job.set("spec.data.split", {"seed": 7}).set("spec.evaluation", {"maxNewTokens": 4, "baseline": False})
+    job.set(
+        "spec.training",
+        {
+            "learningRate": 0.003,
+            "maxSteps": 40,
+            "epochs": 30,
+            "perDeviceBatchSize": 4,
+            "maxSeqLength": 128,
+            "scheduler": "Constant",
+            "warmupSteps": 0,
+        },
+    )
+    job.set("spec.method", {"type": "Full"}).set("spec.validation", {"everySteps": 4, "restoreBest": restore_best})
+    assert run_job(job.build(), data=tmp_path) == 0
+    result = metrics(tmp_path / "out")
+    best, last = result["bestValidation"], result["lastValidation"]
+    assert best["step"] < last["step"] == 40 and best["loss"] < last["loss"] - 0.05, "the run overfits"
+    delivered = best if restore_best else last
+    assert result["delivered"] == {"step": delivered["step"], "of": "BestValidation" if restore_best else "LastStep"}
+    assert abs(result["test"]["loss"] - delivered["loss"]) < 1e-5
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"(step {delivered['step']}; the test set was evaluated on them)" in card
+
+
+def test_restore_loads_a_saved_adapter_back_into_the_model(tmp_path: Path) -> None:
+    import torch
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kubetune.trainer import checkpoint, loop
+    from kubetune.trainer.tiny import build_tiny_llama
+
+    base = AutoModelForCausalLM.from_pretrained(build_tiny_llama(tmp_path / "tiny", seed=4), dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    accelerator = Accelerator(cpu=True)
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    with torch.no_grad():
+        for p in lora.values():
+            p.normal_()
+    saved = {n: p.detach().clone() for n, p in lora.items()}
+    loop.save_weights(accelerator, model, tmp_path / "best")
+    with torch.no_grad():
+        for p in lora.values():
+            p.add_(1.0)
+    checkpoint.restore(tmp_path / "best", model, accelerator)
+    assert all(torch.equal(p, saved[n]) for n, p in lora.items())
+
+
 def test_fp16_on_cpu_is_a_configuration_error(run_job: Runner, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_job(fast_job().set("spec.training.precision", "FP16").build()) == EXIT_CONFIG
     assert "spec.training.precision" in capsys.readouterr().err

@@ -209,7 +209,8 @@ def test_pending_workers() -> None:
 
 
 def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
-    final = {"epoch": 2, "loss": 0.9, "learningRate": 0.0, "tokensPerSecond": 2100.5, "validationLoss": 1.1}
+    final = {"epoch": 2, "loss": 0.9, "learningRate": 0.0, "tokensPerSecond": 2100.5, "validationLoss": 1.1,
+             "bestValidationMetric": 1.0, "bestStep": 30, "lastValidationMetric": 1.1, "deliveredStep": 30}  # fmt: skip
     summary = json.dumps({"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4},
                           "final": final})  # fmt: skip
     pods = [pod(0, "Succeeded", 0, summary), pod(1, "Succeeded", 0)]
@@ -219,6 +220,7 @@ def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
     assert s.progress is not None and (s.progress.step, s.progress.percentage, s.progress.epoch) == (40, 100, 2)
     assert s.metrics is not None and (s.metrics.loss, s.metrics.tokens_per_second, s.metrics.validation_loss) == (
         0.9, 2100.5, 1.1)  # fmt: skip
+    assert (s.metrics.best_step, s.metrics.delivered_step, s.metrics.last_validation_metric) == (30, 30, 1.1)
     assert s.output_location == "pvc://out/demo" and s.completion_time is not None
     assert ("Succeeded", "Completed") in [(t.type, t.reason) for t in transitions]
 

@@ -47,6 +47,15 @@ class LatestMetrics(ApiModel):
     validation_loss: float | None = Field(default=None, description="Loss on the validation split, last validation.")
     best_validation_metric: float | None = Field(default=None, description="Best value of spec.validation.metric.")
     best_step: int | None = Field(default=None, ge=0, description="Step of the best validation.")
+    last_validation_metric: float | None = Field(
+        default=None, description="spec.validation.metric at the last validation (set when training ends)."
+    )
+    delivered_step: int | None = Field(
+        default=None,
+        ge=0,
+        description="Step whose weights were delivered and tested: bestStep under spec.validation.restoreBest, "
+        "else the last step (set when training ends).",
+    )
 
 
 class EvaluationResults(ApiModel):

@@ -164,6 +164,11 @@ class Validation(ApiModel):
         description="Metric to watch: Loss (lower is better), Accuracy or F1 (higher is better; Classification).",
     )
     early_stopping: EarlyStopping | None = Field(default=None, description="Early stopping; off when unset.")
+    restore_best: bool = Field(
+        default=True,
+        description="Deliver the best validation step's weights: the test evaluation, the saved model or adapter, "
+        "the merged model and the deployment use them. When false, or when no validation ran, the last step's.",
+    )
 
 
 class Evaluation(ApiModel):

@@ -238,7 +238,8 @@ def _final_metrics(previous: LatestMetrics | None, final: dict[str, Any]) -> Lat
     """The latest metrics updated with the last step's figures from rank 0's final summary."""
     fields = {"loss": "loss", "learningRate": "learning_rate", "tokensPerSecond": "tokens_per_second",
               "validationLoss": "validation_loss", "bestValidationMetric": "best_validation_metric",
-              "bestStep": "best_step"}  # fmt: skip
+              "bestStep": "best_step", "lastValidationMetric": "last_validation_metric",
+              "deliveredStep": "delivered_step"}  # fmt: skip
     update = {name: final[key] for key, name in fields.items() if final.get(key) is not None}
     return (previous or LatestMetrics()).model_copy(update=update)
 

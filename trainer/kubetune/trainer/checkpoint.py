@@ -92,23 +92,14 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, accelerator: An
     import torch
     from safetensors.torch import load_file
 
-    trainable: dict[str, Any] = load_file(path / "trainable.safetensors")
     own = path / f"optimizer-{accelerator.process_index}.pt"
-    if runtime.sharded(accelerator):  # whole tensors into this rank's shards
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        saved = len(list(path.glob("optimizer-*.pt")))
-        if saved != accelerator.num_processes:
-            raise ConfigError(
-                f"checkpoint {path} holds the FSDP optimizer shards of {saved} processes, this run has "
-                f"{accelerator.num_processes}: resume an FSDP run with the same resources.workers x processes"
-            )
-        options = StateDictOptions(full_state_dict=True, strict=False)
-        unexpected = set_model_state_dict(model, trainable, options=options).unexpected_keys
-    else:
-        unexpected = accelerator.unwrap_model(model).load_state_dict(trainable, strict=False).unexpected_keys
-    if unexpected:
-        raise RuntimeError(f"checkpoint {path} has weights this model does not: {list(unexpected)[:3]}")
+    saved = len(list(path.glob("optimizer-*.pt")))
+    if runtime.sharded(accelerator) and saved != accelerator.num_processes:
+        raise ConfigError(
+            f"checkpoint {path} holds the FSDP optimizer shards of {saved} processes, this run has "
+            f"{accelerator.num_processes}: resume an FSDP run with the same resources.workers x processes"
+        )
+    _load_whole(path, load_file(path / "trainable.safetensors"), model, accelerator)
     # DDP ranks hold identical optimizer state, so a run resumed on more processes can start from rank 0's.
     optimizer.load_state_dict(torch.load(own if own.exists() else path / "optimizer-0.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
@@ -116,6 +107,41 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, accelerator: An
     if rng.exists():
         _set_rng_state(torch.load(rng, weights_only=False))
     return TrainerState(**json.loads((path / "state.json").read_text()))
+
+
+def restore(path: Path, model: Any, accelerator: Any) -> None:
+    """Load the weights that ``loop.save_weights`` wrote to ``path`` (an adapter, or a whole model in one or
+    more safetensors files) back into the model being trained; every rank calls it."""
+    from safetensors.torch import load_file
+
+    adapter = path / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        result: Any = set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(adapter))
+        if result.unexpected_keys:
+            raise RuntimeError(f"{adapter} has weights this model does not: {list(result.unexpected_keys)[:3]}")
+        return
+    weights: dict[str, Any] = {}
+    for part in sorted(path.glob("model*.safetensors")):
+        weights.update(load_file(part))
+    if not weights:
+        raise RuntimeError(f"{path} holds no saved weights")
+    _load_whole(path, weights, model, accelerator)
+
+
+def _load_whole(path: Path, weights: dict[str, Any], model: Any, accelerator: Any) -> None:
+    """Whole tensors by parameter name into the model (into this rank's shards under FSDP); the model's other
+    tensors stay as they are."""
+    if runtime.sharded(accelerator):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        unexpected = set_model_state_dict(model, weights, options=options).unexpected_keys
+    else:
+        unexpected = accelerator.unwrap_model(model).load_state_dict(weights, strict=False).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f"{path} has weights this model does not: {list(unexpected)[:3]}")
 
 
 def _rng_state() -> dict[str, Any]:

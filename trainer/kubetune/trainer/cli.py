@@ -236,7 +236,8 @@ def _main(args: argparse.Namespace) -> int:
     if rank0 and job.spec.output is not None and job.spec.output.uri is not None:
         upload(out, job.spec.output.uri)
     location = job.spec.output.uri if job.spec.output and job.spec.output.uri else str(out)
-    summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"], "final": _final(reporter)}
+    final = {**_final(reporter), **_delivered(metrics)}
+    summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"], "final": final}
     reporter.finish({**summary, **_results(metrics)})
     if args.command == "run":
         _print_summary(metrics, out)
@@ -268,6 +269,17 @@ def _final(reporter: Reporter) -> dict[str, Any]:
     return {k: v for k, v in reporter.latest.items() if k in FINAL and v is not None}
 
 
+def _delivered(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Which step's weights were delivered, and the validation metric at the last validation."""
+    result: dict[str, Any] = {}
+    if metrics.get("delivered"):
+        result["deliveredStep"] = metrics["delivered"]["step"]
+    last = metrics.get("lastValidation")
+    if last:
+        result["lastValidationMetric"] = next(v for k, v in last.items() if k != "step")
+    return result
+
+
 def _results(metrics: dict[str, Any]) -> dict[str, Any]:
     """The evaluation part of the final summary: test, baseline and few-shot headline figures, per task and per
     stage, retention and the overfitting verdict (parts a run does not have are left out)."""
@@ -296,6 +308,14 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     """The final lines of a local run: base model zero-shot, few-shot and tuned test metrics side by side, each
     with its 95% bootstrap interval, then tasks, stages, retention and warnings."""
     print(f"done: {metrics['steps']} steps in {metrics['seconds']}s; outputs in {out}/ (open {out}/report.html)")
+    delivered, best, last = metrics.get("delivered"), metrics.get("bestValidation"), metrics.get("lastValidation")
+    if delivered and best and last:
+        metric = next(k for k in best if k != "step")
+        what = "the best validation" if delivered["of"] == "BestValidation" else "the last step"
+        print(
+            f"  delivered: step {delivered['step']} ({what}); validation {metric} {best[metric]:.4f} at step "
+            f"{best['step']}, {last[metric]:.4f} at the last validation (step {last['step']})"
+        )
     compared = columns(metrics)
     keys = [key for key in HEADLINE if key in metrics["test"]]
     if keys:

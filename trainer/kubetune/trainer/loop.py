@@ -291,7 +291,13 @@ def train(
             continue
         break
 
-    # Evaluate on the test split (per task, passkey), check retention; save.
+    # Deliver the best validation step's weights (restoreBest), then evaluate on the test split (per task,
+    # passkey), check retention; save.
+    restore_best = spec.validation.restore_best and bool(state.validation_history)
+    delivered = state.best_step if restore_best else state.step
+    last = state.validation_history[-1] if state.validation_history else None
+    if delivered != state.step:
+        checkpoint.restore(out / "best", model, accelerator)
     reporter.phase("Evaluating")
     test, tasks = {}, {}
     if spec.evaluation.enabled:
@@ -314,6 +320,8 @@ def train(
         "tokens": state.tokens_seen,
         "stoppedEarly": state.stopped_early,
         "bestValidation": {"step": state.best_step, metric_key: state.best_value} if state.validation_history else None,
+        "lastValidation": {"step": last["step"], metric_key: last[metric_key]} if last else None,
+        "delivered": {"step": delivered, "of": "BestValidation" if restore_best else "LastStep"},
         "history": {"train": state.train_history, "validation": state.validation_history},
         "test": test,
         "baseline": baseline,

@@ -112,6 +112,13 @@ def model_card(
         f"{', stopped early' if metrics.get('stoppedEarly') else ''}.",
         "",
     ]
+    delivered, best, last = metrics.get("delivered"), metrics.get("bestValidation"), metrics.get("lastValidation")
+    if delivered and best and last:
+        metric = next(k for k in best if k != "step")
+        what = "the best validation step's" if delivered["of"] == "BestValidation" else "the last step's"
+        lines += [f"The weights are {what} (step {delivered['step']}; the test set was evaluated on them). "
+                  f"Validation {metric}: {best[metric]:.4f} at the best step {best['step']}, {last[metric]:.4f} "
+                  f"at the last validation (step {last['step']}).", ""]  # fmt: skip
     if metrics.get("stages"):
         lines += ["## Stages", "", "Each stage started from the one before it, the first from the base model.", ""]
         lines += [f"{i}. `{s['name']}`: {s.get('steps')} steps, test {s.get('test')}"
