@@ -92,8 +92,8 @@ def test_an_overfitting_run_delivers_its_best_validation_step(
         (tmp_path / name).write_text("".join(rows[24:40]))
     job = fast_job("overfit", "train.jsonl").set("spec.data.datasets[0].usage", "Train")
     for index, usage in enumerate(("Validation", "Test"), start=1):
-        job.set(f"spec.data.datasets[{index}]", {"name": usage.lower(), "usage": usage,
-                                                 "pvc": {"claimName": "data", "path": f"{usage.lower()}.jsonl"}})  # fmt: skip
+        source = {"claimName": "data", "path": f"{usage.lower()}.jsonl"}
+        job.set(f"spec.data.datasets[{index}]", {"name": usage.lower(), "usage": usage, "pvc": source})
     job.set("spec.data.split", {"seed": 7}).set("spec.evaluation", {"maxNewTokens": 4, "baseline": False})
     job.set(
         "spec.training",
@@ -142,6 +142,20 @@ def test_restore_loads_a_saved_adapter_back_into_the_model(tmp_path: Path) -> No
             p.add_(1.0)
     checkpoint.restore(tmp_path / "best", model, accelerator)
     assert all(torch.equal(p, saved[n]) for n, p in lora.items())
+
+
+def test_a_four_row_file_trains_and_warns_of_its_empty_splits(
+    run_job: Runner, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = (DATA / "instructions.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "tiny.jsonl").write_text("".join(rows[:4]))
+    job = fast_job("tiny", "tiny.jsonl").set("spec.training.perDeviceBatchSize", 1)
+    assert run_job(job.build(), data=tmp_path) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "prep_report.json").read_text())
+    assert any(w.startswith("test split is empty") for w in report["warnings"])
+    assert "warning: test split is empty: no test metrics" in out and "spec.data.split.testRatio" in out
+    assert "warning: train split has" in out
 
 
 def test_fp16_on_cpu_is_a_configuration_error(run_job: Runner, capsys: pytest.CaptureFixture[str]) -> None:

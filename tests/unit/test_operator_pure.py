@@ -225,6 +225,18 @@ def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
     assert ("Succeeded", "Completed") in [(t.type, t.reason) for t in transitions]
 
 
+def test_data_warnings_turn_data_sufficient_false_with_the_trainers_words() -> None:
+    warning = "test split is empty: no test metrics and no comparison with the base model; raise spec.data..."
+    running = [pod(0, "Running"), pod(1, "Running")]
+    report = {"phase": "EvaluatingBaseModel", "dataWarnings": [warning]}
+    s, transitions = status.compute(accepted_job(), worker_job(active=2), running, report, NOW)
+    assert conditions(s)["DataSufficient"] == ("False", "SmallSplits")
+    assert warning in next(c.message for c in s.conditions if c.type == "DataSufficient")
+    assert any(t.event_type == "Warning" for t in transitions if t.type == "DataSufficient")
+    fine, _ = status.compute(accepted_job(), worker_job(active=2), running, {**report, "dataWarnings": []}, NOW)
+    assert conditions(fine)["DataSufficient"] == ("True", "SplitsSufficient")
+
+
 def test_stages_and_the_overfitting_verdict_come_from_rank_0s_progress() -> None:
     overfit = {"detected": True, "bestStep": 20, "bestValidationLoss": 1.0, "step": 40, "validationLoss": 1.3,
                "trainLossAtBest": 0.9, "trainLoss": 0.4}  # fmt: skip

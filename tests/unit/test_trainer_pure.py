@@ -135,3 +135,30 @@ def test_augmentation_perturbs_only_inputs_and_is_seeded() -> None:
     first = perturb(text, knobs, random.Random(1), ["x", "y"])
     assert first == perturb(text, knobs, random.Random(1), ["x", "y"]) and first != text
     assert perturb("only", Augmentation(word_dropout=0.99), random.Random(0), []) == "only", "a word is kept"
+
+
+@pytest.mark.parametrize(
+    ("edits", "sizes", "expected"),
+    [
+        ({}, {"train": 400, "validation": 50, "test": 50}, []),
+        ({}, {"train": 2, "validation": 0, "test": 0}, ["train split has 2 rows", "validation split is empty",
+                                                         "test split is empty"]),
+        ({}, {"train": 400, "validation": 7, "test": 20}, ["validation split has 7 rows (fewer than 20)"]),
+        ({"spec.evaluation.enabled": False}, {"train": 400, "validation": 50, "test": 0}, []),
+        ({"spec.data.split": {"validationRatio": 0.0, "testRatio": 0.1}}, {"train": 400, "validation": 0, "test": 40},
+         []),
+    ],
+)  # fmt: skip
+def test_split_warnings_name_the_small_splits_and_what_to_change(
+    edits: dict[str, Any], sizes: dict[str, int], expected: list[str]
+) -> None:
+    from kubetune.trainer.splits import split_warnings
+
+    job = JobBuilder()
+    for path, value in edits.items():
+        job.set(path, value)
+    warnings = split_warnings(parse_spec(job.build()["spec"]), sizes)
+    assert len(warnings) == len(expected)
+    for warning, start in zip(warnings, expected, strict=True):
+        assert warning.startswith(start)
+    assert all("spec.data" in w for w in warnings)

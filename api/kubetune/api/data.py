@@ -8,6 +8,10 @@ from .base import ApiModel, Rule
 from .enums import DataFormat, DatasetUsage, FileFormat, Mixing, OverLength
 from .sources import DNS_LABEL, ConfigMapKey, PVCLocation, Uri
 
+SMALL_SPLIT_ROWS = 20
+"""A validation or test split with fewer rows than this measures little: the trainer warns (prep report, summary)
+and the job's DataSufficient condition turns False."""
+
 
 class DatasetSource(ApiModel):
     """One dataset file (or directory of files). Exactly one of pvc, uri or configMap is set."""

@@ -141,6 +141,7 @@ class ConditionType(StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     OVERFITTING = "Overfitting"
+    DATA_SUFFICIENT = "DataSufficient"
     PROMOTABLE = "Promotable"
     DEPLOYED = "Deployed"
 

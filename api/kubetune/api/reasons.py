@@ -29,6 +29,8 @@ class Reason(StrEnum):
     NOT_SUSPENDED = "NotSuspended"
     VALIDATION_LOSS_RISING = "ValidationLossRising"
     NO_OVERFITTING = "NoOverfitting"
+    SPLITS_SUFFICIENT = "SplitsSufficient"
+    SMALL_SPLITS = "SmallSplits"
     RETENTION_REGRESSED = "RetentionRegressed"
     GATE_PASSED = "GatePassed"
     GATE_FAILED = "GateFailed"
@@ -63,6 +65,8 @@ MESSAGES: dict[Reason, str] = {
     Reason.VALIDATION_LOSS_RISING: "Validation loss rose from {} (step {}) to {} (step {}) while training loss fell "
     "from {} to {}; consider early stopping, dropout, label smoothing or fewer epochs.",
     Reason.NO_OVERFITTING: "Validation loss has not risen while training loss fell.",
+    Reason.SPLITS_SUFFICIENT: "Every split the job uses has at least {} rows.",
+    Reason.SMALL_SPLITS: "Data too small to measure with: {}",
     Reason.RETENTION_REGRESSED: "Retention loss on held-out general data rose more than allowed: {}",
     Reason.GATE_PASSED: "Every promotion check holds: {}.",
     Reason.GATE_FAILED: "Not promotable: {} failed.",

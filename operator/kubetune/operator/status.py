@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubetune.api.data import SMALL_SPLIT_ROWS
 from kubetune.api.enums import ConditionStatus, ConditionType, Phase
 from kubetune.api.exitcodes import EXIT_CONFIG, EXIT_DIVERGED, EXIT_REGRESSED
 from kubetune.api.reasons import Reason, message
@@ -38,7 +39,7 @@ MESSAGE_LIMIT = 2000
 WARNING_REASONS = {
     Reason.INVALID_SPEC, Reason.WORKER_FAILED, Reason.RESTARTS_EXHAUSTED, Reason.CONFIGURATION_ERROR,
     Reason.DEADLINE_EXCEEDED, Reason.DIVERGED, Reason.MISSING_REFERENCE, Reason.VALIDATION_LOSS_RISING,
-    Reason.RETENTION_REGRESSED, Reason.GATE_FAILED, Reason.NO_TRIAL_SUCCEEDED, Reason.NO_OBJECTIVE,
+    Reason.RETENTION_REGRESSED, Reason.SMALL_SPLITS, Reason.GATE_FAILED, Reason.NO_TRIAL_SUCCEEDED, Reason.NO_OBJECTIVE,
 }  # fmt: skip
 
 
@@ -256,7 +257,8 @@ def _stages(report: dict[str, Any]) -> list[StageStatus] | None:
 
 
 def _verdicts(report: dict[str, Any], status: FineTuneJobStatus, condition: Any, finished: bool) -> None:
-    """Stages, the overfitting verdict and the retention results from rank 0's progress or final summary."""
+    """Stages, the overfitting verdict, the data warnings and the retention results from rank 0's progress or
+    final summary."""
     if (stages := _stages(report)) is not None:
         status.stages = stages
         status.current_stage = None if finished else report.get("stage")
@@ -275,6 +277,13 @@ def _verdicts(report: dict[str, Any], status: FineTuneJobStatus, condition: Any,
             condition(ConditionType.OVERFITTING, True, Reason.VALIDATION_LOSS_RISING, text)
         else:
             condition(ConditionType.OVERFITTING, False, Reason.NO_OVERFITTING)
+    if (warnings := report.get("dataWarnings")) is not None:
+        if warnings:
+            condition(ConditionType.DATA_SUFFICIENT, False, Reason.SMALL_SPLITS, message(Reason.SMALL_SPLITS,
+                      "; ".join(warnings))[:MESSAGE_LIMIT])  # fmt: skip
+        else:
+            condition(ConditionType.DATA_SUFFICIENT, True, Reason.SPLITS_SUFFICIENT,
+                      message(Reason.SPLITS_SUFFICIENT, SMALL_SPLIT_ROWS))  # fmt: skip
     if (kept := report.get("retention")) is not None:
         status.retention = RetentionResults(
             before=kept["before"],

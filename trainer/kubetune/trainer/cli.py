@@ -292,6 +292,7 @@ def _results(metrics: dict[str, Any]) -> dict[str, Any]:
         results["retention"] = metrics["retention"]
     if metrics["history"]["validation"]:
         results["overfitting"] = metrics["overfitting"]
+    results["dataWarnings"] = metrics.get("dataWarnings") or []
     if metrics.get("stages"):
         results["stages"] = [{**s, "test": headline(s.get("test", {}))} for s in metrics["stages"]]
     return results
@@ -335,5 +336,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     if metrics.get("retention"):
         r = metrics["retention"]
         print(f"  retention loss {r['before']:.4f} -> {r['after']:.4f} ({r['regression']:+.1%})")
+    for warning in metrics.get("dataWarnings") or []:
+        print(f"  warning: {warning}")
     if (metrics.get("overfitting") or {}).get("detected"):
         print(f"  warning: overfitting: {metrics['overfitting']}")

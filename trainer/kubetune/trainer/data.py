@@ -40,6 +40,8 @@ class PrepReport:
     sha256: dict[str, str] = field(default_factory=dict)
     augmented: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """Splits too small to measure with, and what to change (``splits.split_warnings``)."""
     lengths: dict[str, list[int]] = field(default_factory=dict)
     """Every row's token count per split, for the report's histogram (not saved in prep_report.json)."""
 
@@ -60,6 +62,7 @@ class PrepReport:
             "sha256": self.sha256,
             "augmented": self.augmented,
             "tasks": self.tasks,
+            "warnings": self.warnings,
         }
 
 

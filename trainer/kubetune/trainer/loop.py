@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -35,6 +36,8 @@ from .report import ProgressEvent, Reporter
 from .runtime import make_accelerator
 from .splits import Data, prepare_data
 from .tiny import ensure_model
+
+log = logging.getLogger(__name__)
 
 DIVERGENCE_FACTOR = 5.0
 DIVERGENCE_STEPS = 5
@@ -132,6 +135,9 @@ def train(
     tokenizer = load_tokenizer(model_path, spec.model.trust_remote_code)
     report = PrepReport()
     data = prepare_data(spec, volumes, tokenizer, report)
+    for warning in report.warnings if main else []:
+        log.warning("data: %s", warning)
+    noted = {"dataWarnings": report.warnings}  # for the job's status while it trains
     if on_data is not None:
         on_data(data)
     if spec.forgetting_guard is not None and not data.rows.get("retention") and not in_stage:
@@ -175,9 +181,9 @@ def train(
         saved = json.loads((out / "baseline.json").read_text()) if (out / "baseline.json").exists() else before
         before = saved if "baseline" in saved else {"baseline": saved}  # older runs saved the baseline alone
         reporter.metrics.resumed_from_step.set(state.step)
-        reporter.phase("Training", resumedFromStep=state.step)
+        reporter.phase("Training", resumedFromStep=state.step, **noted)
     else:
-        reporter.phase("EvaluatingBaseModel")
+        reporter.phase("EvaluatingBaseModel", **noted)
         before = measure.before_tuning(spec, model, tokenizer, data, accelerator)
         if main:
             (out / "baseline.json").write_text(json.dumps(before))
@@ -329,6 +335,7 @@ def train(
         "tasks": tasks,
         "retention": retention,
         "overfitting": guards.overfitting(state.train_history, state.validation_history),
+        "dataWarnings": report.warnings,
     }
     reporter.phase("Saving")
     state_dict = gathered_state(accelerator, model)  # a collective under FSDP: every rank gives its shards

@@ -28,7 +28,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("kubetune.trainer")
 TERMINATION_MESSAGE_LIMIT = 4096
-OPTIONAL_SUMMARY = ("tasks", "stages", "overfitting", "fewShot", "final", "baseline", "retention", "test", "output")
+OPTIONAL_SUMMARY = (
+    "tasks", "stages", "overfitting", "fewShot", "final", "baseline", "retention", "dataWarnings", "test", "output",
+)  # fmt: skip
 """Summary parts left out of the termination message, in this order, until it fits its limit."""
 
 

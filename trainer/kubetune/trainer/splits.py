@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.api import DataFormat, TaskType
+from kubetune.api import DataFormat, DatasetUsage, TaskType
+from kubetune.api.data import SMALL_SPLIT_ROWS
 from kubetune.api.spec import FineTuneJobSpec
 
 from .augment import augment
@@ -72,4 +73,32 @@ def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report
         )
     if not rows["train"]:
         raise ConfigError("spec.data.cleaning: no training rows are left after the token-length filters")
+    report.warnings = split_warnings(spec, {name: len(kept) for name, kept in rows.items()})
     return Data(rows, examples, labels, {name: tasks_of(kept, spec) for name, kept in examples.items()})
+
+
+def split_warnings(spec: FineTuneJobSpec, sizes: dict[str, int]) -> list[str]:
+    """What to tell the user about splits too small to measure with: empty, or under SMALL_SPLIT_ROWS rows, and
+    what to change. The test split counts only when evaluation is enabled; a split the spec turns off (ratio 0
+    and no dataset of that usage) is not warned about."""
+    ratios = {"validation": spec.data.split.validation_ratio, "test": spec.data.split.test_ratio}
+    usages = {"validation": DatasetUsage.VALIDATION, "test": DatasetUsage.TEST}
+    lost = {"validation": "no validation loss, no best step (restoreBest) and no early stopping",
+            "test": "no test metrics and no comparison with the base model"}  # fmt: skip
+    warnings = []
+    if sizes.get("train", 0) < SMALL_SPLIT_ROWS:
+        warnings.append(f"train split has {sizes.get('train', 0)} rows (fewer than {SMALL_SPLIT_ROWS}): the model "
+                        "will learn little; add rows to spec.data.datasets")  # fmt: skip
+    for name in ("validation", "test"):
+        if name == "test" and not spec.evaluation.enabled:
+            continue
+        if ratios[name] == 0 and not any(d.usage == usages[name] for d in spec.data.datasets):
+            continue
+        fix = (f"raise spec.data.split.{name}Ratio, add rows, or add a dataset with usage {usages[name]} "
+               f"of at least {SMALL_SPLIT_ROWS} rows")  # fmt: skip
+        n = sizes.get(name, 0)
+        if n == 0:
+            warnings.append(f"{name} split is empty: {lost[name]}; {fix}")
+        elif n < SMALL_SPLIT_ROWS:
+            warnings.append(f"{name} split has {n} rows (fewer than {SMALL_SPLIT_ROWS}): its figures are noisy; {fix}")
+    return warnings

@@ -80,6 +80,7 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
     metrics: dict[str, Any] = {}
     retention_before: float | None = None
     retention_after = 0.0
+    warnings: list[str] = []
     for index, stage in enumerate(spec.stages):
         sub = job.model_copy(update={"spec": stage_spec(spec, stage)})
         stage_out = out / "stages" / stage.name
@@ -100,11 +101,12 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
             retention_before = metrics["retention"]["before"] if retention_before is None else retention_before
             retention_after = metrics["retention"]["after"]
         results[index].update(phase="Succeeded", steps=metrics.get("steps"), test=headline(metrics.get("test")))
+        warnings += [f"stage {stage.name}: {w}" for w in metrics.get("dataWarnings") or []]
         model_path = handed_on(stage_out, f"spec.stages[{index}]")  # the next stage starts from it
     reporter.stage(None, len(spec.stages), results)
     last = spec.stages[-1]
     _publish(out / "stages" / last.name, out, stage_spec(spec, last))
-    metrics = {**metrics, "stages": results}
+    metrics = {**metrics, "stages": results, "dataWarnings": warnings}
     if guard is not None and retention_before is not None:
         metrics["retention"] = guards.retention(retention_before, retention_after, guard)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
