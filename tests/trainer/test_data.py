@@ -93,6 +93,23 @@ def test_csv_parquet_and_directories_load_and_bad_rows_are_named(tmp_path: Path)
         run_prepare(spec, tmp_path)
 
 
+def test_a_csv_field_with_an_unbalanced_quote_is_dropped_as_multiline_not_merged_silently(tmp_path: Path) -> None:
+    # 5 data lines; the quote opened on line 3 closes on line 4, so the reader makes one row of two, with the
+    # second one's answer: it is dropped (and named) unless cleaning.allowMultiline keeps it.
+    text = 'instruction,output\nSay one,1\n"Say two,2\nSay three",3\nSay four,4\nSay five,5\n'
+    splits, report = run_prepare(data_spec(tmp_path, text, "d.csv"), tmp_path)
+    assert report.rows_read == {"d": 4} and report.multiline_fields == 1
+    assert report.dropped == {"multilineField": 1} and report.first_dropped_rows["multilineField"] == ["d:2"]
+    assert sorted(e.target for s in splits.values() for e in s) == ["1", "4", "5"]
+    assert report.to_dict()["multilineFields"] == 1
+    kept, allowed = run_prepare(data_spec(tmp_path, text, "d.csv", spec__data__cleaning={"allowMultiline": True}),
+                                tmp_path)  # fmt: skip
+    assert allowed.dropped == {} and allowed.multiline_fields == 1 and sum(map(len, kept.values())) == 4
+    jsonl = [{"instruction": "Two lines\nof question", "output": "fine"}]  # JSONL newlines are escaped: kept
+    _, plain = run_prepare(data_spec(tmp_path, jsonl), tmp_path)
+    assert plain.dropped == {} and plain.multiline_fields == 0
+
+
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[str]:
     handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731

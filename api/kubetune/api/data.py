@@ -104,6 +104,11 @@ class Cleaning(ApiModel):
     drop_test_overlap: bool = Field(
         default=True, description="Drop validation and test rows whose text also appears in the training split."
     )
+    allow_multiline: bool = Field(
+        default=False,
+        description="Keep CSV rows with a quoted field that spans lines (dropped as multilineField by default: "
+        "an unbalanced quote makes one row of two).",
+    )
 
 
 class Split(ApiModel):

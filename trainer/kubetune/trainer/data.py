@@ -34,6 +34,8 @@ class PrepReport:
     dropped: Counter[str] = field(default_factory=Counter)
     first_dropped_rows: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     truncated: int = 0
+    multiline_fields: int = 0
+    """CSV rows with a quoted field spanning lines (dropped as ``multilineField`` unless allowMultiline)."""
     split_sizes: dict[str, int] = field(default_factory=dict)
     token_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
@@ -56,6 +58,7 @@ class PrepReport:
             "dropped": dict(self.dropped),
             "firstDroppedRows": dict(self.first_dropped_rows),
             "truncated": self.truncated,
+            "multilineFields": self.multiline_fields,
             "splitSizes": self.split_sizes,
             "tokenLengths": self.token_lengths,
             "labels": self.labels,
@@ -105,16 +108,27 @@ def file_format(source: DatasetSource, name: str) -> FileFormat:
     return {"csv": FileFormat.CSV, "parquet": FileFormat.PARQUET}.get(suffix, FileFormat.JSONL)
 
 
-def load(source: DatasetSource, volumes: Volumes, where: str, report: PrepReport) -> list[Row]:
-    """Every row of one dataset source (a directory is read file by file, in name order)."""
+def load(source: DatasetSource, volumes: Volumes, where: str, report: PrepReport) -> tuple[list[Row], set[int]]:
+    """Every row of one dataset source (a directory is read file by file, in name order), and the numbers
+    (from 1) of CSV rows with a quoted field that spans lines."""
     rows: list[Row] = []
+    multiline: set[int] = set()
     digest = hashlib.sha256()
     for name, raw in volumes.dataset_files(source, where):
         digest.update(raw)
-        rows.extend(parse_rows(raw, file_format(source, name), f"{where} ({name})"))
+        kind = file_format(source, name)
+        parsed = parse_rows(raw, kind, f"{where} ({name})")
+        if kind == FileFormat.CSV:
+            multiline |= {len(rows) + number for number, row in enumerate(parsed, start=1) if _spans_lines(row)}
+        rows.extend(parsed)
     report.sha256[source.name] = digest.hexdigest()
     report.rows_read[source.name] = len(rows)
-    return rows
+    report.multiline_fields += len(multiline)
+    return rows, multiline
+
+
+def _spans_lines(row: Row) -> bool:
+    return any(isinstance(value, str) and ("\n" in value or "\r" in value) for value in row.values())
 
 
 def prepare(
@@ -132,7 +146,11 @@ def prepare(
         target = {DatasetUsage.SPLIT: "pool", DatasetUsage.TRAIN: "train"}.get(source.usage, source.usage.lower())
         # Split and Train rows end up together in training, so they share one duplicate set.
         scope = "train" if target in ("pool", "train") else target
-        for number, row in enumerate(load(source, volumes, where, report), start=1):
+        rows, multiline = load(source, volumes, where, report)
+        for number, row in enumerate(rows, start=1):
+            if number in multiline and not data.cleaning.allow_multiline:
+                report.drop("multilineField", source.name, number)
+                continue
             example = to_example(row, data, source.name, number, chat)
             if isinstance(example, str):
                 report.drop(example, source.name, number)
