@@ -46,7 +46,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("lora-knobs-on-full", JobBuilder().set("spec.method", {"type": "Full", "lora": {"rank": 8}}).build(),
      "lora is only allowed when type is LoRA or QLoRA"),
     ("model-two-sources", JobBuilder().set("spec.model.uri", "s3://models/x").build(),
-     "exactly one of pvc, uri, cached or fromJob"),
+     "exactly one of pvc, uri, cached, huggingFace or fromJob"),
     ("dataset-no-source", JobBuilder().set("spec.data.datasets", [{"name": "train"}]).build(),
      "exactly one of pvc, uri or configMap"),
     ("split-ratios-too-large", JobBuilder().set("spec.data.split", {"validationRatio": 0.5, "testRatio": 0.5}).build(),
@@ -113,7 +113,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("retention-gate-without-guard", JobBuilder().set("spec.promotion", {"maxRetentionRegression": 0.02}).build(),
      "promotion.maxRetentionRegression requires forgettingGuard"),
     ("model-from-job-and-cached", JobBuilder().set("spec.model.fromJob", "earlier").build(),
-     "exactly one of pvc, uri, cached or fromJob"),
+     "exactly one of pvc, uri, cached, huggingFace or fromJob"),
     ("sweep-grid-over-a-range", sweep(parameters=[RANGE]), "algorithm Grid needs values on every parameter"),
     ("sweep-duplicate-paths", sweep(parameters=[{"path": "training.epochs", "values": [1]},
                                                 {"path": "training.epochs", "values": [2]}]),
@@ -132,6 +132,31 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      "image must be an OCI image reference"),
     ("image-bad-digest", JobBuilder().set("spec.resources.image", "trainer@sha256:xyz").build(),
      "image must be an OCI image reference"),
+    ("hub-and-cached", JobBuilder().set("spec.model.huggingFace", {"repo": "org/model"}).build(),
+     "exactly one of pvc, uri, cached, huggingFace or fromJob"),
+    ("hub-repo-three-parts", JobBuilder().drop("spec.model.cached").set("spec.model.huggingFace", {"repo": "a/b/c"})
+     .build(), "spec.model.huggingFace.repo"),
+    ("hub-revision-traversal", JobBuilder().drop("spec.model.cached")
+     .set("spec.model.huggingFace", {"repo": "org/model", "revision": "main/../x"}).build(),
+     "revision must not contain '..'"),
+    ("hub-token-without-key", JobBuilder().drop("spec.model.cached")
+     .set("spec.model.huggingFace", {"repo": "org/model", "tokenSecretRef": {"name": "hf"}}).build(),
+     "spec.model.huggingFace.tokenSecretRef.key"),
+    ("env-overrides-master-addr", JobBuilder().set("spec.resources.env", [{"name": "MASTER_ADDR", "value": "x"}])
+     .build(), "name MASTER_ADDR is a variable the operator sets"),
+    ("env-overrides-kubetune-variable", JobBuilder()
+     .set("spec.resources.env", [{"name": "KUBETUNE_MODEL_CACHE", "value": "/x"}]).build(),
+     "name KUBETUNE_MODEL_CACHE is a variable the operator sets"),
+    ("env-value-and-secret", JobBuilder().set("spec.resources.env", [{"name": "A", "value": "x", "valueFrom": {
+        "secretKeyRef": {"name": "s", "key": "k"}}}]).build(), "exactly one of value or valueFrom must be set"),
+    ("env-bad-name", JobBuilder().set("spec.resources.env", [{"name": "A-B", "value": "x"}]).build(),
+     "spec.resources.env[0].name"),
+    ("env-duplicate-names", JobBuilder().set("spec.resources.env", [{"name": "A", "value": "1"},
+                                                                    {"name": "A", "value": "2"}]).build(),
+     "env names must be unique"),
+    ("env-from-both", JobBuilder().set("spec.resources.envFrom", [{"secretRef": {"name": "s"},
+                                                                   "configMapRef": {"name": "c"}}]).build(),
+     "exactly one of secretRef or configMapRef must be set"),
 ]  # fmt: skip
 
 GOOD: list[tuple[str, dict[str, Any]]] = [
@@ -170,6 +195,13 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
      .set("spec.deploy", {"replicas": 2, "merged": True, "port": 9000, "maxNewTokens": 64})
      .set("spec.data.datasets[0].version", "2026-11").build()),
     ("continuous-tuning", JobBuilder().drop("spec.model.cached").set("spec.model.fromJob", "earlier").build()),
+    ("hub-model-with-token-and-env", JobBuilder().drop("spec.model.cached")
+     .set("spec.model.huggingFace", {"repo": "HuggingFaceTB/SmolLM2-135M", "revision": "v1.0",
+                                     "tokenSecretRef": {"name": "hf-token", "key": "token"}})
+     .set("spec.resources.env", [{"name": "HF_ENDPOINT", "value": "https://hub.example.com"},
+                                 {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "w", "key": "k"}}}])
+     .set("spec.resources.envFrom", [{"secretRef": {"name": "s3"}}, {"configMapRef": {"name": "c"}, "prefix": "X_"}])
+     .build()),
     ("random-sweep", sweep(algorithm="Random", seed=3, maxTrials=20, maxParallel=4, parameters=[
         RANGE, {"path": "method.lora.rank", "min": 4, "max": 64, "integer": True}],
         objective={"metric": "test.f1", "goal": "Maximize"}, earlyStopping={"afterPercent": 30})),

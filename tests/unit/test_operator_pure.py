@@ -508,3 +508,30 @@ def test_omp_threads_are_whole_cores_of_the_cpu_quantity(cpu: int | str, expecte
     manifest = builders.worker_job(job(JobBuilder("demo").set("spec.resources.cpu", cpu)), SETTINGS)
     env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OMP_NUM_THREADS"] == str(expected)
+
+
+def test_a_hub_model_gets_its_token_from_the_secret_by_reference_and_user_env_comes_through() -> None:
+    hub = {"repo": "org/model", "tokenSecretRef": {"name": "hf-token", "key": "token"}}
+    spec = JobBuilder("demo").drop("spec.model.cached").set("spec.model.huggingFace", hub)
+    wandb = {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "w", "key": "k"}}}
+    spec.set("spec.resources.env", [{"name": "HF_ENDPOINT", "value": "http://hub.local"}, wandb])
+    spec.set("spec.resources.envFrom", [{"secretRef": {"name": "s3-keys"}}])
+    container = builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    assert env["HF_HUB_OFFLINE"]["value"] == "0" and env["HF_ENDPOINT"]["value"] == "http://hub.local"
+    assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "w", "key": "k"}}
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-keys"}}]
+    plain = builders.worker_job(job(JobBuilder("demo")), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"]: e.get("value") for e in plain["env"]}
+    assert "HF_TOKEN" not in names and names["HF_HUB_OFFLINE"] == "1" and "envFrom" not in plain
+
+
+def test_a_secret_the_kubelet_cannot_find_waits_as_missing_reference_naming_it() -> None:
+    waiting = pod(0, "Pending")
+    waiting["status"]["containerStatuses"][0]["state"] = {"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "hf-token" not found'}}  # fmt: skip
+    s, transitions = status.compute(accepted_job(), worker_job(active=2), [waiting, pod(1, "Pending")], None, NOW)
+    assert conditions(s)["Running"] == ("False", "MissingReference") and s.phase == "Pending"
+    assert 'worker 0: secret "hf-token" not found' in next(c.message for c in s.conditions if c.type == "Running")
+    assert any(t.event_type == "Warning" for t in transitions if t.reason == "MissingReference")

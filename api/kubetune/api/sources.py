@@ -1,4 +1,5 @@
-"""Where things live: model, dataset and output locations (PVC path, URI, ConfigMap, model cache)."""
+"""Where things live: model, dataset and output locations (PVC path, URI, ConfigMap, model cache, the Hugging Face
+Hub) and the Secret keys that unlock them."""
 
 from __future__ import annotations
 
@@ -51,8 +52,48 @@ class ConfigMapKey(ApiModel):
     )
 
 
+HUB_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+HUB_REVISION = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+
+
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the FineTuneJob's namespace. The kubelet resolves it into the workers that need
+    it; the operator never reads it."""
+
+    name: ResourceName = Field(description="Name of the Secret.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key of the Secret holding the value."
+    )
+
+
+class HuggingFaceModel(ApiModel):
+    """A model repository on the Hugging Face Hub, downloaded once per job into the model cache or scratch space."""
+
+    repo: str = Field(
+        min_length=1, max_length=96, pattern=HUB_REPO, description="Repository id, e.g. HuggingFaceTB/SmolLM2-135M."
+    )
+    revision: str = Field(
+        default="main",
+        min_length=1,
+        max_length=255,
+        pattern=HUB_REVISION,
+        description="Branch, tag or commit; resolved to a commit hash that the manifest and model card record.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Hub access token (gated or private repositories)."
+    )
+
+    rules = (
+        Rule(
+            cel="!self.revision.contains('..')",
+            message="revision must not contain '..'",
+            check=lambda s: ".." not in s.revision,
+        ),
+    )
+
+
 class ModelSource(ApiModel):
-    """The base model to fine-tune. Exactly one of pvc, uri, cached or fromJob is set."""
+    """The base model to fine-tune. Exactly one of pvc, uri, cached, huggingFace or fromJob is set."""
 
     pvc: PVCLocation | None = Field(
         default=None, description="A Hugging Face model directory on a PersistentVolumeClaim."
@@ -69,6 +110,9 @@ class ModelSource(ApiModel):
         description="Name of a model directory in the model cache volume the operator mounts "
         "(for example 'meta-llama/Llama-3.2-1B').",
     )
+    hugging_face: HuggingFaceModel | None = Field(
+        default=None, description="A model repository on the Hugging Face Hub (HF_ENDPOINT selects a mirror)."
+    )
     from_job: str | None = Field(
         default=None,
         min_length=1,
@@ -83,9 +127,10 @@ class ModelSource(ApiModel):
 
     rules = (
         Rule(
-            cel="[has(self.pvc), has(self.uri), has(self.cached), has(self.fromJob)].filter(x, x).size() == 1",
-            message="exactly one of pvc, uri, cached or fromJob must be set",
-            check=lambda s: [s.pvc, s.uri, s.cached, s.from_job].count(None) == 3,
+            cel="[has(self.pvc), has(self.uri), has(self.cached), has(self.huggingFace), has(self.fromJob)]"
+            ".filter(x, x).size() == 1",
+            message="exactly one of pvc, uri, cached, huggingFace or fromJob must be set",
+            check=lambda s: [s.pvc, s.uri, s.cached, s.hugging_face, s.from_job].count(None) == 4,
         ),
         Rule(
             cel="!has(self.cached) || !self.cached.contains('..')",

@@ -129,7 +129,7 @@ def volumes_and_mounts(
 
 
 def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
-    r = job.spec.resources
+    r, hub = job.spec.resources, job.spec.model.hugging_face
     plain = {
         "NNODES": str(r.workers),
         "NPROC_PER_NODE": str(max(r.gpus_per_worker, 1)),
@@ -141,10 +141,15 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
         "KUBETUNE_CONFIGMAP_ROOT": CONFIGMAP_ROOT,
         "KUBETUNE_MODEL_CACHE": MODEL_CACHE,
         "TMPDIR": "/scratch",
-        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "0" if hub is not None else "1",  # only a Hub model may reach the network
         "OMP_NUM_THREADS": "1" if r.gpus_per_worker else str(threads(r.cpu)),
     }
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
+    # The user's variables first: the operator's, later, win (the API rejects their names anyway).
+    env: list[dict[str, Any]] = [e.to_wire() for e in r.env or []]
+    env += [{"name": k, "value": v} for k, v in plain.items()]
+    if hub is not None and hub.token_secret_ref is not None:
+        ref = hub.token_secret_ref  # resolved by the kubelet: the operator never reads the Secret
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     # Node rank: the Job controller also injects JOB_COMPLETION_INDEX; NODE_RANK makes the contract explicit.
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}})
@@ -165,6 +170,7 @@ def worker_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
         "command": ["python", "-m", "kubetune.trainer"],
         "args": ["launch", f"{SPEC_DIR}/{SPEC_KEY}"],
         "env": _env(job, settings),
+        **({"envFrom": [e.to_wire() for e in r.env_from]} if r.env_from else {}),
         "ports": [
             {"name": "rendezvous", "containerPort": settings.master_port},
             {"name": "metrics", "containerPort": settings.trainer_metrics_port},
