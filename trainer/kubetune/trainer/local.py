@@ -19,6 +19,7 @@ from typing import Any
 from kubetune.api.data import DatasetSource
 from kubetune.api.sources import ModelSource, PVCLocation
 
+from . import hub
 from .errors import ConfigError
 
 _DEFAULT_CACHE = Path.home() / ".cache" / "kubetune" / "models"
@@ -38,6 +39,9 @@ class Volumes:
     scratch: Path = field(default_factory=lambda: Path(os.environ.get("TMPDIR", "/tmp")) / "kubetune")
     runs: Path = Path("runs")
     """Where local runs keep their outputs (``spec.model.fromJob`` finds earlier jobs there)."""
+    hub_root: Path | None = None
+    """Where Hub models are downloaded: ``<model cache>/hub`` locally, scratch space in a pod (the cache is
+    read-only there)."""
 
     @classmethod
     def in_pod(cls) -> Volumes:
@@ -48,16 +52,20 @@ class Volumes:
             claims=claims,
             model_cache=Path(os.environ.get("KUBETUNE_MODEL_CACHE", "/mnt/models")),
             config_map_root=Path(os.environ.get("KUBETUNE_CONFIGMAP_ROOT", "/mnt/configmaps")),
+            hub_root=Path(os.environ.get("TMPDIR", "/tmp")) / "kubetune" / "hub",
         )
 
     def pvc(self, location: PVCLocation) -> Path:
         root = self.claims.get(location.claim_name, self.default_root)
         return root / location.path
 
-    def model(self, source: ModelSource, where: str = "spec.model") -> Path:
-        """A local model directory (a URI is copied into scratch space first)."""
+    def model(self, source: ModelSource, where: str = "spec.model", progress: hub.Progress | None = None) -> Path:
+        """A local model directory (a URI is copied into scratch space first, a Hub model downloaded once)."""
         if source.pvc is not None:
             return self.pvc(source.pvc)
+        if source.hugging_face is not None:
+            root = self.hub_root or self.model_cache / "hub"
+            return hub.download(source.hugging_face, root, f"{where}.huggingFace", progress)
         if source.cached is not None:
             return self.model_cache / source.cached
         if source.from_job is not None:  # in a pod the operator has turned this into the earlier job's claim
