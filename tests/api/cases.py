@@ -154,6 +154,14 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("env-duplicate-names", JobBuilder().set("spec.resources.env", [{"name": "A", "value": "1"},
                                                                     {"name": "A", "value": "2"}]).build(),
      "env names must be unique"),
+    ("credentials-on-gcs", JobBuilder().set("spec.data.datasets[1]", {"name": "g", "uri": "gs://b/x.jsonl",
+                                                                      "credentialsSecretRef": {"name": "k"}}).build(),
+     "credentialsSecretRef and endpoint need an s3:// uri"),
+    ("endpoint-on-pvc", JobBuilder().set("spec.data.datasets[0].endpoint", "http://minio:9000").build(),
+     "credentialsSecretRef and endpoint need an s3:// uri"),
+    ("endpoint-not-http", JobBuilder().set("spec.data.datasets[1]", {"name": "s", "uri": "s3://b/x.jsonl",
+                                                                     "endpoint": "ftp://minio"}).build(),
+     "spec.data.datasets[1].endpoint"),
     ("env-from-both", JobBuilder().set("spec.resources.envFrom", [{"secretRef": {"name": "s"},
                                                                    "configMapRef": {"name": "c"}}]).build(),
      "exactly one of secretRef or configMapRef must be set"),
@@ -195,6 +203,12 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
      .set("spec.deploy", {"replicas": 2, "merged": True, "port": 9000, "maxNewTokens": 64})
      .set("spec.data.datasets[0].version", "2026-11").build()),
     ("continuous-tuning", JobBuilder().drop("spec.model.cached").set("spec.model.fromJob", "earlier").build()),
+    ("s3-everywhere-with-credentials", JobBuilder().drop("spec.model.cached")
+     .set("spec.model", {"uri": "s3://models/base", "credentialsSecretRef": {"name": "models-keys"}})
+     .set("spec.data.datasets[1]", {"name": "s3", "uri": "s3://data/rows.jsonl", "endpoint": "http://minio:9000",
+                                    "credentialsSecretRef": {"name": "data-keys"}})
+     .set("spec.output", {"uri": "s3://out/run", "credentialsSecretRef": {"name": "data-keys"},
+                          "endpoint": "https://s3.example.com"}).build()),
     ("hub-model-with-token-and-env", JobBuilder().drop("spec.model.cached")
      .set("spec.model.huggingFace", {"repo": "HuggingFaceTB/SmolLM2-135M", "revision": "v1.0",
                                      "tokenSecretRef": {"name": "hf-token", "key": "token"}})

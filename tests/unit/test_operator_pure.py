@@ -535,3 +535,17 @@ def test_a_secret_the_kubelet_cannot_find_waits_as_missing_reference_naming_it()
     assert conditions(s)["Running"] == ("False", "MissingReference") and s.phase == "Pending"
     assert 'worker 0: secret "hf-token" not found' in next(c.message for c in s.conditions if c.type == "Running")
     assert any(t.event_type == "Warning" for t in transitions if t.reason == "MissingReference")
+
+
+def test_uri_credentials_reach_the_workers_by_reference_one_slot_per_secret() -> None:
+    spec = JobBuilder("demo").drop("spec.model.cached")
+    spec.set("spec.model", {"uri": "s3://models/base", "credentialsSecretRef": {"name": "models-keys"}})
+    spec.set("spec.data.datasets[1]", {"name": "s3", "uri": "s3://data/rows.jsonl",
+                                       "credentialsSecretRef": {"name": "data-keys"}})  # fmt: skip
+    env = {e["name"]: e for e in builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}  # fmt: skip
+    assert env["KUBETUNE_CREDENTIALS_0_AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+        "secretKeyRef": {"name": "data-keys", "key": "AWS_ACCESS_KEY_ID"}}  # fmt: skip
+    assert env["KUBETUNE_CREDENTIALS_1_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "models-keys"
+    token = env["KUBETUNE_CREDENTIALS_1_AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["optional"] is True and not any("value" in e for n, e in env.items() if "CREDENTIALS" in n)

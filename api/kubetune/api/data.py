@@ -6,7 +6,16 @@ from pydantic import Field
 
 from .base import ApiModel, Rule
 from .enums import DataFormat, DatasetUsage, FileFormat, Mixing, OverLength
-from .sources import DNS_LABEL, ConfigMapKey, PVCLocation, Uri
+from .sources import (
+    DNS_LABEL,
+    URI_ACCESS_RULE,
+    ConfigMapKey,
+    PVCLocation,
+    SecretRef,
+    Uri,
+    credentials_field,
+    endpoint_field,
+)
 
 SMALL_SPLIT_ROWS = 20
 """A validation or test split with fewer rows than this measures little: the trainer warns (prep report, summary)
@@ -24,6 +33,8 @@ class DatasetSource(ApiModel):
     )
     pvc: PVCLocation | None = Field(default=None, description="A file or directory on a PersistentVolumeClaim.")
     uri: Uri | None = Field(default=None, description="A file at a URI with a scheme (s3://, gs://, file://, ...).")
+    credentials_secret_ref: SecretRef | None = credentials_field()
+    endpoint: str | None = endpoint_field()
     config_map: ConfigMapKey | None = Field(default=None, description="A small dataset inline in a ConfigMap key.")
     file_format: FileFormat | None = Field(
         default=None, description="Encoding of the file; inferred from its extension when unset."
@@ -67,6 +78,7 @@ class DatasetSource(ApiModel):
             message="exactly one of pvc, uri or configMap must be set",
             check=lambda s: [s.pvc, s.uri, s.config_map].count(None) == 2,
         ),
+        URI_ACCESS_RULE,
     )
 
 

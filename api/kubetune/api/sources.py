@@ -3,7 +3,7 @@ Hub) and the Secret keys that unlock them."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -66,6 +66,42 @@ class SecretKeyRef(ApiModel):
     )
 
 
+class SecretRef(ApiModel):
+    """A Secret in the FineTuneJob's namespace, by name."""
+
+    name: ResourceName = Field(description="Name of the Secret.")
+
+
+URI_ACCESS_FIELDS = "credentialsSecretRef and endpoint"
+URI_ACCESS_RULE = Rule(
+    cel="(!has(self.credentialsSecretRef) && !has(self.endpoint)) || (has(self.uri) && self.uri.startsWith('s3://'))",
+    message=f"{URI_ACCESS_FIELDS} need an s3:// uri",
+    check=lambda s: (
+        (s.credentials_secret_ref is None and s.endpoint is None) or (s.uri is not None and s.uri.startswith("s3://"))
+    ),
+)
+"""On every type with a ``uri`` and the two fields below (model, dataset and output locations)."""
+
+
+def credentials_field() -> Any:
+    return Field(
+        default=None,
+        description="Secret with the uri's credentials under the usual variable names: AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN) for s3://. Only the workers get them, by "
+        "reference; the operator never reads the Secret.",
+    )
+
+
+def endpoint_field() -> Any:
+    return Field(
+        default=None,
+        min_length=8,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...), e.g. https://minio.example:9000.",
+    )
+
+
 class HuggingFaceModel(ApiModel):
     """A model repository on the Hugging Face Hub, downloaded once per job into the model cache or scratch space."""
 
@@ -102,6 +138,8 @@ class ModelSource(ApiModel):
         default=None,
         description="A model directory at a URI with a scheme (s3://, gs://, file://, ...), copied in before training.",
     )
+    credentials_secret_ref: SecretRef | None = credentials_field()
+    endpoint: str | None = endpoint_field()
     cached: str | None = Field(
         default=None,
         min_length=1,
@@ -132,6 +170,7 @@ class ModelSource(ApiModel):
             message="exactly one of pvc, uri, cached, huggingFace or fromJob must be set",
             check=lambda s: [s.pvc, s.uri, s.cached, s.hugging_face, s.from_job].count(None) == 4,
         ),
+        URI_ACCESS_RULE,
         Rule(
             cel="!has(self.cached) || !self.cached.contains('..')",
             message="cached must not contain '..'",
@@ -147,6 +186,8 @@ class OutputLocation(ApiModel):
     uri: Uri | None = Field(
         default=None, description="A URI with a scheme (s3://, gs://, file://, ...) the outputs are copied to."
     )
+    credentials_secret_ref: SecretRef | None = credentials_field()
+    endpoint: str | None = endpoint_field()
     merge_adapter: bool = Field(
         default=False,
         description="Also save the base model with the LoRA/QLoRA adapter merged in (ignored for Full).",
@@ -158,4 +199,5 @@ class OutputLocation(ApiModel):
             message="exactly one of pvc or uri must be set",
             check=lambda s: (s.pvc is None) != (s.uri is None),
         ),
+        URI_ACCESS_RULE,
     )

@@ -20,6 +20,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from kubetune.api import credentials
 from kubetune.api.exitcodes import NON_RETRYABLE
 from kubetune.api.spec import API_VERSION, KIND, FineTuneJob
 
@@ -147,6 +148,12 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
     # The user's variables first: the operator's, later, win (the API rejects their names anyway).
     env: list[dict[str, Any]] = [e.to_wire() for e in r.env or []]
     env += [{"name": k, "value": v} for k, v in plain.items()]
+    for name, slot in credentials.slots(job.spec).items():  # each uri location's keys, by reference
+        for key in (*credentials.REQUIRED_KEYS, *credentials.OPTIONAL_KEYS):
+            wire: dict[str, Any] = {"name": name, "key": key}
+            if key in credentials.OPTIONAL_KEYS:
+                wire["optional"] = True
+            env.append({"name": credentials.variable(slot, key), "valueFrom": {"secretKeyRef": wire}})
     if hub is not None and hub.token_secret_ref is not None:
         ref = hub.token_secret_ref  # resolved by the kubelet: the operator never reads the Secret
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
