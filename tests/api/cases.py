@@ -48,7 +48,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("model-two-sources", JobBuilder().set("spec.model.uri", "s3://models/x").build(),
      "exactly one of pvc, uri, cached, huggingFace or fromJob"),
     ("dataset-no-source", JobBuilder().set("spec.data.datasets", [{"name": "train"}]).build(),
-     "exactly one of pvc, uri or configMap"),
+     "exactly one of pvc, uri, configMap or huggingFace"),
     ("split-ratios-too-large", JobBuilder().set("spec.data.split", {"validationRatio": 0.5, "testRatio": 0.5}).build(),
      "validationRatio + testRatio"),
     ("classification-task-with-instruction-data", JobBuilder().set("spec.task", {"type": "Classification"}).build(),
@@ -162,6 +162,10 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("endpoint-not-http", JobBuilder().set("spec.data.datasets[1]", {"name": "s", "uri": "s3://b/x.jsonl",
                                                                      "endpoint": "ftp://minio"}).build(),
      "spec.data.datasets[1].endpoint"),
+    ("hub-dataset-files-and-split", JobBuilder().set("spec.data.datasets[1]", {"name": "h", "huggingFace": {
+        "repo": "org/rows", "files": ["a.jsonl"], "split": "train"}}).build(), "exactly one of files or split"),
+    ("hub-dataset-file-outside", JobBuilder().set("spec.data.datasets[1]", {"name": "h", "huggingFace": {
+        "repo": "org/rows", "files": ["../a.jsonl"]}}).build(), "files must be paths inside the repository"),
     ("env-from-both", JobBuilder().set("spec.resources.envFrom", [{"secretRef": {"name": "s"},
                                                                    "configMapRef": {"name": "c"}}]).build(),
      "exactly one of secretRef or configMapRef must be set"),
@@ -209,6 +213,9 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
                                     "credentialsSecretRef": {"name": "data-keys"}})
      .set("spec.output", {"uri": "s3://out/run", "credentialsSecretRef": {"name": "data-keys"},
                           "endpoint": "https://s3.example.com"}).build()),
+    ("hub-dataset-split-with-token", JobBuilder().set("spec.data.datasets[1]", {"name": "h", "huggingFace": {
+        "repo": "org/rows", "revision": "v2", "split": "train", "tokenSecretRef": {"name": "t", "key": "k"}}})
+     .build()),
     ("hub-model-with-token-and-env", JobBuilder().drop("spec.model.cached")
      .set("spec.model.huggingFace", {"repo": "HuggingFaceTB/SmolLM2-135M", "revision": "v1.0",
                                      "tokenSecretRef": {"name": "hf-token", "key": "token"}})

@@ -1,10 +1,11 @@
 """A local HTTP server speaking the part of the Hugging Face Hub API that ``huggingface_hub`` downloads with.
 
-``GET /api/models/<repo>/revision/<rev>`` answers the repo's commit and files (with sizes); ``HEAD`` and ``GET
-/<repo>/resolve/<commit-or-rev>/<file>`` give a file's metadata headers (``X-Repo-Commit``, ``ETag``) and bytes.
-Repos may need a bearer token (401 without it, as the Hub answers for private repos), an unknown revision is 404
-``RevisionNotFound``. Knobs for the hostile cases: an extra listed file name (path traversal) and files sent
-truncated. ``downloads`` counts file bodies served.
+``GET /api/models/<repo>/revision/<rev>`` (``/api/datasets/...`` for dataset repos) answers the repo's commit
+and files (with sizes); ``HEAD`` and ``GET /<repo>/resolve/<commit-or-rev>/<file>`` (``/datasets/<repo>/...``)
+give a file's metadata headers (``X-Repo-Commit``, ``ETag``) and bytes. Repos may need a bearer token (401
+without it, as the Hub answers for private repos), an unknown revision is 404 ``RevisionNotFound``. Knobs for
+the hostile cases: an extra listed file name (path traversal) and files sent truncated. ``downloads`` counts
+file bodies served.
 """
 
 from __future__ import annotations
@@ -37,11 +38,18 @@ class FakeHub:
     url: str = ""
     requests: list[str] = field(default_factory=list)
 
+    datasets: dict[str, Repo] = field(default_factory=dict)
+
     def add(self, name: str, directory: Path, token: str | None = None) -> Repo:
         files = {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
         commit = hashlib.sha1(name.encode() + b"".join(files.values())).hexdigest()
         self.repos[name] = Repo(files, commit, token)
         return self.repos[name]
+
+    def add_dataset(self, name: str, files: dict[str, bytes], token: str | None = None) -> Repo:
+        commit = hashlib.sha1(b"dataset" + name.encode() + b"".join(files.values())).hexdigest()
+        self.datasets[name] = Repo(files, commit, token)
+        return self.datasets[name]
 
 
 def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
@@ -68,10 +76,12 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
         def _serve(self, body: bool) -> None:
             path = self.path.split("?", 1)[0]
             hub.requests.append(f"{self.command} {path}")
-            api = path.startswith("/api/models/")
-            parts = path.removeprefix("/api/models/").lstrip("/").split("/")
+            api = path.startswith("/api/")
+            dataset = path.startswith(("/api/datasets/", "/datasets/"))
+            rest_of_path = path.removeprefix("/api").removeprefix("/models").removeprefix("/datasets")
+            parts = rest_of_path.lstrip("/").split("/")
             name = "/".join(parts[:2])
-            repo = hub.repos.get(name)
+            repo = (hub.datasets if dataset else hub.repos).get(name)
             if repo is None:
                 return self._fail(404, "RepoNotFound")
             if repo.token is not None and self.headers.get("Authorization") != f"Bearer {repo.token}":

@@ -127,3 +127,20 @@ def test_a_full_disk_is_a_clear_error_before_downloading(
     with pytest.raises(ConfigError, match=r"needs 0\.\d+ GiB and .* has 0\.00 GiB free"):
         hub.download(HuggingFaceModel(repo=REPO), tmp_path / "hub")
     assert fake_hub.downloads == 0
+
+
+def test_a_hub_dataset_split_with_its_own_token_trains(fake_hub: FakeHub, tmp_path: Path) -> None:
+    rows = (DATA / "instructions.jsonl").read_bytes()
+    fake_hub.add_dataset("kubetune/rows", {"data/train-00000.jsonl": rows, "data/test-00000.jsonl": rows[:500],
+                                           "README.md": b"# rows"}, token="hf_dataset_token")  # fmt: skip
+    job = fast_job("hubdata").set("spec.training.maxSteps", 3).set("spec.evaluation.baseline", False)
+    job.set("spec.data.datasets[0]", {"name": "rows", "huggingFace": {
+        "repo": "kubetune/rows", "split": "train", "tokenSecretRef": {"name": "data", "key": "token"}}})  # fmt: skip
+    result = _run(job.build(), tmp_path, {"KUBETUNE_HUB_TOKEN_0": "hf_dataset_token", "HF_TOKEN": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "prep_report.json").read_text())
+    assert report["rowsRead"]["rows"] == len(rows.splitlines())
+    wrong = _run(job.set("spec.data.datasets[0].huggingFace.split", "dev").build(), tmp_path, {
+        "KUBETUNE_HUB_TOKEN_0": "hf_dataset_token"}, out="wrong")  # fmt: skip
+    assert wrong.returncode == EXIT_CONFIG and "has no data files of split 'dev'" in wrong.stderr
+    assert "data/train-00000.jsonl" in wrong.stderr

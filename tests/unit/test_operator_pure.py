@@ -549,3 +549,12 @@ def test_uri_credentials_reach_the_workers_by_reference_one_slot_per_secret() ->
     assert env["KUBETUNE_CREDENTIALS_1_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "models-keys"
     token = env["KUBETUNE_CREDENTIALS_1_AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token["optional"] is True and not any("value" in e for n, e in env.items() if "CREDENTIALS" in n)
+
+
+def test_a_hub_dataset_token_gets_its_own_variable_and_the_workers_go_online() -> None:
+    source = {"repo": "org/rows", "split": "train", "tokenSecretRef": {"name": "data-token", "key": "token"}}
+    spec = JobBuilder("demo").set("spec.data.datasets[0]", {"name": "rows", "huggingFace": source})
+    env = {e["name"]: e for e in builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}  # fmt: skip
+    assert env["KUBETUNE_HUB_TOKEN_0"]["valueFrom"] == {"secretKeyRef": {"name": "data-token", "key": "token"}}
+    assert env["HF_HUB_OFFLINE"]["value"] == "0" and "HF_TOKEN" not in env

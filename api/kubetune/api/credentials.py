@@ -35,3 +35,18 @@ def slots(spec: FineTuneJobSpec) -> dict[str, int]:
 
 def variable(slot: int, key: str) -> str:
     return f"{PREFIX}{slot}_{key}"
+
+
+HUB_TOKEN_PREFIX = "KUBETUNE_HUB_TOKEN_"
+
+
+def hub_tokens(spec: FineTuneJobSpec) -> dict[tuple[str, str], str]:
+    """(Secret name, key) -> variable of each Hub dataset's tokenSecretRef (the model's token is HF_TOKEN)."""
+    found = [d.hugging_face.token_secret_ref for d in spec.data.datasets if d.hugging_face is not None]
+    refs = sorted({(ref.name, ref.key) for ref in found if ref is not None})
+    return {ref: f"{HUB_TOKEN_PREFIX}{slot}" for slot, ref in enumerate(refs)}
+
+
+def uses_hub(spec: FineTuneJobSpec) -> bool:
+    """Whether the model or a dataset comes from the Hugging Face Hub (the workers then go online)."""
+    return spec.model.hugging_face is not None or any(d.hugging_face is not None for d in spec.data.datasets)

@@ -128,6 +128,51 @@ class HuggingFaceModel(ApiModel):
     )
 
 
+class HuggingFaceDataset(ApiModel):
+    """A dataset repository on the Hugging Face Hub: some of its JSONL, CSV or Parquet files, downloaded once per
+    job. Exactly one of files or split is set."""
+
+    repo: str = Field(min_length=1, max_length=96, pattern=HUB_REPO, description="Dataset repository id.")
+    revision: str = Field(
+        default="main",
+        min_length=1,
+        max_length=255,
+        pattern=HUB_REVISION,
+        description="Branch, tag or commit; resolved to a commit hash that the manifest records.",
+    )
+    files: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None, min_length=1, max_length=256, description="Paths of the files to read, in the repository."
+    )
+    split: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Read the data files of this split: <split>.*, <split>-*, <split>_* or under <split>/.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Hub access token (gated or private repositories)."
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.files) != has(self.split)",
+            message="exactly one of files or split must be set",
+            check=lambda s: (s.files is None) != (s.split is None),
+        ),
+        Rule(
+            cel="!has(self.files) || self.files.all(f, !f.startsWith('/') && !f.contains('..'))",
+            message="files must be paths inside the repository (no leading '/', no '..')",
+            check=lambda s: s.files is None or all(_relative(f) for f in s.files),
+        ),
+        Rule(
+            cel="!self.revision.contains('..')",
+            message="revision must not contain '..'",
+            check=lambda s: ".." not in s.revision,
+        ),
+    )
+
+
 class ModelSource(ApiModel):
     """The base model to fine-tune. Exactly one of pvc, uri, cached, huggingFace or fromJob is set."""
 

@@ -142,7 +142,7 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
         "KUBETUNE_CONFIGMAP_ROOT": CONFIGMAP_ROOT,
         "KUBETUNE_MODEL_CACHE": MODEL_CACHE,
         "TMPDIR": "/scratch",
-        "HF_HUB_OFFLINE": "0" if hub is not None else "1",  # only a Hub model may reach the network
+        "HF_HUB_OFFLINE": "0" if credentials.uses_hub(job.spec) else "1",  # only Hub jobs may reach the network
         "OMP_NUM_THREADS": "1" if r.gpus_per_worker else str(threads(r.cpu)),
     }
     # The user's variables first: the operator's, later, win (the API rejects their names anyway).
@@ -154,6 +154,8 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
             if key in credentials.OPTIONAL_KEYS:
                 wire["optional"] = True
             env.append({"name": credentials.variable(slot, key), "valueFrom": {"secretKeyRef": wire}})
+    for (name, key), variable in credentials.hub_tokens(job.spec).items():
+        env.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
     if hub is not None and hub.token_secret_ref is not None:
         ref = hub.token_secret_ref  # resolved by the kubelet: the operator never reads the Secret
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})

@@ -204,6 +204,7 @@ def _main(args: argparse.Namespace) -> int:
     volumes = Volumes(claims=claims) if args.command == "run" or claims else Volumes.in_pod()
     volumes.config_maps = config_maps
     volumes.credentials = credentials.slots(job.spec)
+    volumes.hub_tokens = credentials.hub_tokens(job.spec)
     out = output_dir(job, args, volumes)
     if args.command == "serve":
         return _serve(job, volumes, out, args)

@@ -1,4 +1,5 @@
-"""Models from the Hugging Face Hub (``spec.model.huggingFace``), downloaded once into a local directory.
+"""Models and datasets from the Hugging Face Hub (``spec.model.huggingFace``, ``spec.data.datasets[].huggingFace``),
+downloaded once into a local directory.
 
 The revision is resolved to its commit first, and the model lands in ``<root>/<repo>/<commit>``: a run that finds
 it complete (``kubetune-hub.json`` written last) downloads nothing. Files go into a ``.partial`` directory that is
@@ -12,6 +13,7 @@ sets it from ``tokenSecretRef``), the server from ``HF_ENDPOINT`` (a mirror, or 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,36 +22,50 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kubetune.api.sources import HuggingFaceModel
+from kubetune.api.sources import HuggingFaceDataset, HuggingFaceModel
 
 from .errors import ConfigError
 
 DONE = "kubetune-hub.json"
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 RETRIES = 4
 SPACE_MARGIN = 1.05
 Progress = Callable[[dict[str, Any]], None]
 
 
-def download(source: HuggingFaceModel, root: Path, where: str = "spec.model.huggingFace",
-             progress: Progress | None = None) -> Path:  # fmt: skip
-    """The local directory of ``source``'s model at its resolved commit, downloading what is missing."""
+def download(
+    source: HuggingFaceModel | HuggingFaceDataset,
+    root: Path,
+    where: str = "spec.model.huggingFace",
+    progress: Progress | None = None,
+    token: str | None = None,
+) -> Path:
+    """The local directory of ``source`` (a model repo, or a dataset repo's chosen files) at its resolved
+    commit, downloading what is missing. ``token`` (the dataset's own) overrides HF_TOKEN."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise ConfigError(f"{where}: the model is on the Hub but HF_HUB_OFFLINE is set; unset it to download")
+        raise ConfigError(f"{where}: the repo is on the Hub but HF_HUB_OFFLINE is set; unset it to download")
     from huggingface_hub import HfApi
 
-    endpoint, token = os.environ.get("HF_ENDPOINT") or None, os.environ.get("HF_TOKEN") or None
+    dataset = isinstance(source, HuggingFaceDataset)
+    endpoint, token = os.environ.get("HF_ENDPOINT") or None, token or os.environ.get("HF_TOKEN") or None
     api = HfApi(endpoint=endpoint, token=token)
-    info = _call(lambda: api.model_info(source.repo, revision=source.revision, files_metadata=True), source, where)
+    info_of = api.dataset_info if dataset else api.model_info
+    info = _call(lambda: info_of(source.repo, revision=source.revision, files_metadata=True), source, where)
     commit = str(info.sha)
     files = {s.rfilename: s.size for s in info.siblings or []}
-    target = root / source.repo / commit
-    if (target / DONE).is_file():
-        return target
     for name in files:
         path = PurePosixPath(name)
         if path.is_absolute() or ".." in path.parts or not name:
             raise ConfigError(f"{where}: {source.repo}@{commit} lists a file outside the repository: {name!r}")
-    partial = root / source.repo / f".{commit}.partial"
+    key = commit
+    if isinstance(source, HuggingFaceDataset):
+        files = chosen(source, files, where)
+        key = f"{commit}-{hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest()[:8]}"
+        root = root / "datasets"
+    target = root / source.repo / key
+    if (target / DONE).is_file():
+        return target
+    partial = root / source.repo / f".{key}.partial"
     partial.mkdir(parents=True, exist_ok=True)
     total = sum(size or 0 for size in files.values())
     free = shutil.disk_usage(partial).free
@@ -60,7 +76,7 @@ def download(source: HuggingFaceModel, root: Path, where: str = "spec.model.hugg
         )
     done = 0
     for index, (name, size) in enumerate(sorted(files.items()), start=1):
-        _fetch(source, commit, name, partial, endpoint, token, where)
+        _fetch(source, commit, name, partial, endpoint, token, where, "dataset" if dataset else "model")
         got = (partial / name).stat().st_size
         if size is not None and got != size:
             (partial / name).unlink()
@@ -71,10 +87,17 @@ def download(source: HuggingFaceModel, root: Path, where: str = "spec.model.hugg
                       "bytes": done, "totalBytes": total})  # fmt: skip
     shutil.rmtree(partial / ".cache", ignore_errors=True)  # huggingface_hub's own bookkeeping
     record = {"repo": source.repo, "revision": source.revision, "commit": commit, "files": len(files), "bytes": done}
+    if dataset:
+        record["names"] = sorted(files)
     (partial / DONE).write_text(json.dumps(record))
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def chosen_files(local: Path) -> list[str]:
+    """The files a dataset download holds (as the Hub names them), from its record."""
+    return list(json.loads((local / DONE).read_text())["names"])
 
 
 def source_of(model_dir: Path) -> dict[str, Any] | None:
@@ -83,17 +106,38 @@ def source_of(model_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _fetch(source: HuggingFaceModel, commit: str, name: str, into: Path, endpoint: str | None, token: str | None,
-           where: str) -> None:  # fmt: skip
+def chosen(source: HuggingFaceDataset, files: dict[str, int | None], where: str) -> dict[str, int | None]:
+    """The dataset repo's files to read: those ``files`` names (each must exist), or the data files of
+    ``split`` (named ``<split>.*``, ``<split>-*``, ``<split>_*``, or under a ``<split>/`` directory)."""
+    data = {n: size for n, size in files.items() if n.endswith(DATA_SUFFIXES)}
+    if source.files:
+        missing = [n for n in source.files if n not in files]
+        if missing:
+            raise ConfigError(f"{where}.files: {source.repo} has no {missing[0]!r}; it has {sorted(data)[:10]}")
+        return {n: files[n] for n in source.files}
+    split = source.split or ""
+    picked = {n: size for n, size in data.items()
+              if split in PurePosixPath(n).parts[:-1] or PurePosixPath(n).name.split(".")[0] == split
+              or PurePosixPath(n).name.startswith((f"{split}-", f"{split}_"))}  # fmt: skip
+    if not picked:
+        raise ConfigError(
+            f"{where}.split: {source.repo} has no data files of split {split!r}; it has {sorted(data)[:10]}"
+        )
+    return picked
+
+
+def _fetch(source: HuggingFaceModel | HuggingFaceDataset, commit: str, name: str, into: Path,
+           endpoint: str | None, token: str | None, where: str, kind: str) -> None:  # fmt: skip
     from huggingface_hub import hf_hub_download
 
     def get() -> Any:
-        return hf_hub_download(source.repo, name, revision=commit, local_dir=into, endpoint=endpoint, token=token)
+        return hf_hub_download(source.repo, name, repo_type=kind, revision=commit, local_dir=into, endpoint=endpoint,
+                               token=token)  # fmt: skip
 
     _call(get, source, where)
 
 
-def _call(fn: Callable[[], Any], source: HuggingFaceModel, where: str) -> Any:
+def _call(fn: Callable[[], Any], source: HuggingFaceModel | HuggingFaceDataset, where: str) -> Any:
     """``fn()``, retried with backoff on transient errors; Hub refusals become ConfigErrors that say what to do."""
     import httpx2
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError

@@ -42,6 +42,8 @@ class Volumes:
     """Where local runs keep their outputs (``spec.model.fromJob`` finds earlier jobs there)."""
     credentials: dict[str, int] = field(default_factory=dict)
     """Secret name -> slot of the job's credentialsSecretRefs (``kubetune.api.credentials.slots``)."""
+    hub_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(Secret name, key) -> variable of each Hub dataset's token (``kubetune.api.credentials.hub_tokens``)."""
     hub_root: Path | None = None
     """Where Hub models are downloaded: ``<model cache>/hub`` locally, scratch space in a pod (the cache is
     read-only there)."""
@@ -97,6 +99,15 @@ class Volumes:
             if ref.key not in data:
                 raise ConfigError(f"{where}.configMap: ConfigMap {ref.name!r} has no key {ref.key!r}")
             yield ref.key, data[ref.key].encode()
+            return
+        if source.hugging_face is not None:
+            secret = source.hugging_face.token_secret_ref
+            variable = self.hub_tokens.get((secret.name, secret.key)) if secret is not None else None
+            token = os.environ.get(variable) if variable else None
+            root = self.hub_root or self.model_cache / "hub"
+            local = hub.download(source.hugging_face, root, f"{where}.huggingFace", token=token)
+            for chosen in source.hugging_face.files or sorted(hub.chosen_files(local)):
+                yield chosen.rsplit("/", 1)[-1], (local / chosen).read_bytes()
             return
         if source.pvc is not None:
             path = self.pvc(source.pvc)
