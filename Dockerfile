@@ -41,11 +41,12 @@ LABEL org.opencontainers.image.title="kubetune trainer" \
 COPY --from=trainer-venv /opt/kubetune /opt/kubetune
 COPY api /app/api
 COPY trainer /app/trainer
+# Not offline by default: the operator sets HF_HUB_OFFLINE=1 unless spec.model.huggingFace needs the Hub.
 # DL3064 takes TOKENIZERS_PARALLELISM for a secret (it contains "TOKEN"); nothing here is one.
 # hadolint ignore=DL3064
 ENV PATH=/opt/kubetune/bin:$PATH PYTHONPATH=/app/api:/app/trainer \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp HF_HOME=/tmp/huggingface \
-    OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+    OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 WORKDIR /app
 USER 65532:65532
 EXPOSE 9400 29500

@@ -46,9 +46,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("lora-knobs-on-full", JobBuilder().set("spec.method", {"type": "Full", "lora": {"rank": 8}}).build(),
      "lora is only allowed when type is LoRA or QLoRA"),
     ("model-two-sources", JobBuilder().set("spec.model.uri", "s3://models/x").build(),
-     "exactly one of pvc, uri, cached or fromJob"),
+     "exactly one of pvc, uri, cached, huggingFace or fromJob"),
     ("dataset-no-source", JobBuilder().set("spec.data.datasets", [{"name": "train"}]).build(),
-     "exactly one of pvc, uri or configMap"),
+     "exactly one of pvc, uri, configMap or huggingFace"),
     ("split-ratios-too-large", JobBuilder().set("spec.data.split", {"validationRatio": 0.5, "testRatio": 0.5}).build(),
      "validationRatio + testRatio"),
     ("classification-task-with-instruction-data", JobBuilder().set("spec.task", {"type": "Classification"}).build(),
@@ -113,7 +113,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("retention-gate-without-guard", JobBuilder().set("spec.promotion", {"maxRetentionRegression": 0.02}).build(),
      "promotion.maxRetentionRegression requires forgettingGuard"),
     ("model-from-job-and-cached", JobBuilder().set("spec.model.fromJob", "earlier").build(),
-     "exactly one of pvc, uri, cached or fromJob"),
+     "exactly one of pvc, uri, cached, huggingFace or fromJob"),
     ("sweep-grid-over-a-range", sweep(parameters=[RANGE]), "algorithm Grid needs values on every parameter"),
     ("sweep-duplicate-paths", sweep(parameters=[{"path": "training.epochs", "values": [1]},
                                                 {"path": "training.epochs", "values": [2]}]),
@@ -132,6 +132,43 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      "image must be an OCI image reference"),
     ("image-bad-digest", JobBuilder().set("spec.resources.image", "trainer@sha256:xyz").build(),
      "image must be an OCI image reference"),
+    ("hub-and-cached", JobBuilder().set("spec.model.huggingFace", {"repo": "org/model"}).build(),
+     "exactly one of pvc, uri, cached, huggingFace or fromJob"),
+    ("hub-repo-three-parts", JobBuilder().drop("spec.model.cached").set("spec.model.huggingFace", {"repo": "a/b/c"})
+     .build(), "spec.model.huggingFace.repo"),
+    ("hub-revision-traversal", JobBuilder().drop("spec.model.cached")
+     .set("spec.model.huggingFace", {"repo": "org/model", "revision": "main/../x"}).build(),
+     "revision must not contain '..'"),
+    ("hub-token-without-key", JobBuilder().drop("spec.model.cached")
+     .set("spec.model.huggingFace", {"repo": "org/model", "tokenSecretRef": {"name": "hf"}}).build(),
+     "spec.model.huggingFace.tokenSecretRef.key"),
+    ("env-overrides-master-addr", JobBuilder().set("spec.resources.env", [{"name": "MASTER_ADDR", "value": "x"}])
+     .build(), "name MASTER_ADDR is a variable the operator sets"),
+    ("env-overrides-kubetune-variable", JobBuilder()
+     .set("spec.resources.env", [{"name": "KUBETUNE_MODEL_CACHE", "value": "/x"}]).build(),
+     "name KUBETUNE_MODEL_CACHE is a variable the operator sets"),
+    ("env-value-and-secret", JobBuilder().set("spec.resources.env", [{"name": "A", "value": "x", "valueFrom": {
+        "secretKeyRef": {"name": "s", "key": "k"}}}]).build(), "exactly one of value or valueFrom must be set"),
+    ("env-bad-name", JobBuilder().set("spec.resources.env", [{"name": "A-B", "value": "x"}]).build(),
+     "spec.resources.env[0].name"),
+    ("env-duplicate-names", JobBuilder().set("spec.resources.env", [{"name": "A", "value": "1"},
+                                                                    {"name": "A", "value": "2"}]).build(),
+     "env names must be unique"),
+    ("credentials-on-gcs", JobBuilder().set("spec.data.datasets[1]", {"name": "g", "uri": "gs://b/x.jsonl",
+                                                                      "credentialsSecretRef": {"name": "k"}}).build(),
+     "credentialsSecretRef and endpoint need an s3:// uri"),
+    ("endpoint-on-pvc", JobBuilder().set("spec.data.datasets[0].endpoint", "http://minio:9000").build(),
+     "credentialsSecretRef and endpoint need an s3:// uri"),
+    ("endpoint-not-http", JobBuilder().set("spec.data.datasets[1]", {"name": "s", "uri": "s3://b/x.jsonl",
+                                                                     "endpoint": "ftp://minio"}).build(),
+     "spec.data.datasets[1].endpoint"),
+    ("hub-dataset-files-and-split", JobBuilder().set("spec.data.datasets[1]", {"name": "h", "huggingFace": {
+        "repo": "org/rows", "files": ["a.jsonl"], "split": "train"}}).build(), "exactly one of files or split"),
+    ("hub-dataset-file-outside", JobBuilder().set("spec.data.datasets[1]", {"name": "h", "huggingFace": {
+        "repo": "org/rows", "files": ["../a.jsonl"]}}).build(), "files must be paths inside the repository"),
+    ("env-from-both", JobBuilder().set("spec.resources.envFrom", [{"secretRef": {"name": "s"},
+                                                                   "configMapRef": {"name": "c"}}]).build(),
+     "exactly one of secretRef or configMapRef must be set"),
 ]  # fmt: skip
 
 GOOD: list[tuple[str, dict[str, Any]]] = [
@@ -170,6 +207,22 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
      .set("spec.deploy", {"replicas": 2, "merged": True, "port": 9000, "maxNewTokens": 64})
      .set("spec.data.datasets[0].version", "2026-11").build()),
     ("continuous-tuning", JobBuilder().drop("spec.model.cached").set("spec.model.fromJob", "earlier").build()),
+    ("s3-everywhere-with-credentials", JobBuilder().drop("spec.model.cached")
+     .set("spec.model", {"uri": "s3://models/base", "credentialsSecretRef": {"name": "models-keys"}})
+     .set("spec.data.datasets[1]", {"name": "s3", "uri": "s3://data/rows.jsonl", "endpoint": "http://minio:9000",
+                                    "credentialsSecretRef": {"name": "data-keys"}})
+     .set("spec.output", {"uri": "s3://out/run", "credentialsSecretRef": {"name": "data-keys"},
+                          "endpoint": "https://s3.example.com"}).build()),
+    ("hub-dataset-split-with-token", JobBuilder().set("spec.data.datasets[1]", {"name": "h", "huggingFace": {
+        "repo": "org/rows", "revision": "v2", "split": "train", "tokenSecretRef": {"name": "t", "key": "k"}}})
+     .build()),
+    ("hub-model-with-token-and-env", JobBuilder().drop("spec.model.cached")
+     .set("spec.model.huggingFace", {"repo": "HuggingFaceTB/SmolLM2-135M", "revision": "v1.0",
+                                     "tokenSecretRef": {"name": "hf-token", "key": "token"}})
+     .set("spec.resources.env", [{"name": "HF_ENDPOINT", "value": "https://hub.example.com"},
+                                 {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "w", "key": "k"}}}])
+     .set("spec.resources.envFrom", [{"secretRef": {"name": "s3"}}, {"configMapRef": {"name": "c"}, "prefix": "X_"}])
+     .build()),
     ("random-sweep", sweep(algorithm="Random", seed=3, maxTrials=20, maxParallel=4, parameters=[
         RANGE, {"path": "method.lora.rank", "min": 4, "max": 64, "integer": True}],
         objective={"metric": "test.f1", "goal": "Maximize"}, earlyStopping={"afterPercent": 30})),

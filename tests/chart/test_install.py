@@ -94,6 +94,7 @@ def test_the_installed_operator_runs_as_its_service_account(release: Release) ->
         ("patch", "clusterkopfpeerings.kopf.dev", True),
         ("get", "secrets", False),
         ("list", "secrets", False),
+        ("watch", "secrets", False),
         ("create", "pods", False),
         ("create", "pods/exec", False),
         ("get", "pods/log", False),

@@ -343,3 +343,46 @@ def test_continuous_tuning_waits_for_the_earlier_job_and_records_the_lineage(
     manifest = json.loads((volumes["kubetune-outputs"] / "tune-v2" / "manifest.json").read_text())
     assert [(a["job"], a["dataVersions"]) for a in manifest["lineage"]] == [("tune-v1", {"rows": "v1"})]
     assert "`tune-v1`" in (volumes["kubetune-outputs"] / "tune-v2" / "README.md").read_text()
+
+
+def test_a_hub_model_waits_for_its_token_secret_then_trains_and_the_token_appears_nowhere(
+    k: Cluster, volumes: dict[str, Path], tmp_path: Path
+) -> None:
+    """A private repo on a loopback Hub, its token in a Secret that does not exist yet: the workers wait
+    (MissingReference, naming the Secret), the job trains once it appears, and the token's value is in no object,
+    event, log, ConfigMap or output."""
+    from kubetune.trainer.tiny import build_tiny_llama
+    from tests.support.fakehub import FakeHub, serving
+
+    secret, repo = "hf_e2e_token_5c0f3a9d", "kubetune/tiny-e2e"
+    fake = FakeHub()
+    fake.add(repo, build_tiny_llama(tmp_path / "repo", seed=6), token=secret)
+    with serving(fake) as hub:
+        doc = e2e_job("hub-model", workers=1).drop("spec.model.cached")
+        doc.set("spec.model.huggingFace", {"repo": repo, "tokenSecretRef": {"name": "hub-token", "key": "token"}})
+        doc.set("spec.resources.env", [{"name": "HF_ENDPOINT", "value": hub.url}]).set("spec.training.epochs", 1)
+        k.apply(doc.build())
+        waiting = wait_for("Running=False MissingReference", lambda: (
+            c if (c := k.condition("hub-model", "Running")).get("reason") == "MissingReference" else None), 120,
+            lambda: k.diagnose("hub-model"))  # fmt: skip
+        assert 'secret "hub-token" not found' in waiting["message"]
+        k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-token"},
+                 "stringData": {"token": secret}})  # fmt: skip
+        k.wait_condition("hub-model", "Succeeded", timeout=300)
+    out = volumes["kubetune-outputs"] / "hub-model"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["hub"]["commit"] == fake.repos[repo].commit and fake.downloads == 6
+    worker = k.pods("hub-model")[0]["spec"]["containers"][0]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub-token", "key": "token"}}} in worker["env"]
+    places = {
+        "the FineTuneJob and its status": json.dumps(k.ftj("hub-model")),
+        "events": k.cp.kubectl("get", "events", "-o", "json").stdout,
+        "ConfigMaps": k.cp.kubectl("get", "configmaps", "-o", "json").stdout,
+        "Jobs and pods": k.cp.kubectl("get", "jobs,pods", "-o", "json").stdout,
+        "worker logs": "".join(k.node.logs("default", p["metadata"]["name"]) for p in k.pods("hub-model")),
+        "operator log": k.operator.log(),
+        "outputs": "".join(
+            p.read_text(errors="replace") for p in out.rglob("*") if p.suffix in (".json", ".md", ".html")
+        ),
+    }
+    assert [where for where, text in places.items() if secret in text] == []

@@ -2,7 +2,8 @@
 
 There is no container runtime here, so this agent registers a Node and runs each pod the scheduler binds to it
 as a local process group: the container's command and args, its env (plain values, ``$(VAR)`` references,
-downward-API ``fieldRef``s such as the Job completion index and ``status.podIP``, ConfigMap keys), and its
+downward-API ``fieldRef``s such as the Job completion index and ``status.podIP``, ConfigMap and Secret keys,
+``envFrom`` Secrets and ConfigMaps), and its
 volume mounts materialised under a per-pod directory (ConfigMaps written out, PersistentVolumeClaims linked to
 their bound PersistentVolume's ``hostPath``, emptyDirs created). Absolute paths under a mount point (and the
 termination message path) in env values and args are rewritten to those directories, and the name
@@ -10,7 +11,9 @@ termination message path) in env values and args are rewritten to those director
 own loopback address (127.x.y.z, derived from its hostname and subdomain, so worker 0's address is known
 before it starts). Pod status (Running; Succeeded or Failed with the exit code and the termination message,
 falling back to the last log lines) goes back through the API server; the real scheduler and Job controller
-do the rest.
+do the rest. As the kubelet does, a Secret or ConfigMap (or key) that env refers to and that does not exist keeps
+the container waiting (``CreateContainerConfigError``, with the kubelet's message) and is looked up again until
+it appears.
 
 Projected volumes are materialised too, above all the ServiceAccount token volume the API server adds to pods that
 automount a token: the token comes from the TokenRequest API (bound to the pod), ``ca.crt`` from the
@@ -51,6 +54,11 @@ LOG_FALLBACK_LINES = 80
 LOG_FALLBACK_BYTES = 2048
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 _FIELD = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
+
+
+class UnresolvedError(Exception):
+    """A Secret or ConfigMap (or one of its keys) the container's env refers to is missing: the kubelet's
+    CreateContainerConfigError, retried until it appears."""
 
 
 def pod_ip(namespace: str, hostname: str, subdomain: str) -> str:
@@ -228,7 +236,15 @@ class NodeAgent:
         path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
         container = pod.pod["spec"]["containers"][0]
         try:
-            command, env, termination = self._prepare(pod)
+            while True:
+                try:
+                    command, env, termination = self._prepare(pod)
+                    break
+                except UnresolvedError as missing:
+                    self._report_waiting(path, container, str(missing))
+                    if pod.deleting.wait(1.0):
+                        self._delete(pod.pod)
+                        return
         except Exception as error:
             pod.dir.mkdir(parents=True, exist_ok=True)
             pod.log.write_text(f"node agent: cannot start the pod: {error}\n")
@@ -268,6 +284,13 @@ class NodeAgent:
         except OSError:
             if not self._stop.is_set():  # the API server is gone when the agent stops: nothing to report to
                 raise
+
+    def _report_waiting(self, path: str, container: dict[str, Any], text: str) -> None:
+        status = {"name": container["name"], "image": container["image"], "imageID": "", "ready": False,
+                  "started": False, "restartCount": 0,
+                  "state": {"waiting": {"reason": "CreateContainerConfigError", "message": text}}}  # fmt: skip
+        with contextlib.suppress(urllib.error.HTTPError):
+            self.api.merge(f"{path}/status", {"status": {"phase": "Pending", "containerStatuses": [status]}})
 
     def _report_exit(
         self, pod: PodProcess, path: str, container: dict[str, Any], code: int, text: str, started: str
@@ -344,6 +367,9 @@ class NodeAgent:
             "KUBERNETES_SERVICE_HOST": self.api_host, "KUBERNETES_SERVICE_PORT": self.api_port,
             "KUBERNETES_SERVICE_PORT_HTTPS": self.api_port,
         }  # fmt: skip
+        for source in container.get("envFrom") or []:
+            for key, value in self._env_from(namespace, source).items():
+                env[(source.get("prefix") or "") + key] = value
         for var in container.get("env") or []:
             if "value" in var:
                 value = _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), var["value"])
@@ -444,11 +470,34 @@ class NodeAgent:
             if match:
                 return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
             raise RuntimeError(f"unsupported fieldRef {field!r}")
-        if "configMapKeyRef" in source:
-            ref = source["configMapKeyRef"]
-            cm = self.api.get(f"/api/v1/namespaces/{pod['metadata']['namespace']}/configmaps/{ref['name']}")
-            return str(((cm or {}).get("data") or {}).get(ref["key"], ""))
+        for kind, ref_name in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+            if kind in source:
+                ref, namespace = source[kind], pod["metadata"]["namespace"]
+                data = self._data(namespace, ref_name, ref["name"], bool(ref.get("optional")))
+                if ref["key"] not in data:
+                    if ref.get("optional"):
+                        return ""
+                    raise UnresolvedError(f"couldn't find key {ref['key']} in {ref_name} {namespace}/{ref['name']}")
+                return data[ref["key"]]
         raise RuntimeError(f"unsupported valueFrom {sorted(source)}")
+
+    def _env_from(self, namespace: str, source: dict[str, Any]) -> dict[str, str]:
+        kind, ref = ("Secret", source["secretRef"]) if "secretRef" in source else ("ConfigMap", source["configMapRef"])
+        return self._data(namespace, kind, ref["name"], bool(ref.get("optional")))
+
+    def _data(self, namespace: str, kind: str, name: str, optional: bool) -> dict[str, str]:
+        """A Secret's (decoded) or ConfigMap's data; a missing one is UnresolvedError unless optional."""
+        import base64
+
+        plural = "secrets" if kind == "Secret" else "configmaps"
+        found = self.api.get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+        if found is None:
+            if optional:
+                return {}
+            raise UnresolvedError(f'{kind.lower()} "{name}" not found')
+        if kind == "Secret":
+            return {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
+        return dict(found.get("data") or {})
 
     def _resolve_host(self, namespace: str, value: str) -> str:
         """``<hostname>.<service>[.<namespace>[.svc[.cluster.local]]]`` of a headless Service -> the pod's IP."""

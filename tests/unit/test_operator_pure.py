@@ -508,3 +508,53 @@ def test_omp_threads_are_whole_cores_of_the_cpu_quantity(cpu: int | str, expecte
     manifest = builders.worker_job(job(JobBuilder("demo").set("spec.resources.cpu", cpu)), SETTINGS)
     env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OMP_NUM_THREADS"] == str(expected)
+
+
+def test_a_hub_model_gets_its_token_from_the_secret_by_reference_and_user_env_comes_through() -> None:
+    hub = {"repo": "org/model", "tokenSecretRef": {"name": "hf-token", "key": "token"}}
+    spec = JobBuilder("demo").drop("spec.model.cached").set("spec.model.huggingFace", hub)
+    wandb = {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "w", "key": "k"}}}
+    spec.set("spec.resources.env", [{"name": "HF_ENDPOINT", "value": "http://hub.local"}, wandb])
+    spec.set("spec.resources.envFrom", [{"secretRef": {"name": "s3-keys"}}])
+    container = builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    assert env["HF_HUB_OFFLINE"]["value"] == "0" and env["HF_ENDPOINT"]["value"] == "http://hub.local"
+    assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "w", "key": "k"}}
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-keys"}}]
+    plain = builders.worker_job(job(JobBuilder("demo")), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"]: e.get("value") for e in plain["env"]}
+    assert "HF_TOKEN" not in names and names["HF_HUB_OFFLINE"] == "1" and "envFrom" not in plain
+
+
+def test_a_secret_the_kubelet_cannot_find_waits_as_missing_reference_naming_it() -> None:
+    waiting = pod(0, "Pending")
+    waiting["status"]["containerStatuses"][0]["state"] = {"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "hf-token" not found'}}  # fmt: skip
+    s, transitions = status.compute(accepted_job(), worker_job(active=2), [waiting, pod(1, "Pending")], None, NOW)
+    assert conditions(s)["Running"] == ("False", "MissingReference") and s.phase == "Pending"
+    assert 'worker 0: secret "hf-token" not found' in next(c.message for c in s.conditions if c.type == "Running")
+    assert any(t.event_type == "Warning" for t in transitions if t.reason == "MissingReference")
+
+
+def test_uri_credentials_reach_the_workers_by_reference_one_slot_per_secret() -> None:
+    spec = JobBuilder("demo").drop("spec.model.cached")
+    spec.set("spec.model", {"uri": "s3://models/base", "credentialsSecretRef": {"name": "models-keys"}})
+    spec.set("spec.data.datasets[1]", {"name": "s3", "uri": "s3://data/rows.jsonl",
+                                       "credentialsSecretRef": {"name": "data-keys"}})  # fmt: skip
+    env = {e["name"]: e for e in builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}  # fmt: skip
+    assert env["KUBETUNE_CREDENTIALS_0_AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+        "secretKeyRef": {"name": "data-keys", "key": "AWS_ACCESS_KEY_ID"}}  # fmt: skip
+    assert env["KUBETUNE_CREDENTIALS_1_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "models-keys"
+    token = env["KUBETUNE_CREDENTIALS_1_AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["optional"] is True and not any("value" in e for n, e in env.items() if "CREDENTIALS" in n)
+
+
+def test_a_hub_dataset_token_gets_its_own_variable_and_the_workers_go_online() -> None:
+    source = {"repo": "org/rows", "split": "train", "tokenSecretRef": {"name": "data-token", "key": "token"}}
+    spec = JobBuilder("demo").set("spec.data.datasets[0]", {"name": "rows", "huggingFace": source})
+    env = {e["name"]: e for e in builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}  # fmt: skip
+    assert env["KUBETUNE_HUB_TOKEN_0"]["valueFrom"] == {"secretKeyRef": {"name": "data-token", "key": "token"}}
+    assert env["HF_HUB_OFFLINE"]["value"] == "0" and "HF_TOKEN" not in env

@@ -162,3 +162,22 @@ def test_split_warnings_name_the_small_splits_and_what_to_change(
     for warning, start in zip(warnings, expected, strict=True):
         assert warning.startswith(start)
     assert all("spec.data" in w for w in warnings)
+
+
+def test_s3_storage_options_come_from_the_slot_of_the_locations_secret() -> None:
+    from kubetune.api import credentials
+    from kubetune.trainer.local import Volumes
+
+    s3 = {
+        "name": "s3",
+        "uri": "s3://data/rows.jsonl",
+        "endpoint": "http://127.0.0.1:9000",
+        "credentialsSecretRef": {"name": "data-keys"},
+    }
+    doc = JobBuilder().set("spec.data.datasets[1]", s3).build()
+    spec = parse_spec(doc["spec"])
+    volumes = Volumes(credentials=credentials.slots(spec))
+    env = {"KUBETUNE_CREDENTIALS_0_AWS_ACCESS_KEY_ID": "AKID", "KUBETUNE_CREDENTIALS_0_AWS_SECRET_ACCESS_KEY": "s3cr"}
+    options = volumes.storage_options(spec.data.datasets[1], env)
+    assert options == {"key": "AKID", "secret": "s3cr", "endpoint_url": "http://127.0.0.1:9000"}
+    assert volumes.storage_options(spec.data.datasets[0], env) == {}, "a PVC location has none"

@@ -29,6 +29,17 @@ class Rule:
     cel: str
     message: str
     check: Callable[[Any], bool]
+    message_expression: str | None = None
+    """CEL building the API server's message from the object (``self``), when the message names a value."""
+    explain: Callable[[Any], str] | None = None
+    """The same message in Python, from the validated model."""
+
+    def wire(self) -> dict[str, str]:
+        """The rule as an ``x-kubernetes-validations`` entry."""
+        entry = {"rule": self.cel, "message": self.message}
+        if self.message_expression is not None:
+            entry["messageExpression"] = self.message_expression
+        return entry
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class ApiModel(BaseModel):
     def _check_rules(self) -> Self:
         for rule in type(self).rules:
             if not rule.check(self):
-                raise ValueError(rule.message)
+                raise ValueError(rule.explain(self) if rule.explain is not None else rule.message)
         return self
 
     def to_wire(self) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class _Converter:
             value = field.get_default(call_default_factory=True, validated_data={})
             if value is not None:
                 out["properties"][alias]["default"] = _default(value)
-        rules = [{"rule": r.cel, "message": r.message} for r in model.rules]
+        rules = [r.wire() for r in model.rules]
         rules += [{"rule": r.cel, "message": r.message} for r in model.transition_rules]
         if rules:
             out["x-kubernetes-validations"] = rules
@@ -134,7 +134,7 @@ def openapi_schema(resource: type[ApiModel] = FineTuneJob) -> Schema:
             "spec": converter.node(props["spec"]),
             "status": status,
         },
-        "x-kubernetes-validations": [{"rule": r.cel, "message": r.message} for r in resource.rules],
+        "x-kubernetes-validations": [r.wire() for r in resource.rules],
     }
 
 

@@ -6,7 +6,17 @@ from pydantic import Field
 
 from .base import ApiModel, Rule
 from .enums import DataFormat, DatasetUsage, FileFormat, Mixing, OverLength
-from .sources import DNS_LABEL, ConfigMapKey, PVCLocation, Uri
+from .sources import (
+    DNS_LABEL,
+    URI_ACCESS_RULE,
+    ConfigMapKey,
+    HuggingFaceDataset,
+    PVCLocation,
+    SecretRef,
+    Uri,
+    credentials_field,
+    endpoint_field,
+)
 
 SMALL_SPLIT_ROWS = 20
 """A validation or test split with fewer rows than this measures little: the trainer warns (prep report, summary)
@@ -14,7 +24,7 @@ and the job's DataSufficient condition turns False."""
 
 
 class DatasetSource(ApiModel):
-    """One dataset file (or directory of files). Exactly one of pvc, uri or configMap is set."""
+    """One dataset file (or directory of files). Exactly one of pvc, uri, configMap or huggingFace is set."""
 
     name: str = Field(
         min_length=1,
@@ -24,7 +34,10 @@ class DatasetSource(ApiModel):
     )
     pvc: PVCLocation | None = Field(default=None, description="A file or directory on a PersistentVolumeClaim.")
     uri: Uri | None = Field(default=None, description="A file at a URI with a scheme (s3://, gs://, file://, ...).")
+    credentials_secret_ref: SecretRef | None = credentials_field()
+    endpoint: str | None = endpoint_field()
     config_map: ConfigMapKey | None = Field(default=None, description="A small dataset inline in a ConfigMap key.")
+    hugging_face: HuggingFaceDataset | None = Field(default=None, description="Files of a Hugging Face Hub dataset.")
     file_format: FileFormat | None = Field(
         default=None, description="Encoding of the file; inferred from its extension when unset."
     )
@@ -63,10 +76,11 @@ class DatasetSource(ApiModel):
 
     rules = (
         Rule(
-            cel="[has(self.pvc), has(self.uri), has(self.configMap)].filter(x, x).size() == 1",
-            message="exactly one of pvc, uri or configMap must be set",
-            check=lambda s: [s.pvc, s.uri, s.config_map].count(None) == 2,
+            cel="[has(self.pvc), has(self.uri), has(self.configMap), has(self.huggingFace)].filter(x, x).size() == 1",
+            message="exactly one of pvc, uri, configMap or huggingFace must be set",
+            check=lambda s: [s.pvc, s.uri, s.config_map, s.hugging_face].count(None) == 3,
         ),
+        URI_ACCESS_RULE,
     )
 
 

@@ -34,6 +34,88 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 Quantity = int | Annotated[str, Field(max_length=64, pattern=QUANTITY)]
 
 
+RESERVED_ENV = (
+    "NNODES", "NPROC_PER_NODE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "TMPDIR", "OMP_NUM_THREADS",
+    "HF_HUB_OFFLINE", "HF_TOKEN",
+)  # fmt: skip
+"""Variables the operator sets in every worker (with every ``KUBETUNE_`` one): spec.resources.env may not set them."""
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_RESERVED_CEL = "[" + ", ".join(f"'{name}'" for name in RESERVED_ENV) + "]"
+_RESERVED_TEXT = ", ".join(RESERVED_ENV) + " and every KUBETUNE_ one"
+
+
+class SecretOrConfigMapKey(ApiModel):
+    """A key of a Secret or a ConfigMap in the FineTuneJob's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the object.")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key of the object.")
+
+
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from. Exactly one of secretKeyRef or configMapKeyRef."""
+
+    secret_key_ref: SecretOrConfigMapKey | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: SecretOrConfigMapKey | None = Field(default=None, description="A key of a ConfigMap.")
+
+    rules = (
+        Rule(
+            cel="has(self.secretKeyRef) != has(self.configMapKeyRef)",
+            message="exactly one of secretKeyRef or configMapKeyRef must be set",
+            check=lambda s: (s.secret_key_ref is None) != (s.config_map_key_ref is None),
+        ),
+    )
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the workers: a value, or a key of a Secret or ConfigMap."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=ENV_NAME, description="Variable name.")
+    value: str | None = Field(default=None, max_length=32768, description="Literal value.")
+    value_from: EnvVarSource | None = Field(default=None, description="A Secret or ConfigMap key.")
+
+    rules = (
+        Rule(
+            cel="has(self.value) != has(self.valueFrom)",
+            message="exactly one of value or valueFrom must be set",
+            check=lambda s: (s.value is None) != (s.value_from is None),
+        ),
+        Rule(
+            cel=f"!(self.name in {_RESERVED_CEL}) && !self.name.startsWith('KUBETUNE_')",
+            message=f"name must not be a variable the operator sets ({_RESERVED_TEXT})",
+            check=lambda s: s.name not in RESERVED_ENV and not s.name.startswith("KUBETUNE_"),
+            message_expression=f"'name ' + self.name + ' is a variable the operator sets ({_RESERVED_TEXT})'",
+            explain=lambda s: f"name {s.name} is a variable the operator sets ({_RESERVED_TEXT})",
+        ),
+    )
+
+
+class ObjectRef(ApiModel):
+    """A Secret or ConfigMap by name."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the object.")
+
+
+class EnvFromSource(ApiModel):
+    """Every key of a Secret or ConfigMap as a variable (the operator's own variables take precedence)."""
+
+    secret_ref: ObjectRef | None = Field(default=None, description="A Secret.")
+    config_map_ref: ObjectRef | None = Field(default=None, description="A ConfigMap.")
+    prefix: str | None = Field(default=None, max_length=253, pattern=ENV_NAME, description="Prefix of every name.")
+
+    rules = (
+        Rule(
+            cel="has(self.secretRef) != has(self.configMapRef)",
+            message="exactly one of secretRef or configMapRef must be set",
+            check=lambda s: (s.secret_ref is None) != (s.config_map_ref is None),
+        ),
+        Rule(
+            cel="!has(self.prefix) || !self.prefix.startsWith('KUBETUNE_')",
+            message="prefix must not start with KUBETUNE_",
+            check=lambda s: s.prefix is None or not s.prefix.startswith("KUBETUNE_"),
+        ),
+    )
+
+
 class Toleration(ApiModel):
     """A Kubernetes toleration for the training pods."""
 
@@ -78,5 +160,21 @@ class Resources(ApiModel):
     service_account_name: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="ServiceAccount of the workers."
     )
+    env: list[EnvVar] | None = Field(
+        default=None, max_length=64, description="Extra environment variables of the workers (not the operator's)."
+    )
+    env_from: list[EnvFromSource] | None = Field(
+        default=None,
+        max_length=16,
+        description="Secrets and ConfigMaps whose keys become variables of the workers; the operator's variables "
+        "and spec.resources.env take precedence.",
+    )
 
-    rules = (IMAGE_RULE,)
+    rules = (
+        IMAGE_RULE,
+        Rule(
+            cel="!has(self.env) || self.env.all(a, self.env.exists_one(b, b.name == a.name))",
+            message="env names must be unique",
+            check=lambda s: s.env is None or len({e.name for e in s.env}) == len(s.env),
+        ),
+    )

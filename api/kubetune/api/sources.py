@@ -1,8 +1,9 @@
-"""Where things live: model, dataset and output locations (PVC path, URI, ConfigMap, model cache)."""
+"""Where things live: model, dataset and output locations (PVC path, URI, ConfigMap, model cache, the Hugging Face
+Hub) and the Secret keys that unlock them."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -51,8 +52,129 @@ class ConfigMapKey(ApiModel):
     )
 
 
+HUB_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+HUB_REVISION = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+
+
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the FineTuneJob's namespace. The kubelet resolves it into the workers that need
+    it; the operator never reads it."""
+
+    name: ResourceName = Field(description="Name of the Secret.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key of the Secret holding the value."
+    )
+
+
+class SecretRef(ApiModel):
+    """A Secret in the FineTuneJob's namespace, by name."""
+
+    name: ResourceName = Field(description="Name of the Secret.")
+
+
+URI_ACCESS_FIELDS = "credentialsSecretRef and endpoint"
+URI_ACCESS_RULE = Rule(
+    cel="(!has(self.credentialsSecretRef) && !has(self.endpoint)) || (has(self.uri) && self.uri.startsWith('s3://'))",
+    message=f"{URI_ACCESS_FIELDS} need an s3:// uri",
+    check=lambda s: (
+        (s.credentials_secret_ref is None and s.endpoint is None) or (s.uri is not None and s.uri.startswith("s3://"))
+    ),
+)
+"""On every type with a ``uri`` and the two fields below (model, dataset and output locations)."""
+
+
+def credentials_field() -> Any:
+    return Field(
+        default=None,
+        description="Secret with the uri's credentials under the usual variable names: AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN) for s3://. Only the workers get them, by "
+        "reference; the operator never reads the Secret.",
+    )
+
+
+def endpoint_field() -> Any:
+    return Field(
+        default=None,
+        min_length=8,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...), e.g. https://minio.example:9000.",
+    )
+
+
+class HuggingFaceModel(ApiModel):
+    """A model repository on the Hugging Face Hub, downloaded once per job into the model cache or scratch space."""
+
+    repo: str = Field(
+        min_length=1, max_length=96, pattern=HUB_REPO, description="Repository id, e.g. HuggingFaceTB/SmolLM2-135M."
+    )
+    revision: str = Field(
+        default="main",
+        min_length=1,
+        max_length=255,
+        pattern=HUB_REVISION,
+        description="Branch, tag or commit; resolved to a commit hash that the manifest and model card record.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Hub access token (gated or private repositories)."
+    )
+
+    rules = (
+        Rule(
+            cel="!self.revision.contains('..')",
+            message="revision must not contain '..'",
+            check=lambda s: ".." not in s.revision,
+        ),
+    )
+
+
+class HuggingFaceDataset(ApiModel):
+    """A dataset repository on the Hugging Face Hub: some of its JSONL, CSV or Parquet files, downloaded once per
+    job. Exactly one of files or split is set."""
+
+    repo: str = Field(min_length=1, max_length=96, pattern=HUB_REPO, description="Dataset repository id.")
+    revision: str = Field(
+        default="main",
+        min_length=1,
+        max_length=255,
+        pattern=HUB_REVISION,
+        description="Branch, tag or commit; resolved to a commit hash that the manifest records.",
+    )
+    files: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None, min_length=1, max_length=256, description="Paths of the files to read, in the repository."
+    )
+    split: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Read the data files of this split: <split>.*, <split>-*, <split>_* or under <split>/.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a Hub access token (gated or private repositories)."
+    )
+
+    rules = (
+        Rule(
+            cel="has(self.files) != has(self.split)",
+            message="exactly one of files or split must be set",
+            check=lambda s: (s.files is None) != (s.split is None),
+        ),
+        Rule(
+            cel="!has(self.files) || self.files.all(f, !f.startsWith('/') && !f.contains('..'))",
+            message="files must be paths inside the repository (no leading '/', no '..')",
+            check=lambda s: s.files is None or all(_relative(f) for f in s.files),
+        ),
+        Rule(
+            cel="!self.revision.contains('..')",
+            message="revision must not contain '..'",
+            check=lambda s: ".." not in s.revision,
+        ),
+    )
+
+
 class ModelSource(ApiModel):
-    """The base model to fine-tune. Exactly one of pvc, uri, cached or fromJob is set."""
+    """The base model to fine-tune. Exactly one of pvc, uri, cached, huggingFace or fromJob is set."""
 
     pvc: PVCLocation | None = Field(
         default=None, description="A Hugging Face model directory on a PersistentVolumeClaim."
@@ -61,6 +183,8 @@ class ModelSource(ApiModel):
         default=None,
         description="A model directory at a URI with a scheme (s3://, gs://, file://, ...), copied in before training.",
     )
+    credentials_secret_ref: SecretRef | None = credentials_field()
+    endpoint: str | None = endpoint_field()
     cached: str | None = Field(
         default=None,
         min_length=1,
@@ -68,6 +192,9 @@ class ModelSource(ApiModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
         description="Name of a model directory in the model cache volume the operator mounts "
         "(for example 'meta-llama/Llama-3.2-1B').",
+    )
+    hugging_face: HuggingFaceModel | None = Field(
+        default=None, description="A model repository on the Hugging Face Hub (HF_ENDPOINT selects a mirror)."
     )
     from_job: str | None = Field(
         default=None,
@@ -83,10 +210,12 @@ class ModelSource(ApiModel):
 
     rules = (
         Rule(
-            cel="[has(self.pvc), has(self.uri), has(self.cached), has(self.fromJob)].filter(x, x).size() == 1",
-            message="exactly one of pvc, uri, cached or fromJob must be set",
-            check=lambda s: [s.pvc, s.uri, s.cached, s.from_job].count(None) == 3,
+            cel="[has(self.pvc), has(self.uri), has(self.cached), has(self.huggingFace), has(self.fromJob)]"
+            ".filter(x, x).size() == 1",
+            message="exactly one of pvc, uri, cached, huggingFace or fromJob must be set",
+            check=lambda s: [s.pvc, s.uri, s.cached, s.hugging_face, s.from_job].count(None) == 4,
         ),
+        URI_ACCESS_RULE,
         Rule(
             cel="!has(self.cached) || !self.cached.contains('..')",
             message="cached must not contain '..'",
@@ -102,6 +231,8 @@ class OutputLocation(ApiModel):
     uri: Uri | None = Field(
         default=None, description="A URI with a scheme (s3://, gs://, file://, ...) the outputs are copied to."
     )
+    credentials_secret_ref: SecretRef | None = credentials_field()
+    endpoint: str | None = endpoint_field()
     merge_adapter: bool = Field(
         default=False,
         description="Also save the base model with the LoRA/QLoRA adapter merged in (ignored for Full).",
@@ -113,4 +244,5 @@ class OutputLocation(ApiModel):
             message="exactly one of pvc or uri must be set",
             check=lambda s: (s.pvc is None) != (s.uri is None),
         ),
+        URI_ACCESS_RULE,
     )

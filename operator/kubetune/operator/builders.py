@@ -20,6 +20,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from kubetune.api import credentials
 from kubetune.api.exitcodes import NON_RETRYABLE
 from kubetune.api.spec import API_VERSION, KIND, FineTuneJob
 
@@ -129,7 +130,7 @@ def volumes_and_mounts(
 
 
 def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
-    r = job.spec.resources
+    r, hub = job.spec.resources, job.spec.model.hugging_face
     plain = {
         "NNODES": str(r.workers),
         "NPROC_PER_NODE": str(max(r.gpus_per_worker, 1)),
@@ -141,10 +142,23 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
         "KUBETUNE_CONFIGMAP_ROOT": CONFIGMAP_ROOT,
         "KUBETUNE_MODEL_CACHE": MODEL_CACHE,
         "TMPDIR": "/scratch",
-        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "0" if credentials.uses_hub(job.spec) else "1",  # only Hub jobs may reach the network
         "OMP_NUM_THREADS": "1" if r.gpus_per_worker else str(threads(r.cpu)),
     }
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
+    # The user's variables first: the operator's, later, win (the API rejects their names anyway).
+    env: list[dict[str, Any]] = [e.to_wire() for e in r.env or []]
+    env += [{"name": k, "value": v} for k, v in plain.items()]
+    for name, slot in credentials.slots(job.spec).items():  # each uri location's keys, by reference
+        for key in (*credentials.REQUIRED_KEYS, *credentials.OPTIONAL_KEYS):
+            wire: dict[str, Any] = {"name": name, "key": key}
+            if key in credentials.OPTIONAL_KEYS:
+                wire["optional"] = True
+            env.append({"name": credentials.variable(slot, key), "valueFrom": {"secretKeyRef": wire}})
+    for (name, key), variable in credentials.hub_tokens(job.spec).items():
+        env.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
+    if hub is not None and hub.token_secret_ref is not None:
+        ref = hub.token_secret_ref  # resolved by the kubelet: the operator never reads the Secret
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     # Node rank: the Job controller also injects JOB_COMPLETION_INDEX; NODE_RANK makes the contract explicit.
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}})
@@ -165,6 +179,7 @@ def worker_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
         "command": ["python", "-m", "kubetune.trainer"],
         "args": ["launch", f"{SPEC_DIR}/{SPEC_KEY}"],
         "env": _env(job, settings),
+        **({"envFrom": [e.to_wire() for e in r.env_from]} if r.env_from else {}),
         "ports": [
             {"name": "rendezvous", "containerPort": settings.master_port},
             {"name": "metrics", "containerPort": settings.trainer_metrics_port},

@@ -394,11 +394,26 @@ def compute(
             detail = (summary.get("message") or text).strip()[-MESSAGE_LIMIT:]
             used = message(Reason.WORKER_FAILED, status.restarts, job.spec.max_restarts)
             condition(ConditionType.RUNNING, False, Reason.WORKER_FAILED, f"{used} {detail}".strip())
+        elif unresolved := _unresolved(pods):  # a Secret or key the kubelet cannot find: wait, naming it
+            condition(ConditionType.RUNNING, False, Reason.MISSING_REFERENCE,
+                      message(Reason.MISSING_REFERENCE, unresolved)[:MESSAGE_LIMIT])  # fmt: skip
         else:
             pending = workers - len(running)
             condition(ConditionType.RUNNING, False, Reason.WORKERS_PENDING, message(Reason.WORKERS_PENDING, pending))
         status.phase = Phase.RUNNING if len(running) >= workers else Phase.PENDING
     return status, transitions
+
+
+def _unresolved(pods: list[dict[str, Any]]) -> str:
+    """What the kubelet could not resolve for a worker's container (a missing Secret or ConfigMap, or key),
+    from its waiting state: the operator learns it without reading any Secret."""
+    found = []
+    for pod in sorted(pods, key=_index):
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "CreateContainerConfigError":
+                found.append(f"worker {_index(pod)}: {waiting.get('message') or 'a referenced object is missing'}")
+    return "; ".join(dict.fromkeys(found))
 
 
 def _deleting(pod: dict[str, Any]) -> bool:

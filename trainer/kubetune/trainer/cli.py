@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kubetune.api import FineTuneJob, describe, parse_job
+from kubetune.api import FineTuneJob, credentials, describe, parse_job
 
 from . import outputs
 from .errors import (
@@ -203,6 +203,8 @@ def _main(args: argparse.Namespace) -> int:
     claims = {k: Path(v) for k, v in (item.split("=", 1) for item in args.volume)}
     volumes = Volumes(claims=claims) if args.command == "run" or claims else Volumes.in_pod()
     volumes.config_maps = config_maps
+    volumes.credentials = credentials.slots(job.spec)
+    volumes.hub_tokens = credentials.hub_tokens(job.spec)
     out = output_dir(job, args, volumes)
     if args.command == "serve":
         return _serve(job, volumes, out, args)
@@ -234,7 +236,7 @@ def _main(args: argparse.Namespace) -> int:
             bar.close()
         reporter.close()
     if rank0 and job.spec.output is not None and job.spec.output.uri is not None:
-        upload(out, job.spec.output.uri)
+        upload(out, job.spec.output.uri, options=volumes.storage_options(job.spec.output))
     location = job.spec.output.uri if job.spec.output and job.spec.output.uri else str(out)
     final = {**_final(reporter), **_delivered(metrics)}
     summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"], "final": final}

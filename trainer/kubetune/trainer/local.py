@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api import credentials
 from kubetune.api.data import DatasetSource
 from kubetune.api.sources import ModelSource, PVCLocation
 
+from . import hub
 from .errors import ConfigError
 
 _DEFAULT_CACHE = Path.home() / ".cache" / "kubetune" / "models"
@@ -38,6 +40,13 @@ class Volumes:
     scratch: Path = field(default_factory=lambda: Path(os.environ.get("TMPDIR", "/tmp")) / "kubetune")
     runs: Path = Path("runs")
     """Where local runs keep their outputs (``spec.model.fromJob`` finds earlier jobs there)."""
+    credentials: dict[str, int] = field(default_factory=dict)
+    """Secret name -> slot of the job's credentialsSecretRefs (``kubetune.api.credentials.slots``)."""
+    hub_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(Secret name, key) -> variable of each Hub dataset's token (``kubetune.api.credentials.hub_tokens``)."""
+    hub_root: Path | None = None
+    """Where Hub models are downloaded: ``<model cache>/hub`` locally, scratch space in a pod (the cache is
+    read-only there)."""
 
     @classmethod
     def in_pod(cls) -> Volumes:
@@ -48,22 +57,26 @@ class Volumes:
             claims=claims,
             model_cache=Path(os.environ.get("KUBETUNE_MODEL_CACHE", "/mnt/models")),
             config_map_root=Path(os.environ.get("KUBETUNE_CONFIGMAP_ROOT", "/mnt/configmaps")),
+            hub_root=Path(os.environ.get("TMPDIR", "/tmp")) / "kubetune" / "hub",
         )
 
     def pvc(self, location: PVCLocation) -> Path:
         root = self.claims.get(location.claim_name, self.default_root)
         return root / location.path
 
-    def model(self, source: ModelSource, where: str = "spec.model") -> Path:
-        """A local model directory (a URI is copied into scratch space first)."""
+    def model(self, source: ModelSource, where: str = "spec.model", progress: hub.Progress | None = None) -> Path:
+        """A local model directory (a URI is copied into scratch space first, a Hub model downloaded once)."""
         if source.pvc is not None:
             return self.pvc(source.pvc)
+        if source.hugging_face is not None:
+            root = self.hub_root or self.model_cache / "hub"
+            return hub.download(source.hugging_face, root, f"{where}.huggingFace", progress)
         if source.cached is not None:
             return self.model_cache / source.cached
         if source.from_job is not None:  # in a pod the operator has turned this into the earlier job's claim
             return handed_on(self.runs / source.from_job, f"{where}.fromJob")
         assert source.uri is not None
-        fs, path = filesystem(source.uri, f"{where}.uri")
+        fs, path = filesystem(source.uri, f"{where}.uri", self.storage_options(source))
         local = self.scratch / "model"
         if not (local / "config.json").exists():
             shutil.rmtree(local, ignore_errors=True)
@@ -87,6 +100,15 @@ class Volumes:
                 raise ConfigError(f"{where}.configMap: ConfigMap {ref.name!r} has no key {ref.key!r}")
             yield ref.key, data[ref.key].encode()
             return
+        if source.hugging_face is not None:
+            secret = source.hugging_face.token_secret_ref
+            variable = self.hub_tokens.get((secret.name, secret.key)) if secret is not None else None
+            token = os.environ.get(variable) if variable else None
+            root = self.hub_root or self.model_cache / "hub"
+            local = hub.download(source.hugging_face, root, f"{where}.huggingFace", token=token)
+            for chosen in source.hugging_face.files or sorted(hub.chosen_files(local)):
+                yield chosen.rsplit("/", 1)[-1], (local / chosen).read_bytes()
+            return
         if source.pvc is not None:
             path = self.pvc(source.pvc)
             if path.is_dir():
@@ -101,7 +123,7 @@ class Volumes:
             yield path.name, path.read_bytes()
             return
         assert source.uri is not None
-        fs, remote = filesystem(source.uri, f"{where}.uri")
+        fs, remote = filesystem(source.uri, f"{where}.uri", self.storage_options(source))
         try:
             names: list[str] = (
                 sorted(p for p in fs.ls(remote, detail=False) if p.endswith(DATA_SUFFIXES))
@@ -115,6 +137,23 @@ class Volumes:
         except OSError as error:
             raise ConfigError(f"{where}.uri: cannot read {source.uri}: {error}") from error
 
+    def storage_options(self, location: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """fsspec options of an s3:// location: the keys of its credentialsSecretRef (the variables the operator
+        fills from the Secret; without them, s3fs's own chain: AWS_* variables, profiles, instance roles) and
+        its endpoint."""
+        env = dict(os.environ if env is None else env)
+        options: dict[str, Any] = {}
+        ref = getattr(location, "credentials_secret_ref", None)
+        if ref is not None and ref.name in self.credentials:
+            slot = self.credentials[ref.name]
+            for key, option in (("AWS_ACCESS_KEY_ID", "key"), ("AWS_SECRET_ACCESS_KEY", "secret"),
+                                ("AWS_SESSION_TOKEN", "token")):  # fmt: skip
+                if value := env.get(credentials.variable(slot, key)):
+                    options[option] = value
+        if getattr(location, "endpoint", None):
+            options["endpoint_url"] = location.endpoint
+        return options
+
 
 def handed_on(out: Path, where: str) -> Path:
     """The model a finished job's outputs hand on: its whole model (Full) or its merged model."""
@@ -127,19 +166,20 @@ def handed_on(out: Path, where: str) -> Path:
     )
 
 
-def filesystem(uri: str, where: str) -> tuple[Any, str]:
-    """The fsspec filesystem and path of ``uri``; a missing filesystem package is a ConfigError."""
+def filesystem(uri: str, where: str, options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem and path of ``uri`` (with ``options``, e.g. S3 keys and endpoint); a missing
+    filesystem package is a ConfigError."""
     import fsspec
 
     try:
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
     except (ImportError, ValueError) as error:
         raise ConfigError(f"{where}: cannot open {uri}: {error}") from error
     return fs, path
 
 
-def upload(local: Path, uri: str, where: str = "spec.output.uri") -> None:
+def upload(local: Path, uri: str, where: str = "spec.output.uri", options: dict[str, Any] | None = None) -> None:
     """Copy the output directory to ``uri`` (files in place are overwritten)."""
-    fs, path = filesystem(uri, where)
+    fs, path = filesystem(uri, where, options)
     fs.makedirs(path, exist_ok=True)
     fs.put(str(local).rstrip("/") + "/", path, recursive=True)

@@ -130,8 +130,12 @@ def train(
     # Data, and the plan: how many optimizer steps.
     reporter.phase("Preparing")
     if model_path is None:
-        with accelerator.main_process_first():
-            model_path = ensure_model(volumes.model(spec.model), spec.model.cached)
+        if spec.model.hugging_face is not None:
+            reporter.phase("Downloading")
+        with accelerator.main_process_first():  # one download per machine: the others find it done
+            downloading = lambda done: reporter.phase("Downloading", download=done)  # noqa: E731
+            model_path = ensure_model(volumes.model(spec.model, progress=downloading), spec.model.cached)
+        reporter.phase("Preparing")
     tokenizer = load_tokenizer(model_path, spec.model.trust_remote_code)
     report = PrepReport()
     data = prepare_data(spec, volumes, tokenizer, report)

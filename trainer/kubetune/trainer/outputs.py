@@ -16,6 +16,7 @@ from typing import Any
 from kubetune.api import MethodType
 from kubetune.api.spec import MUTABLE_FIELDS, FineTuneJob, FineTuneJobSpec
 
+from . import hub
 from .evaluate import HEADLINE
 from .plots import PLOTS
 
@@ -71,6 +72,7 @@ def write_manifest(
         "dataSha256": data_sha256,
         "dataVersions": {d.name: d.version for d in job.spec.data.datasets if d.version},
         "lineage": lineage(base),
+        "hub": hub.source_of(base) if base is not None else None,
         "seed": job.spec.training.seed,
         "splitSeed": job.spec.data.split.seed,
         "worldSize": world_size,
@@ -93,6 +95,8 @@ def model_card(
     start = (
         spec.model.cached or spec.model.uri or spec.model.from_job or (spec.model.pvc.path if spec.model.pvc else "")
     )
+    if (origin := hub.source_of(base) if base is not None else None) is not None:
+        start = f"{origin['repo']}@{origin['commit']} (Hugging Face Hub, revision {origin['revision']})"
     test, baseline = metrics.get("test", {}), metrics.get("baseline", {})
     lines = [
         f"# {job.name}",
