@@ -63,6 +63,7 @@ test: ## Everything: set-up, lint, the whole pytest suite on the real control pl
 	bash hack/build-control-plane.sh > .control-plane-build.log 2>&1 & build=$$!
 	bash hack/build-helm.sh > .helm-build.log 2>&1 & helm=$$!
 	bash hack/venv.sh >/dev/null
+	bash hack/moto.sh >/dev/null  # the loopback S3 server of the tests, its own small venv
 	bash hack/model-cache.sh >/dev/null
 	wait $$build || { cat .control-plane-build.log; exit 1; }
 	wait $$helm || { cat .helm-build.log; exit 1; }

@@ -63,6 +63,17 @@ class Cluster:
         out = self.cp.kubectl("get", "pods", "-l", f"kubetune.dev/finetunejob={name}", "-o", "json")
         return list(json.loads(out.stdout)["items"])
 
+    def where_secrets_could_leak(self, name: str) -> dict[str, str]:
+        """The text of every place a Secret's value must never reach: the job, events, ConfigMaps, children, logs."""
+        return {
+            "the FineTuneJob and its status": json.dumps(self.ftj(name)),
+            "events": self.cp.kubectl("get", "events", "-o", "json").stdout,
+            "ConfigMaps": self.cp.kubectl("get", "configmaps", "-o", "json").stdout,
+            "Jobs and pods": self.cp.kubectl("get", "jobs,pods", "-o", "json").stdout,
+            "worker logs": "".join(self.node.logs("default", p["metadata"]["name"]) for p in self.pods(name)),
+            "operator log": self.operator.log(),
+        }
+
     def diagnose(self, name: str) -> str:
         ftj = json.dumps(self.ftj(name).get("status"), indent=1)
         job = json.dumps((self.get("job", f"{name}-workers") or {}).get("status"), indent=1)
@@ -374,15 +385,46 @@ def test_a_hub_model_waits_for_its_token_secret_then_trains_and_the_token_appear
     assert manifest["hub"]["commit"] == fake.repos[repo].commit and fake.downloads == 6
     worker = k.pods("hub-model")[0]["spec"]["containers"][0]
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub-token", "key": "token"}}} in worker["env"]
-    places = {
-        "the FineTuneJob and its status": json.dumps(k.ftj("hub-model")),
-        "events": k.cp.kubectl("get", "events", "-o", "json").stdout,
-        "ConfigMaps": k.cp.kubectl("get", "configmaps", "-o", "json").stdout,
-        "Jobs and pods": k.cp.kubectl("get", "jobs,pods", "-o", "json").stdout,
-        "worker logs": "".join(k.node.logs("default", p["metadata"]["name"]) for p in k.pods("hub-model")),
-        "operator log": k.operator.log(),
-        "outputs": "".join(
-            p.read_text(errors="replace") for p in out.rglob("*") if p.suffix in (".json", ".md", ".html")
-        ),
-    }
+    places = k.where_secrets_could_leak("hub-model")
+    places["outputs"] = "".join(
+        p.read_text(errors="replace") for p in out.rglob("*") if p.suffix in (".json", ".md", ".html")
+    )
     assert [where for where, text in places.items() if secret in text] == []
+
+
+def test_s3_model_data_and_outputs_with_keys_from_a_secret_through_the_cluster(
+    k: Cluster, volumes: dict[str, Path], tmp_path: Path
+) -> None:
+    """A real S3 server (moto, signed requests) holds the model and the data; the keys are in a Secret that lacks
+    the secret key at first: the workers wait (MissingReference naming the key), then read both, train and write
+    the outputs back to S3; the keys' values are in no object, event, log or ConfigMap."""
+    from kubetune.trainer import remote
+    from kubetune.trainer.tiny import build_tiny_llama
+    from tests.support import s3server
+
+    with s3server.serving(("models", "data", "runs"), tmp_path / "moto.log") as s3:
+        remote.upload(build_tiny_llama(tmp_path / "tiny", seed=6), "s3://models/tiny", options=s3.options())
+        (tmp_path / "rows").mkdir()
+        (tmp_path / "rows" / "rows.jsonl").write_bytes((ROOT / "examples/data/instructions.jsonl").read_bytes())
+        remote.upload(tmp_path / "rows", "s3://data/rows", options=s3.options())
+        keys = {"endpoint": s3.url, "credentialsSecretRef": {"name": "s3-keys"}}
+        doc = e2e_job("s3-job", workers=1).drop("spec.model.cached").set("spec.training.epochs", 1)
+        doc.set("spec.model", {"uri": "s3://models/tiny", **keys})
+        doc.set("spec.data.datasets[0]", {"name": "rows", "uri": "s3://data/rows/rows.jsonl", **keys})
+        doc.set("spec.output", {"uri": "s3://runs/s3-job", **keys})
+        k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
+                 "stringData": {"AWS_ACCESS_KEY_ID": s3.key_id}})  # fmt: skip
+        k.apply(doc.build())
+        waiting = wait_for("Running=False MissingReference", lambda: (
+            c if (c := k.condition("s3-job", "Running")).get("reason") == "MissingReference" else None), 120,
+            lambda: k.diagnose("s3-job"))  # fmt: skip
+        assert "couldn't find key AWS_SECRET_ACCESS_KEY in Secret default/s3-keys" in waiting["message"]
+        k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
+                 "stringData": {"AWS_ACCESS_KEY_ID": s3.key_id, "AWS_SECRET_ACCESS_KEY": s3.secret}})  # fmt: skip
+        k.wait_condition("s3-job", "Succeeded", timeout=300)
+        fs, _ = remote.filesystem("s3://runs/s3-job", "test", s3.options())
+        manifest = json.loads(fs.cat_file("runs/s3-job/manifest.json"))
+        assert manifest["spec"]["model"]["uri"] == "s3://models/tiny" and fs.exists("runs/s3-job/adapter")
+    assert k.ftj("s3-job")["status"]["outputLocation"] == "s3://runs/s3-job"
+    places = k.where_secrets_could_leak("s3-job")
+    assert [where for where, text in places.items() if s3.secret in text] == []

@@ -42,8 +42,9 @@ from .errors import (
     RegressedError,
 )
 from .evaluate import HEADLINE, headline
-from .local import Volumes, upload
+from .local import Volumes
 from .plots import PLOTS, columns
+from .remote import upload
 from .report import ProgressEvent, Reporter
 from .runtime import record_exit_code, supervise, torchrun_command
 
@@ -211,6 +212,7 @@ def _main(args: argparse.Namespace) -> int:
     if outputs.finished(out, job.spec):
         if args.command != "run":
             print(f"{job.name}: {out} already holds the finished run of this spec", file=sys.stderr)
+            _deliver(job, volumes, out)  # again: the last try may have failed to upload it
             return 0
         for name in RUN_FILES:  # a local re-run starts over
             target = out / name
@@ -228,6 +230,7 @@ def _main(args: argparse.Namespace) -> int:
 
     try:
         metrics = run(job, volumes, out, reporter)
+        _deliver(job, volumes, out)
     except (ConfigError, DivergedError, RegressedError) as error:
         reporter.finish({"phase": "Failed", "reason": type(error).__name__, "message": str(error)[:1000]})
         raise
@@ -235,8 +238,6 @@ def _main(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         reporter.close()
-    if rank0 and job.spec.output is not None and job.spec.output.uri is not None:
-        upload(out, job.spec.output.uri, options=volumes.storage_options(job.spec.output))
     location = job.spec.output.uri if job.spec.output and job.spec.output.uri else str(out)
     final = {**_final(reporter), **_delivered(metrics)}
     summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"], "final": final}
@@ -244,6 +245,12 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "run":
         _print_summary(metrics, out)
     return 0
+
+
+def _deliver(job: FineTuneJob, volumes: Volumes, out: Path) -> None:
+    """Copy the outputs to ``spec.output.uri`` (rank 0 only); a failure keeps them in ``out`` for the next try."""
+    if os.environ.get("RANK", "0") == "0" and job.spec.output is not None and job.spec.output.uri is not None:
+        upload(out, job.spec.output.uri, options=volumes.storage_options(job.spec.output))
 
 
 def _serve(job: FineTuneJob, volumes: Volumes, out: Path, args: argparse.Namespace) -> int:

@@ -4,13 +4,13 @@ In a pod the operator mounts each PersistentVolumeClaim at ``/mnt/pvc/<claimName
 ``/mnt/configmaps/<name>`` and the model cache at ``/mnt/models`` (``Volumes.in_pod()``). Locally a claim maps to a
 directory given with ``--volume CLAIM=DIR`` (the current directory otherwise), ConfigMaps come from the same YAML
 file as the job, and the model cache is ``$KUBETUNE_MODEL_CACHE`` (``~/.cache/kubetune/models``).
-URIs with any scheme go through fsspec; schemes whose filesystem package is missing give a clear error.
+URIs go through ``remote`` (pyarrow's S3 for s3://, fsspec otherwise); a scheme whose package is missing gives a
+clear error.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from kubetune.api import credentials
 from kubetune.api.data import DatasetSource
 from kubetune.api.sources import ModelSource, PVCLocation
 
-from . import hub
+from . import hub, remote
 from .errors import ConfigError
 
 _DEFAULT_CACHE = Path.home() / ".cache" / "kubetune" / "models"
@@ -76,12 +76,7 @@ class Volumes:
         if source.from_job is not None:  # in a pod the operator has turned this into the earlier job's claim
             return handed_on(self.runs / source.from_job, f"{where}.fromJob")
         assert source.uri is not None
-        fs, path = filesystem(source.uri, f"{where}.uri", self.storage_options(source))
-        local = self.scratch / "model"
-        if not (local / "config.json").exists():
-            shutil.rmtree(local, ignore_errors=True)
-            fs.get(path.rstrip("/") + "/", str(local), recursive=True)
-        return local
+        return remote.download(source.uri, self.scratch / "model", f"{where}.uri", self.storage_options(source))
 
     def dataset_files(self, source: DatasetSource, where: str) -> Iterator[tuple[str, bytes]]:
         """(name, content) of each file of a dataset source; a directory yields its data files in name order."""
@@ -123,24 +118,22 @@ class Volumes:
             yield path.name, path.read_bytes()
             return
         assert source.uri is not None
-        fs, remote = filesystem(source.uri, f"{where}.uri", self.storage_options(source))
-        try:
+        fs, key = remote.filesystem(source.uri, f"{where}.uri", self.storage_options(source))
+        with remote.errors(f"{where}.uri", source.uri, "read"):
             names: list[str] = (
-                sorted(p for p in fs.ls(remote, detail=False) if p.endswith(DATA_SUFFIXES))
-                if fs.isdir(remote)
-                else [remote]
+                sorted(p for p in fs.ls(key, detail=False) if p.endswith(DATA_SUFFIXES))
+                if remote.is_dir(fs, key)
+                else [key]
             )
+            if not names:
+                raise ConfigError(f"{where}.uri: {source.uri} has no {'/'.join(DATA_SUFFIXES)} files")
             for name in names:
                 yield name.rsplit("/", 1)[-1], fs.cat_file(name)
-        except FileNotFoundError as error:
-            raise ConfigError(f"{where}.uri: {source.uri} does not exist") from error
-        except OSError as error:
-            raise ConfigError(f"{where}.uri: cannot read {source.uri}: {error}") from error
 
     def storage_options(self, location: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
         """fsspec options of an s3:// location: the keys of its credentialsSecretRef (the variables the operator
-        fills from the Secret; without them, s3fs's own chain: AWS_* variables, profiles, instance roles) and
-        its endpoint."""
+        fills from the Secret; without them, the AWS default chain: AWS_* variables, profiles, instance roles) and
+        its endpoint (``remote.filesystem`` reads them)."""
         env = dict(os.environ if env is None else env)
         options: dict[str, Any] = {}
         ref = getattr(location, "credentials_secret_ref", None)
@@ -164,22 +157,3 @@ def handed_on(out: Path, where: str) -> Path:
         f"{where}: {out} holds no whole or merged model (a job hands one on once it finished, with method Full "
         "or output.mergeAdapter)"
     )
-
-
-def filesystem(uri: str, where: str, options: dict[str, Any] | None = None) -> tuple[Any, str]:
-    """The fsspec filesystem and path of ``uri`` (with ``options``, e.g. S3 keys and endpoint); a missing
-    filesystem package is a ConfigError."""
-    import fsspec
-
-    try:
-        fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
-    except (ImportError, ValueError) as error:
-        raise ConfigError(f"{where}: cannot open {uri}: {error}") from error
-    return fs, path
-
-
-def upload(local: Path, uri: str, where: str = "spec.output.uri", options: dict[str, Any] | None = None) -> None:
-    """Copy the output directory to ``uri`` (files in place are overwritten)."""
-    fs, path = filesystem(uri, where, options)
-    fs.makedirs(path, exist_ok=True)
-    fs.put(str(local).rstrip("/") + "/", path, recursive=True)
