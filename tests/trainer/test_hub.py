@@ -140,6 +140,9 @@ def test_a_hub_dataset_split_with_its_own_token_trains(fake_hub: FakeHub, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "prep_report.json").read_text())
     assert report["rowsRead"]["rows"] == len(rows.splitlines())
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    commit = fake_hub.datasets["kubetune/rows"].commit
+    assert manifest["hubDatasets"] == {"rows": {"repo": "kubetune/rows", "revision": "main", "commit": commit}}
     wrong = _run(job.set("spec.data.datasets[0].huggingFace.split", "dev").build(), tmp_path, {
         "KUBETUNE_HUB_TOKEN_0": "hf_dataset_token"}, out="wrong")  # fmt: skip
     assert wrong.returncode == EXIT_CONFIG and "has no data files of split 'dev'" in wrong.stderr

@@ -40,6 +40,8 @@ class PrepReport:
     token_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     sha256: dict[str, str] = field(default_factory=dict)
+    hub: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Dataset name -> repo, revision and commit of each Hugging Face Hub dataset."""
     augmented: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -63,6 +65,7 @@ class PrepReport:
             "tokenLengths": self.token_lengths,
             "labels": self.labels,
             "sha256": self.sha256,
+            "hubDatasets": self.hub,
             "augmented": self.augmented,
             "tasks": self.tasks,
             "warnings": self.warnings,
@@ -122,6 +125,8 @@ def load(source: DatasetSource, volumes: Volumes, where: str, report: PrepReport
             multiline |= {len(rows) + number for number, row in enumerate(parsed, start=1) if _spans_lines(row)}
         rows.extend(parsed)
     report.sha256[source.name] = digest.hexdigest()
+    if source.name in volumes.hub_datasets:
+        report.hub[source.name] = volumes.hub_datasets[source.name]
     report.rows_read[source.name] = len(rows)
     report.multiline_fields += len(multiline)
     return rows, multiline

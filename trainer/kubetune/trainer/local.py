@@ -44,6 +44,10 @@ class Volumes:
     """Secret name -> slot of the job's credentialsSecretRefs (``kubetune.api.credentials.slots``)."""
     hub_tokens: dict[tuple[str, str], str] = field(default_factory=dict)
     """(Secret name, key) -> variable of each Hub dataset's token (``kubetune.api.credentials.hub_tokens``)."""
+    hub_datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Dataset name -> what its Hub download came from (repo, revision, commit), for the manifest."""
+    hub_models: dict[str, Path] = field(default_factory=dict)
+    """Each Hub model source already resolved and downloaded in this process -> its directory."""
     hub_root: Path | None = None
     """Where Hub models are downloaded: ``<model cache>/hub`` locally, scratch space in a pod (the cache is
     read-only there)."""
@@ -68,9 +72,12 @@ class Volumes:
         """A local model directory (a URI is copied into scratch space first, a Hub model downloaded once)."""
         if source.pvc is not None:
             return self.pvc(source.pvc)
-        if source.hugging_face is not None:
-            root = self.hub_root or self.model_cache / "hub"
-            return hub.download(source.hugging_face, root, f"{where}.huggingFace", progress)
+        if source.hugging_face is not None:  # resolved once per process (stages ask again for the lineage)
+            key = source.hugging_face.model_dump_json()
+            if key not in self.hub_models:
+                root = self.hub_root or self.model_cache / "hub"
+                self.hub_models[key] = hub.download(source.hugging_face, root, f"{where}.huggingFace", progress)
+            return self.hub_models[key]
         if source.cached is not None:
             return self.model_cache / source.cached
         if source.from_job is not None:  # in a pod the operator has turned this into the earlier job's claim
@@ -101,6 +108,8 @@ class Volumes:
             token = os.environ.get(variable) if variable else None
             root = self.hub_root or self.model_cache / "hub"
             local = hub.download(source.hugging_face, root, f"{where}.huggingFace", token=token)
+            origin = hub.source_of(local) or {}
+            self.hub_datasets[source.name] = {k: origin.get(k) for k in ("repo", "revision", "commit")}
             for chosen in source.hugging_face.files or sorted(hub.chosen_files(local)):
                 yield chosen.rsplit("/", 1)[-1], (local / chosen).read_bytes()
             return

@@ -382,7 +382,7 @@ def save(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plots.write(out, job.name, metrics, report.to_dict(), report.lengths)
     outputs.model_card(out, job, metrics, report.to_dict(), model_path)
-    outputs.write_manifest(out, job, report.sha256, metrics["worldSize"], model_path)
+    outputs.write_manifest(out, job, report.sha256, metrics["worldSize"], model_path, report.hub)
 
 
 def save_weights(accelerator: Any, model: Any, path: Path) -> None:

@@ -63,7 +63,12 @@ def lineage(base: Path | None) -> list[dict[str, Any]]:
 
 
 def write_manifest(
-    out: Path, job: FineTuneJob, data_sha256: dict[str, str], world_size: int, base: Path | None = None
+    out: Path,
+    job: FineTuneJob,
+    data_sha256: dict[str, str],
+    world_size: int,
+    base: Path | None = None,
+    hub_datasets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     manifest = {
         "job": job.name,
@@ -73,6 +78,7 @@ def write_manifest(
         "dataVersions": {d.name: d.version for d in job.spec.data.datasets if d.version},
         "lineage": lineage(base),
         "hub": hub.source_of(base) if base is not None else None,
+        "hubDatasets": hub_datasets or {},
         "seed": job.spec.training.seed,
         "splitSeed": job.spec.data.split.seed,
         "worldSize": world_size,

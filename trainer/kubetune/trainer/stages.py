@@ -113,7 +113,8 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
     report = json.loads((out / "stages" / last.name / "prep_report.json").read_text())
     base = volumes.model(spec.model) if spec.model.uri is None else None  # for the lineage
     outputs.model_card(out, job, metrics, report, base)
-    outputs.write_manifest(out, job, report.get("sha256", {}), metrics.get("worldSize", 1), base)
+    hub_datasets = report.get("hubDatasets", {})
+    outputs.write_manifest(out, job, report.get("sha256", {}), metrics.get("worldSize", 1), base, hub_datasets)
     retention = metrics.get("retention")
     if guard and retention and not retention["passed"] and guard.on_regression == RegressionAction.FAIL:
         raise RegressedError(
