@@ -40,6 +40,10 @@ models: venv ## Build or reuse the real pretrained models of the model cache (~/
 run: models ## Fine-tune SmolLM2-135M-Instruct locally from $(EXAMPLE) (no cluster needed); base vs tuned
 	OMP_NUM_THREADS=$(RUN_THREADS) MKL_NUM_THREADS=$(RUN_THREADS) $(PY) -m kubetune.trainer run $(EXAMPLE)
 
+.PHONY: images
+images: ## Build the operator and trainer images with buildah (a Debian-made base, the locks' wheels; no Docker)
+	bash hack/images.sh
+
 .PHONY: dashboards
 dashboards: ## Rewrite the Grafana dashboards (charts/kubetune/files/dashboards) from hack/dashboards.py
 	python3 hack/dashboards.py
@@ -65,6 +69,7 @@ test: ## Everything: set-up, lint, the whole pytest suite on the real control pl
 	bash hack/venv.sh >/dev/null
 	bash hack/moto.sh >/dev/null  # the loopback S3 server of the tests, its own small venv
 	bash hack/model-cache.sh >/dev/null
+	bash hack/images.sh >/dev/null  # both images, built once per tree (tests/images, the podman e2e test)
 	wait $$build || { cat .control-plane-build.log; exit 1; }
 	wait $$helm || { cat .helm-build.log; exit 1; }
 	export KUBETUNE_BIN_DIR="$$(tail -n 1 .control-plane-build.log)"
