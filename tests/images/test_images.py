@@ -70,7 +70,8 @@ def test_trainer_image_fine_tunes_an_example_with_the_repository_read_only(
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     assert metrics["test"]["loss"] < metrics["baseline"]["loss"], printed
     assert (out / "run" / "manifest.json").is_file()
-    assert (out / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    weights = out / "run" / "adapter" / "adapter_model.safetensors"
+    assert weights.stat().st_mode & 0o044 == 0o044  # readable by a pod of another user (safetensors writes 0600)
 
 
 def test_the_images_are_reused_not_rebuilt(images: containers.Images) -> None:

@@ -23,8 +23,10 @@ in a private mount namespace of the pod's process (``unshare --mount``); ``KUBER
 at the API server, as kube-proxy would make the ``kubernetes`` Service do. An in-cluster client (the operator
 installed by the Helm chart) thus talks to the API server as its own ServiceAccount, under the chart's RBAC.
 
-The "image" is this repository's virtualenv: ``python`` is the venv's interpreter, its ``bin`` (kopf, torchrun)
-is on PATH and the packages are on PYTHONPATH. readOnly mounts and resource limits are not enforced.
+By default the "image" is this repository's virtualenv: ``python`` is the venv's interpreter, its ``bin`` (kopf,
+torchrun) is on PATH and the packages are on PYTHONPATH; readOnly mounts and resource limits are not enforced.
+``runtime="podman"`` runs each pod's container in its real image instead (``podrun``: the locally built images of
+hack/images.sh, with the pod's env, mounts, user and limits), at the same paths and addresses.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tests.support import podrun
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "local-node"
@@ -144,7 +148,20 @@ class PodProcess:
 class NodeAgent:
     """Registers ``local-node`` and runs the pods bound to it; ``start()`` then ``stop()``."""
 
-    def __init__(self, server: str, token: str, workdir: Path, cpu: str = "64", memory: str = "256Gi") -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        workdir: Path,
+        cpu: str = "64",
+        memory: str = "256Gi",
+        runtime: str = "process",
+        images: dict[str, str] | None = None,
+    ) -> None:
+        """``runtime``: "process" (the venv, fast) or "podman" (each pod in its image; ``images`` maps the pods'
+        image names to local ones)."""
+        assert runtime in ("process", "podman"), runtime
+        self.runtime, self.images = runtime, images or {}
         self.api = Api(server, token)
         address = urllib.parse.urlsplit(server)
         self.api_host, self.api_port = address.hostname or "127.0.0.1", str(address.port or 443)
@@ -327,6 +344,8 @@ class NodeAgent:
         sessions, so a process group is not enough; a kubelet would kill the container's cgroup)."""
         if pod.process is None:
             return
+        if self.runtime == "podman":
+            podrun.kill(pod.pod, sig)
         pids = [pod.process.pid] if leader_only else _tree(pod.process.pid)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -377,6 +396,8 @@ class NodeAgent:
                 value = self._value_from(pod.pod, var["valueFrom"])
             env[var["name"]] = translate(value)
         env["OMP_NUM_THREADS"] = "1"  # two cores shared by every pod and the control plane
+        if self.runtime == "podman":
+            return self._in_container(pod, env, paths, binds, termination, termination_path)
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
         argv = [translate(_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a)) for a in argv]
         if argv and argv[0] == "python":
@@ -387,6 +408,36 @@ class NodeAgent:
             argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script + '; shift; exec "$@"',
                     "sh", *pairs, "--", *argv]  # fmt: skip
         return argv, env, termination
+
+    def _in_container(
+        self,
+        pod: PodProcess,
+        env: dict[str, str],
+        paths: dict[str, Path],
+        binds: dict[str, Path],
+        termination: Path,
+        termination_path: str,
+    ) -> tuple[list[str], dict[str, str], Path]:
+        """The pod as ``podman run``: env without the venv's variables, mounts at their real paths, host names of
+        headless Services resolved (there is no cluster DNS), paths left as they are."""
+        namespace = pod.pod["metadata"]["namespace"]
+        container = pod.pod["spec"]["containers"][0]
+        read_only = {m["mountPath"]: bool(m.get("readOnly")) for m in container.get("volumeMounts") or []}
+        mounts = {target: (source, read_only.get(target, False)) for target, source in {**paths, **binds}.items()}
+        termination.touch()
+        termination.chmod(0o666)
+        mounts[termination_path] = (termination, False)
+        env = {k: v for k, v in env.items() if k not in ("PATH", "PYTHONPATH", "HOME", "TMPDIR")}
+        for var in container.get("env") or []:  # values again, without the rewriting of paths to this machine
+            if "value" in var:
+                value = _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), var["value"])
+                env[var["name"]] = self._resolve_host(namespace, value)
+        expand = [
+            [self._resolve_host(namespace, _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), a)) for a in part]
+            for part in (container.get("command") or [], container.get("args") or [])
+        ]
+        argv, podman_env = podrun.command(pod.pod, (expand[0], expand[1]), env, mounts, self.images)
+        return argv, podman_env, termination
 
     def _mount(
         self, pod: dict[str, Any], container: dict[str, Any], rootfs: Path
@@ -423,8 +474,9 @@ class NodeAgent:
                 self._project(pod, volume["projected"], target)
                 binds[mount["mountPath"]] = target
                 continue
-            else:  # emptyDir and anything else: a fresh directory
+            else:  # emptyDir and anything else: a fresh directory (writable by the image's non-root user)
                 target.mkdir(exist_ok=True)
+                target.chmod(0o777)
             paths[mount["mountPath"]] = target
         return paths, binds
 

@@ -379,6 +379,8 @@ def save(
     if merge_adapter and spec.method.type != MethodType.FULL:
         merged(model_path, weights, spec, labels).save_pretrained(out / "merged")
         tokenizer.save_pretrained(out / "merged")
+        outputs.readable(out / "merged")
+    outputs.readable(weights)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plots.write(out, job.name, metrics, report.to_dict(), report.lengths)
     outputs.model_card(out, job, metrics, report.to_dict(), model_path)
@@ -391,6 +393,7 @@ def save_weights(accelerator: Any, model: Any, path: Path) -> None:
     state_dict = gathered_state(accelerator, model)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict)
+        outputs.readable(path)
     accelerator.wait_for_everyone()
 
 

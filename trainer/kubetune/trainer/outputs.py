@@ -25,6 +25,16 @@ COMPLETE = "manifest.json"
 """Written last: a directory with a manifest holds a finished run."""
 
 
+def readable(directory: Path) -> Path:
+    """Make the weights under ``directory`` readable by other users, as every other output file is: safetensors
+    writes them 0600, so a model cache or outputs written by one user could not be read by a pod running as another
+    (the images run as 65532)."""
+    for path in directory.rglob("*"):
+        if path.is_file() and path.stat().st_mode & 0o044 != 0o044:
+            path.chmod(path.stat().st_mode | 0o044)
+    return directory
+
+
 def spec_hash(spec: FineTuneJobSpec) -> str:
     """SHA-256 of the spec's canonical JSON, without the fields that may change while a job runs."""
     wire = {k: v for k, v in spec.to_wire().items() if k not in MUTABLE_FIELDS}

@@ -64,6 +64,8 @@ def build_tiny_llama(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp)
     fast.save_pretrained(tmp)
+    for file in tmp.iterdir():  # safetensors writes 0600: pods running as another user read the model cache
+        file.chmod(0o644)
     tmp.rename(path)
     return path
 
