@@ -40,6 +40,21 @@ models: venv ## Build or reuse the real pretrained models of the model cache (~/
 run: models ## Fine-tune SmolLM2-135M-Instruct locally from $(EXAMPLE) (no cluster needed); base vs tuned
 	OMP_NUM_THREADS=$(RUN_THREADS) MKL_NUM_THREADS=$(RUN_THREADS) $(PY) -m kubetune.trainer run $(EXAMPLE)
 
+.PHONY: up
+up: venv models ## A local kubetune to try: control plane, node agent, the chart's operator, Prometheus (loopback)
+	export KUBETUNE_BIN_DIR="$$(bash hack/build-control-plane.sh | tail -n 1)"
+	export KUBETUNE_HELM="$$(bash hack/build-helm.sh | tail -n 1)"
+	set -a; eval "$$(bash hack/install-tools.sh)"; set +a
+	$(PY) hack/cluster.py up
+
+.PHONY: down
+down: ## Stop what `make up` started (its state stays in ~/.cache/kubetune/cluster)
+	$(PY) hack/cluster.py down
+
+.PHONY: screenshots
+screenshots: venv ## Render docs/dashboards/*.png: the Grafana dashboards' panels from the Prometheus of `make up`
+	bash hack/screenshots.sh
+
 .PHONY: images
 images: ## Build the operator and trainer images with buildah (a Debian-made base, the locks' wheels; no Docker)
 	bash hack/images.sh

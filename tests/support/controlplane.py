@@ -53,6 +53,8 @@ class ControlPlane:
     token: str
     kubeconfig: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    keep: bool = False
+    """Leave ``workdir`` (etcd's data, certificates, keys, token) on stop, for the next start (``make up``)."""
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this control plane."""
@@ -88,7 +90,8 @@ class ControlPlane:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _spawn(cp: ControlPlane, name: str, args: list[str]) -> None:
@@ -132,20 +135,45 @@ rules:
 """
 
 
-def start(workdir: Path | None = None, audit_writes: bool = False) -> ControlPlane:
-    """Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler; return when all are ready."""
+@dataclass(frozen=True)
+class Ports:
+    """Fixed ports, for a control plane that a kubeconfig must find again after a restart (``make up``)."""
+
+    api: int
+    etcd: int
+    peer: int
+    controller_manager: int
+    scheduler: int
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+
+
+def start(
+    workdir: Path | None = None, audit_writes: bool = False, ports: Ports | None = None, keep: bool = False
+) -> ControlPlane:
+    """Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler; return when all are ready.
+
+    ``keep``: reuse what an earlier start left in ``workdir`` (etcd's data, the token, the service-account key, the
+    serving certificates) and leave it there on stop."""
     binaries = bin_dir()
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kubetune-cp-", dir=shm))
-    token = secrets.token_hex(16)
-    api_port, etcd_port, peer_port = free_port(), free_port(), free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = ports or Ports.free()
+    tokens = workdir / "tokens.csv"
+    token = tokens.read_text().split(",")[0] if keep and tokens.exists() else secrets.token_hex(16)
+    api_port, etcd_port, peer_port = ports.api, ports.etcd, ports.peer
     server = f"https://127.0.0.1:{api_port}"
-    cp = ControlPlane(binaries, workdir, server, token, workdir / "kubeconfig")
+    cp = ControlPlane(binaries, workdir, server, token, workdir / "kubeconfig", keep=keep)
     try:
         if audit_writes:
             (workdir / "audit-policy.yaml").write_text(AUDIT_WRITES)
-        (workdir / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
-        subprocess.run(["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"], check=True, capture_output=True)
+        tokens.write_text(f'{token},admin,admin,"system:masters"\n')
+        if not (keep and (workdir / "sa.key").exists()):
+            key = ["openssl", "genrsa", "-out", str(workdir / "sa.key"), "2048"]
+            subprocess.run(key, check=True, capture_output=True)
         subprocess.run(
             ["openssl", "rsa", "-in", str(workdir / "sa.key"), "-pubout", "-out", str(workdir / "sa.pub")],
             check=True,
@@ -186,14 +214,14 @@ def start(workdir: Path | None = None, audit_writes: bool = False) -> ControlPla
                   "--authorization-kubeconfig", str(cp.kubeconfig)]  # fmt: skip
         _spawn(cp, "kube-controller-manager", [
             str(binaries / "kube-controller-manager"), *common,
-            "--secure-port", str(free_port()),
+            "--secure-port", str(ports.controller_manager),
             "--use-service-account-credentials=true",
             "--service-account-private-key-file", str(workdir / "sa.key"),
             "--root-ca-file", str(workdir / "certs" / "apiserver.crt"),  # published as kube-root-ca.crt
             "--cluster-signing-duration", "24h",
             "--controllers", "*,-nodeipam,-nodelifecycle,-service-lb-controller,-cloud-node-lifecycle",
         ])  # fmt: skip
-        _spawn(cp, "kube-scheduler", [str(binaries / "kube-scheduler"), *common, "--secure-port", str(free_port())])
+        _spawn(cp, "kube-scheduler", [str(binaries / "kube-scheduler"), *common, "--secure-port", str(ports.scheduler)])
         _wait(cp, "kube-controller-manager", _default_service_account(cp), 60)
     except BaseException:
         cp.stop()
