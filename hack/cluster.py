@@ -17,6 +17,7 @@ is taken.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
@@ -106,6 +107,7 @@ def down() -> int:
 
 
 def serve() -> int:
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack to serve.log
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     (STATE / "pid").write_text(str(os.getpid()))
@@ -195,7 +197,9 @@ def _install(cp: controlplane.ControlPlane) -> None:
                "--create-namespace", "--take-ownership", "--kubeconfig", str(cp.kubeconfig), "--wait",
                "--timeout", "300s", "--set", f"operator.metricsPort={OPERATOR_METRICS_PORT}",
                "--set", f"operator.healthPort={OPERATOR_HEALTH_PORT}"]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"helm install failed:\n{result.stdout}\n{result.stderr}")
 
 
 def _next_steps(cp: controlplane.ControlPlane, prometheus: str) -> str:

@@ -193,6 +193,7 @@ class NodeAgent:
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}],
         }})  # fmt: skip
         self._thread.start()
+        threading.Thread(target=self._resync, name="node-agent-resync", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -228,25 +229,36 @@ class NodeAgent:
     def _run(self) -> None:
         selector = urllib.parse.quote(f"spec.nodeName={NODE}")
         for event in self.api.watch(f"/api/v1/pods?fieldSelector={selector}", self._stop):
-            pod = event["object"]
-            uid = pod["metadata"]["uid"]
-            with self._lock:
-                known = self.pods.get(uid)
-            if event["type"] == "DELETED":
-                if known is not None:
-                    known.deleting.set()
+            self._handle(event["type"], event["object"])
+
+    def _resync(self) -> None:
+        """Every few seconds, the node's pods as a list too: a pod the watch never delivered (seen once under load:
+        a bound pod left Pending for minutes) starts anyway."""
+        selector = urllib.parse.quote(f"spec.nodeName={NODE}")
+        while not self._stop.wait(5):
+            try:
+                pods = self.api.get(f"/api/v1/pods?fieldSelector={selector}") or {}
+            except OSError:
                 continue
-            if known is None and pod["status"].get("phase") in ("Pending", None) and not _deleting(pod):
-                pod_process = PodProcess(
-                    pod, self.workdir / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
-                )
-                with self._lock:
-                    self.pods[uid] = pod_process
-                threading.Thread(target=self._lifecycle, args=(pod_process,), daemon=True).start()
-            elif known is None and _deleting(pod):
-                self._delete(pod)  # never started here (or the agent restarted): nothing to stop
-            elif known is not None and _deleting(pod):
+            for pod in pods.get("items") or []:
+                self._handle("MODIFIED", pod)
+
+    def _handle(self, kind: str, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            known = self.pods.get(uid)
+            start = known is None and kind != "DELETED" and not _deleting(pod)
+            start = start and (pod.get("status") or {}).get("phase") in ("Pending", None)
+            if start:
+                name = f"{pod['metadata']['namespace']}_{pod['metadata']['name']}"
+                known = self.pods[uid] = PodProcess(pod, self.workdir / name)
+        if start:
+            threading.Thread(target=self._lifecycle, args=(known,), daemon=True).start()
+        elif kind == "DELETED" or _deleting(pod):
+            if known is not None:
                 known.deleting.set()
+            elif kind != "DELETED":
+                self._delete(pod)  # never started here (or the agent restarted): nothing to stop
 
     def _lifecycle(self, pod: PodProcess) -> None:
         meta = pod.pod["metadata"]
