@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import controlplane  # noqa: E402
+from tests.support import containers, controlplane  # noqa: E402
 from tests.support.nodeagent import NODE, NodeAgent  # noqa: E402
 from tests.support.prometheus import Discovery, Prometheus  # noqa: E402
 
@@ -156,9 +156,7 @@ def _forget_pods_of_the_last_run(cp: controlplane.ControlPlane) -> None:
 def _images(runtime: str) -> dict[str, str]:
     if runtime != "podman":
         return {}
-    printed = subprocess.run(["bash", str(ROOT / "hack" / "images.sh")], capture_output=True, text=True, check=True)
-    found = dict(line.split("=", 1) for line in printed.stdout.splitlines() if "=" in line)
-    return {"ghcr.io/kubetune/trainer:latest": found["KUBETUNE_TRAINER_IMAGE"]}
+    return {"ghcr.io/kubetune/trainer:latest": containers.build_images().trainer}
 
 
 def _volumes(cp: controlplane.ControlPlane) -> None:

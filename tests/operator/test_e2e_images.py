@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.operator.conftest import wait_for
-from tests.operator.test_e2e import Cluster, e2e_job
+from tests.operator.test_e2e import Cluster, _resumed_from, _running_with_checkpoint, e2e_job
 from tests.support import containers
 from tests.support.controlplane import ControlPlane
 from tests.support.nodeagent import NodeAgent
@@ -42,12 +42,7 @@ def test_two_workers_in_the_trainer_image_rendezvous_checkpoint_and_resume_after
     name = "in-image"
     k.apply(e2e_job(name).set("spec.training.epochs", 8).build())
 
-    def checkpointed() -> dict[str, object] | None:
-        status = k.ftj(name).get("status", {})
-        done = status.get("progress", {}).get("percentage", 0)
-        return status if status.get("checkpoint") and status.get("phase") == "Running" and done < 80 else None
-
-    wait_for("a checkpoint", checkpointed, 600, lambda: k.diagnose(name))
+    wait_for("a checkpoint", lambda: _running_with_checkpoint(k, name), 600, lambda: k.diagnose(name))
     worker = next(p for p in k.pods(name) if p["metadata"]["name"].startswith(f"{name}-workers-1-"))
     k.node.kill("default", worker["metadata"]["name"])
     k.wait_condition(name, "Succeeded", timeout=600)
@@ -58,11 +53,4 @@ def test_two_workers_in_the_trainer_image_rendezvous_checkpoint_and_resume_after
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["worldSize"] == 2  # torchrun's two ranks, one per container
     assert (out / "manifest.json").stat().st_uid == IMAGE_USER  # written inside the image, by its user
-    resumed = [
-        json.loads(line)["resumedFromStep"]
-        for pod in k.pods(name)
-        if pod["metadata"]["name"].startswith(f"{name}-workers-0-") and pod["status"]["phase"] == "Succeeded"
-        for line in k.node.logs("default", pod["metadata"]["name"]).splitlines()
-        if line.startswith('{"event": "phase", "phase": "Training"')
-    ]
-    assert resumed and resumed[0] > 0, k.diagnose(name)
+    assert _resumed_from(k, name) > 0

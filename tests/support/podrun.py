@@ -91,8 +91,3 @@ def kill(pod: dict[str, Any], signal: int) -> None:
     """Signal the container's processes (a signal to the ``podman run`` client would not reach them)."""
     subprocess.run(["podman", "kill", "--signal", str(signal), name(pod)], capture_output=True,
                    env=containers.environment(), timeout=60)  # fmt: skip
-
-
-def remove(pod: dict[str, Any]) -> None:
-    subprocess.run(["podman", "rm", "--force", "--time", "0", name(pod)], capture_output=True,
-                   env=containers.environment(), timeout=60)  # fmt: skip

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import outputs
+
 TINY_LLAMA = "kubetune/tiny-llama"
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
@@ -64,8 +66,7 @@ def build_tiny_llama(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp)
     fast.save_pretrained(tmp)
-    for file in tmp.iterdir():  # safetensors writes 0600: pods running as another user read the model cache
-        file.chmod(0o644)
+    outputs.readable(tmp)  # pods running as another user read the model cache
     tmp.rename(path)
     return path
 
