@@ -75,8 +75,15 @@ def test_the_installed_operator_runs_as_its_service_account(release: Release) ->
     assert pod["status"]["phase"] == "Running"
     assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
                for m in pod["spec"]["containers"][0]["volumeMounts"])  # fmt: skip
-    peering = release.cluster.kubectl("get", "clusterkopfpeering", "kubetune", "-o", "json", check=False)
-    assert peering.returncode == 0, release.operator_log()
+    # kopf creates its peering object once it starts; the pod can be Running a moment before that
+    wait_for(
+        "the operator's ClusterKopfPeering",
+        lambda: (
+            release.cluster.kubectl("get", "clusterkopfpeering", "kubetune", "-o", "json", check=False).returncode == 0
+        ),
+        60,
+        release.operator_log,
+    )
     assert "kubectl get ftj -w" in release.notes and "kubetune / Overview" in release.notes
 
 

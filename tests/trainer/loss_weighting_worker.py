@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kubetune.trainer.batches import collate, tokenize
 from kubetune.trainer.formats import Example
-from kubetune.trainer.loop import accumulate
+from kubetune.trainer.step import accumulate
 
 PROMPTS = ["Spell the word backwards: river\n", "Add 2 and 3\n", "What is the capital of France?\n", "Hi\n",
            "Name an antonym of hot\n", "Count from one to ten in words, please\n", "Sort: c b a\n", "x\n"]  # fmt: skip

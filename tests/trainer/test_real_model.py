@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import faults
 from tests.support.builders import JobBuilder
 from tests.trainer.conftest import DATA, ROOT
 
@@ -86,7 +87,7 @@ def real_job(name: str, path: str = "instructions.jsonl") -> JobBuilder:
 
 def kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "KUBETUNE_MODEL_CACHE": str(CACHE),
-                "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))}  # fmt: skip
+                "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer", ""))}  # fmt: skip
     return subprocess.run([sys.executable, "-m", "kubetune.trainer", *args], env={**full_env, **(env or {})},
                           capture_output=True, text=True, timeout=1200, cwd=ROOT)  # fmt: skip
 
@@ -182,7 +183,7 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path: Path, d
     doc = job.build()
     straight = run(doc, tmp_path, data, "straight", command="worker")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = run(doc, tmp_path, data, "killed", env={"KUBETUNE_FAULT_AFTER_STEP": "5"}, command="worker")
+    killed = run(doc, tmp_path, data, "killed", env=faults.kill_after(5), command="worker")
     assert killed.returncode == -signal.SIGKILL
     resumed = run(doc, tmp_path, data, "killed", command="worker")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

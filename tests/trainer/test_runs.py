@@ -15,6 +15,7 @@ import yaml
 
 from kubetune.trainer.errors import EXIT_CONFIG, EXIT_DIVERGED
 from kubetune.trainer.report import ProgressEvent, Reporter
+from tests.support import faults
 from tests.trainer.conftest import DATA, ROOT, Runner, fast_job
 
 
@@ -125,7 +126,7 @@ def test_restore_loads_a_saved_adapter_back_into_the_model(tmp_path: Path) -> No
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from kubetune.trainer import checkpoint, loop
+    from kubetune.trainer import checkpoint, saving
     from kubetune.trainer.tiny import build_tiny_llama
 
     base = AutoModelForCausalLM.from_pretrained(build_tiny_llama(tmp_path / "tiny", seed=4), dtype=torch.float32)
@@ -136,7 +137,7 @@ def test_restore_loads_a_saved_adapter_back_into_the_model(tmp_path: Path) -> No
         for p in lora.values():
             p.normal_()
     saved = {n: p.detach().clone() for n, p in lora.items()}
-    loop.save_weights(accelerator, model, tmp_path / "best")
+    saving.save_weights(accelerator, model, tmp_path / "best")
     with torch.no_grad():
         for p in lora.values():
             p.add_(1.0)
@@ -173,7 +174,7 @@ def test_an_exploding_loss_stops_the_run_as_diverged(run_job: Runner, capsys: py
 
 
 def _kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))}
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer", ""))}
     return subprocess.run(
         [sys.executable, "-m", "kubetune.trainer", *args], env={**full_env, **(env or {})},
         capture_output=True, text=True, timeout=600, cwd=ROOT,
@@ -191,7 +192,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     killed = _kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0",
-                       env={"KUBETUNE_FAULT_AFTER_STEP": "10"})  # fmt: skip
+                       env=faults.kill_after(10))  # fmt: skip
     assert killed.returncode == -signal.SIGKILL
     checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert checkpoints == ["step-00000004", "step-00000008"], "kept 2, none half-written"
@@ -237,7 +238,7 @@ def test_fsdp_on_two_cpu_ranks_shards_trains_like_ddp_and_resumes_after_a_kill(t
 
     ddp = launch("ddp", "ddp")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    killed = launch("fsdp", "fsdp", KUBETUNE_FAULT_AFTER_STEP="4")
+    killed = launch("fsdp", "fsdp", **faults.kill_after(4))
     assert killed.returncode != 0
     shards = tmp_path / "fsdp" / "checkpoints" / "step-00000003"
     whole = tmp_path / "ddp" / "checkpoints" / "step-00000003" / "optimizer-0.pt"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kubetune.trainer.errors import EXIT_REGRESSED
+from tests.support import faults
 from tests.trainer.conftest import DATA, ROOT, Runner, fast_job
 from tests.trainer.test_runs import _kubetune, metrics
 
@@ -142,7 +143,7 @@ def test_stages_run_in_order_and_a_failed_stage_resumes_from_its_own_checkpoint(
     manifest.write_text(yaml.safe_dump(job.build()))
     common = [str(manifest), f"--volume=data={split_data}", f"--output={split_data / 'o'}", "--metrics-port=0"]
 
-    killed = _kubetune("worker", *common, env={"KUBETUNE_FAULT_AFTER_STEP": "5"})
+    killed = _kubetune("worker", *common, env=faults.kill_after(5))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (split_data / "o" / "stages" / "domain" / "manifest.json").exists(), "the first stage finished"
     resumed = _kubetune("worker", *common)
@@ -163,8 +164,8 @@ def test_summed_loss_over_targets_is_the_models_own_mean_loss(tmp_path: Path) ->
 
     from kubetune.trainer.batches import collate, tokenize
     from kubetune.trainer.formats import Example
-    from kubetune.trainer.loop import summed_loss, target_count
     from kubetune.trainer.packing import collate_packed
+    from kubetune.trainer.step import summed_loss, target_count
     from kubetune.trainer.tiny import build_tiny_llama
 
     path = build_tiny_llama(tmp_path / "tiny", seed=3)

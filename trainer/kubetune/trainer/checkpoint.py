@@ -110,7 +110,7 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, accelerator: An
 
 
 def restore(path: Path, model: Any, accelerator: Any) -> None:
-    """Load the weights that ``loop.save_weights`` wrote to ``path`` (an adapter, or a whole model in one or
+    """Load the weights that ``saving.save_weights`` wrote to ``path`` (an adapter, or a whole model in one or
     more safetensors files) back into the model being trained; every rank calls it."""
     from safetensors.torch import load_file
 

@@ -32,7 +32,7 @@ from .data import PrepReport
 from .errors import ConfigError, RegressedError
 from .evaluate import headline
 from .local import Volumes, handed_on
-from .loop import train
+from .loop import StageContext, train
 from .model import load_tokenizer
 from .report import Reporter
 from .splits import Data, prepare_data
@@ -93,8 +93,8 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
             if guard is not None and guard.replay_earlier_stages and causal:
                 kept.append(_data(sub, volumes))
         else:
-            metrics = train(sub, volumes, stage_out, reporter, model_path, replay if causal else None, kept.append,
-                            merge_adapter=True, in_stage=True)  # fmt: skip
+            handed = StageContext(model_path, replay if causal else [], kept.append, merge_adapter=True, in_stage=True)
+            metrics = train(sub, volumes, stage_out, reporter, handed)
         if guard is not None and guard.replay_earlier_stages and causal and kept:
             replay += kept[0].rows["train"]
         if metrics.get("retention"):
