@@ -98,7 +98,8 @@ def overview() -> dict[str, Any]:
                 "(rate(kubetune_reconcile_duration_seconds_bucket[$__rate_interval])))", "{{handler}}")],
                 w=6, unit="s"),
             panel("timeseries", "Reconcile errors", [(
-                "sum by (handler) (rate(kubetune_reconcile_errors_total[$__rate_interval]))", "{{handler}}")],
+                "sum by (handler, outcome) (rate(kubetune_reconcile_errors_total[$__rate_interval]))",
+                "{{handler}} {{outcome}}")],
                 w=6, unit="reqps"),
             panel("table", "Sweeps: best trial", [(f"kubetune_finetunesweep_best_metric{{{ns}}}", "")], w=12,
                   description="Each FineTuneSweep's best objective value so far (status.bestTrial has the trial)."),

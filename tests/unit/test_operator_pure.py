@@ -359,7 +359,8 @@ def test_metrics_export_a_jobs_phase_workers_and_eta_and_forget_it() -> None:
     assert value("kubetune_finetunejob_workers", state="active") == 2
     assert value("kubetune_finetunejob_progress_ratio") == 0.25
     assert value("kubetune_finetunejob_estimated_completion_timestamp_seconds") == eta.timestamp()
-    assert metrics.registry.get_sample_value("kubetune_reconcile_errors_total", {"handler": "create"}) == 0
+    errors = {"handler": "create", "outcome": "error"}
+    assert metrics.registry.get_sample_value("kubetune_reconcile_errors_total", errors) == 0
     metrics.forget("ml", "m1")
     assert value("kubetune_finetunejob_status_phase", phase="Running") is None
     assert value("kubetune_finetunejob_workers", state="active") is None
@@ -558,3 +559,21 @@ def test_a_hub_dataset_token_gets_its_own_variable_and_the_workers_go_online() -
            ["env"]}  # fmt: skip
     assert env["KUBETUNE_HUB_TOKEN_0"]["valueFrom"] == {"secretKeyRef": {"name": "data-token", "key": "token"}}
     assert env["HF_HUB_OFFLINE"]["value"] == "0" and "HF_TOKEN" not in env
+
+
+def test_reconcile_errors_count_what_users_cause_apart_from_operator_faults() -> None:
+    import kopf
+
+    from kubetune.operator import metrics
+
+    def count(outcome: str) -> float:
+        value = metrics.registry.get_sample_value("kubetune_reconcile_errors_total",
+                                                  {"handler": "suspend", "outcome": outcome})  # fmt: skip
+        return value or 0.0
+
+    before = {outcome: count(outcome) for outcome in metrics.OUTCOMES}
+    for error in (kopf.TemporaryError("a ConfigMap is missing", delay=1), kopf.PermanentError("bad"), KeyError("x")):
+        with pytest.raises(type(error)), metrics.timed("suspend"):
+            raise error
+    assert {outcome: count(outcome) - before[outcome] for outcome in metrics.OUTCOMES} == {
+        "error": 1, "temporary": 1, "permanent": 1}  # fmt: skip

@@ -24,6 +24,7 @@ from kubetune.api import credentials
 from kubetune.api.exitcodes import NON_RETRYABLE
 from kubetune.api.spec import API_VERSION, KIND, FineTuneJob
 
+from .children import COMPLETION_INDEX, CONTAINER
 from .naming import LABEL_COMPONENT, LABEL_JOB, child_name, labels
 from .settings import Settings
 
@@ -33,7 +34,6 @@ PVC_ROOT = "/mnt/pvc"
 CONFIGMAP_ROOT = "/mnt/configmaps"
 MODEL_CACHE = "/mnt/models"
 TERMINATION_LOG = "/dev/termination-log"
-CONTAINER = "trainer"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU = "nvidia.com/gpu"
 _SUFFIXES = {"m": Decimal("0.001"), "": Decimal(1), "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9),
@@ -160,7 +160,7 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
         ref = hub.token_secret_ref  # resolved by the kubelet: the operator never reads the Secret
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     # Node rank: the Job controller also injects JOB_COMPLETION_INDEX; NODE_RANK makes the contract explicit.
-    index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    index = f"metadata.annotations['{COMPLETION_INDEX}']"
     env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}})
     env.append({"name": "KUBETUNE_METRICS_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return env

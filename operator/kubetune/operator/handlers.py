@@ -22,12 +22,14 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobSpec
 from kubetune.api.status import FineTuneJobStatus
 
-from . import builders, kube, lineage, metrics, persistence, serving, status, validation
+from . import builders, children, conditions, kube, lineage, metrics, persistence, serving, settings, status, validation
+from . import sweep_handlers as sweep_handlers  # the FineTuneSweep handlers, registered with kopf on import
 from .naming import LABEL_COMPONENT, LABEL_JOB
-from .settings import Settings
 
-SETTINGS = Settings.from_env()
+SETTINGS = settings.current()
 RESOURCE = (GROUP, VERSION, PLURAL)
+Children = kopf.Index[tuple[str | None, str], dict[str, Any]]
+"""An index of FineTuneJobs' children, keyed by (namespace, job name): what ``_summary`` keeps of each."""
 PROGRESS, DIFFBASE = persistence.MemoryProgressStorage(prefix=GROUP), persistence.MemoryDiffBaseStorage()
 # All handlers of a cause in one cycle (kopf's default runs one per cycle): a new job's create and field handlers
 # then share one annotation patch. Set at import: `kopf run` reads it before the startup handlers.
@@ -54,7 +56,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = SETTINGS.max_workers  # sync handlers wait on the API, not on the CPU
     logging.getLogger("kopf.objects").addFilter(_QuietTimers())
     settings.posting.level = logging.WARNING  # our own Events mark transitions; no "handler succeeded" noise
-    kube.POOL_SIZE = SETTINGS.max_workers
     kube.ensure_peering(SETTINGS.peering)
     metrics.serve(SETTINGS.metrics_port)
 
@@ -86,11 +87,11 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
             _patch_status(body, patch, job, status.compute(job, created, [], None, datetime.now(UTC)))
 
 
-@kopf.on.field(*RESOURCE, field="spec.suspend")
-def suspend_changed(new: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
+@kopf.on.field(*RESOURCE, field="spec.suspend")  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
+def suspend_changed(new: Any, namespace: str | None, name: str, worker_jobs: Children, **_: Any) -> None:
     """spec.suspend is mirrored to the worker Job (level-triggered: compared with the Job as the index has it,
     so a change made while the operator was down is applied too); the Job controller stops or restarts the pods."""
-    worker = _indexed(kwargs["worker_jobs"], namespace or "default", name)
+    worker = _indexed(worker_jobs, namespace or "default", name)
     if worker is None or bool(worker["spec"].get("suspend")) == bool(new):  # none yet: it is made from the spec
         return
     with metrics.timed("suspend"):
@@ -111,7 +112,7 @@ def _from_job(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, namespace: s
         raise kopf.PermanentError(message(Reason.INVALID_SPEC, error)) from error
 
 
-def _indexed(index: kopf.Index[Any, dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
+def _indexed(index: Children, namespace: str, name: str) -> dict[str, Any] | None:
     """A FineTuneJob's child as an index keyed by (namespace, job) has it: its worker Job or its server (None:
     not seen yet)."""
     return next(iter(index.get((namespace, name), [])), None)
@@ -149,20 +150,17 @@ def servers(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: An
     return {(namespace, labels[LABEL_JOB]): _summary(body)}
 
 
-@kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1)
-def refresh_status(
-    body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
-) -> None:
+@kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1)  # type: ignore[arg-type]
+def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo,
+                   worker_jobs: Children, worker_pods: Children, **_: Any) -> None:  # fmt: skip
     """Recompute the status from the worker Job, its pods (both from the indexes above) and rank 0's progress;
     patch it when it changed. A tick whose inputs are the same as the last one's (no object changed, rank 0 not
     running, no TTL due) does nothing: with hundreds of waiting jobs that is most ticks."""
-    pods_index: kopf.Index[Any, dict[str, Any]] = kwargs["worker_pods"]
     namespace = namespace or "default"
-    worker = _indexed(kwargs["worker_jobs"], namespace, name)
-    server = _indexed(kwargs["servers"], namespace, name)
-    pods = list(pods_index.get((namespace, name), []))
-    rank0, now = _rank0(pods), datetime.now(UTC)
-    inputs = (*status.inputs_version(body, worker, pods), (server or {}).get("metadata", {}).get("resourceVersion"))
+    worker = _indexed(worker_jobs, namespace, name)
+    pods = list(worker_pods.get((namespace, name), []))
+    rank0, now = children.rank0_ip(pods), datetime.now(UTC)
+    inputs = status.inputs_version(body, worker, pods)
     if rank0 is None and memo.get("status_inputs") == inputs and not status.due(memo.get("status_expires"), now):
         return
     with metrics.timed("status"):
@@ -172,8 +170,6 @@ def refresh_status(
         if not _is_accepted(job.status) or status.finished(job.status):
             if status.due(expires, now):
                 kube.delete_finetunejob(namespace, name)
-            elif job.spec.deploy is not None and job.status is not None and job.status.phase == Phase.SUCCEEDED:
-                job.status = _deploy(body, patch, job, server, now)
             metrics.observe(namespace, name, job.status or FineTuneJobStatus())
             return
         report = (
@@ -183,15 +179,24 @@ def refresh_status(
         metrics.observe(namespace, name, _patch_status(body, patch, job, computed))
 
 
-def _deploy(
-    body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, server: dict[str, Any] | None, now: datetime
-) -> FineTuneJobStatus:
-    """spec.deploy of a succeeded job: create the server (once promotable) and report on it."""
-    if server is None and serving.promotable(job.status):
-        for child in serving.children(job, SETTINGS):
-            kopf.adopt(child, owner=body)
-            kube.create(child)
-    return _patch_status(body, patch, job, serving.with_server(job, server, now))
+def _deployable(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return spec.get("deploy") is not None and status.get("phase") == Phase.SUCCEEDED.value
+
+
+@kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1, when=_deployable)  # type: ignore[arg-type]
+def deploy(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, servers: Children,
+           **_: Any) -> None:  # fmt: skip
+    """spec.deploy of a succeeded job: create the inference server (once the job is promotable) and report on it
+    in the Deployed condition."""
+    with metrics.timed("deploy"):
+        job, now = _job(body), datetime.now(UTC)
+        server = _indexed(servers, namespace or "default", name)
+        if server is None and serving.promotable(job.status):
+            for child in serving.children(job, SETTINGS):
+                kopf.adopt(child, owner=body)
+                kube.create(child)
+        new = _patch_status(body, patch, job, serving.with_server(job, server, now))
+        metrics.observe(namespace or "default", name, new)
 
 
 @kopf.on.event(*RESOURCE, when=lambda type, **_: type == "DELETED")
@@ -246,7 +251,7 @@ def _parse(body: kopf.Body, patch: kopf.Patch) -> FineTuneJob:
 
 
 def _invalid(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
-    patch.status.update(status.rejected(text, body.get("metadata", {}).get("generation"), datetime.now(UTC)))
+    patch.status.update(conditions.rejected(text, body.get("metadata", {}).get("generation"), datetime.now(UTC)))
     kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
 
 
@@ -257,19 +262,22 @@ ACCEPTED_FIELDS = ("conditions", "phase", "observed_generation", "output_locatio
 def _accepted(job: FineTuneJob, patch: kopf.Patch, ok: bool, reason: Reason, text: str) -> FineTuneJobStatus:
     """Patch the Accepted condition (with the phase, observed generation and output location); the new status."""
     current = job.status or FineTuneJobStatus()
-    conditions = list(current.conditions)
+    listed = list(current.conditions)
     state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
     generation = job.metadata.get("generation")
-    status.set_condition(conditions, ConditionType.ACCEPTED, state, reason, text, generation, datetime.now(UTC))
+    conditions.set_condition(listed, ConditionType.ACCEPTED, state, reason, text, generation, datetime.now(UTC))
     new = current.model_copy(update={
-        "conditions": conditions, "phase": current.phase or Phase.PENDING, "observed_generation": generation,
+        "conditions": listed, "phase": current.phase or Phase.PENDING, "observed_generation": generation,
         "output_location": status.output_location(job)})  # fmt: skip
     patch.status.update(new.model_dump(mode="json", by_alias=True, include=set(ACCEPTED_FIELDS)))
     return new
 
 
 def _patch_status(
-    body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, computed: tuple[FineTuneJobStatus, list[status.Transition]]
+    body: kopf.Body,
+    patch: kopf.Patch,
+    job: FineTuneJob,
+    computed: tuple[FineTuneJobStatus, list[conditions.Transition]],
 ) -> FineTuneJobStatus:
     """Post the transitions as Events and patch the computed status where it differs from the job's."""
     new, transitions = computed
@@ -281,23 +289,4 @@ def _patch_status(
 
 
 def _is_accepted(current: FineTuneJobStatus | None) -> bool:
-    return status.is_true(current, ConditionType.ACCEPTED)
-
-
-def _rank0(pods: list[dict[str, Any]]) -> str | None:
-    """The pod IP of rank 0 while it runs (its /progress is worth reading), else None."""
-    for pod in pods:
-        annotations = pod["metadata"].get("annotations") or {}
-        ip = (pod.get("status") or {}).get("podIP")
-        if (
-            annotations.get("batch.kubernetes.io/job-completion-index") == "0"
-            and ip
-            and pod["status"].get("phase") == "Running"
-        ):
-            return str(ip)
-    return None
-
-
-from . import sweep_handlers  # noqa: E402  registers the FineTuneSweep handlers with kopf
-
-__all__ = ["sweep_handlers"]
+    return conditions.is_true(current, ConditionType.ACCEPTED)

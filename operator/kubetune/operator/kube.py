@@ -18,10 +18,9 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.spec import GROUP, PLURAL, VERSION
 
+from . import settings
+
 USER_AGENT = "kubetune-operator"
-POOL_SIZE = 16
-"""Kept-alive connections to the API server: one per handler thread (the client's default, 5 per CPU, is fewer
-on a small node, and every call beyond it opened and dropped a TLS connection). Set before the first call."""
 
 
 @cache
@@ -31,7 +30,9 @@ def _client() -> kubernetes.client.ApiClient:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     configuration = kubernetes.client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = POOL_SIZE
+    # Kept-alive connections to the API server: one per handler thread (the client's default, 5 per CPU, is fewer
+    # on a small node, and every call beyond it opened and dropped a TLS connection).
+    configuration.connection_pool_maxsize = settings.current().max_workers
     client = kubernetes.client.ApiClient(configuration)
     client.user_agent = USER_AGENT  # names the operator in audit logs (kopf's own calls say kopf/<version>)
     return client

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import kopf
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from kubetune.api.enums import ConditionStatus, ConditionType, Phase
@@ -82,10 +83,18 @@ reconcile_seconds = Histogram(
     "kubetune_reconcile_duration_seconds", "Time spent in one handler call.", ("handler",), registry=registry,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )  # fmt: skip
-errors = Counter("kubetune_reconcile_errors_total", "Handler calls that raised.", ("handler",), registry=registry)
-HANDLERS = ("create", "suspend", "status")
+errors = Counter(
+    "kubetune_reconcile_errors_total",
+    "Handler calls that raised, by outcome: error (an operator fault), temporary (waiting for something a user "
+    "makes, e.g. a missing ConfigMap; kopf retries), permanent (an invalid spec; no retries).",
+    ("handler", "outcome"),
+    registry=registry,
+)
+HANDLERS = ("create", "suspend", "status", "deploy", "sweep")
+OUTCOMES = ("error", "temporary", "permanent")
 for _handler in HANDLERS:  # export zeros from the start, so rates and alerts see every handler
-    errors.labels(handler=_handler)
+    for _outcome in OUTCOMES:
+        errors.labels(handler=_handler, outcome=_outcome)
 for _phase in Phase:
     jobs.labels(phase=_phase.value)
 
@@ -103,12 +112,20 @@ def serve(port: int) -> None:
 
 @contextmanager
 def timed(handler: str) -> Iterator[None]:
-    """Observe a handler call's duration; count it as an error when it raises."""
+    """Observe a handler call's duration; count it when it raises, under its outcome: kopf's TemporaryError and
+    PermanentError are what a user's objects cause (the operator reports them in the status), anything else is an
+    operator fault (the alert's outcome)."""
     started = time.perf_counter()
     try:
         yield
+    except kopf.TemporaryError:
+        errors.labels(handler=handler, outcome="temporary").inc()
+        raise
+    except kopf.PermanentError:
+        errors.labels(handler=handler, outcome="permanent").inc()
+        raise
     except Exception:
-        errors.labels(handler=handler).inc()
+        errors.labels(handler=handler, outcome="error").inc()
         raise
     finally:
         reconcile_seconds.labels(handler=handler).observe(time.perf_counter() - started)

@@ -17,9 +17,9 @@ from kubetune.api.spec import FineTuneJob
 from kubetune.api.status import DeploymentStatus, FineTuneJobStatus
 
 from .builders import GPU, MODEL_CACHE, PVC_ROOT, SPEC_DIR, SPEC_KEY, threads, volumes_and_mounts
+from .conditions import Conditions, Transition, is_true
 from .naming import LABEL_COMPONENT, LABEL_JOB, child_name, labels
 from .settings import Settings
-from .status import Transition, conditioner, is_true
 
 COMPONENT = "serve"
 
@@ -115,18 +115,17 @@ def with_server(
     """A finished job's status with ``deployment`` and the Deployed condition: serving once a replica is ready,
     starting before, and not deployed when the job is not promotable."""
     new = (job.status or FineTuneJobStatus()).model_copy(deep=True)
-    transitions: list[Transition] = []
-    condition = conditioner(new, transitions, job.metadata.get("generation"), now)
+    conditions = Conditions(new, job.metadata.get("generation"), now)
     if not promotable(job.status):
         new.deployment = None
-        condition(ConditionType.DEPLOYED, False, Reason.NOT_PROMOTABLE)
-        return new, transitions
+        conditions.set(ConditionType.DEPLOYED, False, Reason.NOT_PROMOTABLE)
+        return new, conditions.transitions
     new.deployment = deployment_status(job, server)
     ready, wanted = new.deployment.ready_replicas, job.spec.deploy.replicas if job.spec.deploy else 1
     if ready:
         text = message(Reason.SERVING, job.name, new.deployment.url, ready, wanted)
-        condition(ConditionType.DEPLOYED, True, Reason.SERVING, text)
+        conditions.set(ConditionType.DEPLOYED, True, Reason.SERVING, text)
     else:
         text = message(Reason.SERVER_STARTING, new.deployment.name, ready, wanted)
-        condition(ConditionType.DEPLOYED, False, Reason.SERVER_STARTING, text)
-    return new, transitions
+        conditions.set(ConditionType.DEPLOYED, False, Reason.SERVER_STARTING, text)
+    return new, conditions.transitions

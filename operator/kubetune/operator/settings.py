@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cache
 
 
 def _int(name: str, default: int) -> int:
@@ -61,3 +62,9 @@ class Settings:
             max_workers=_int("KUBETUNE_MAX_WORKERS", d.max_workers),
             max_connections=_int("KUBETUNE_MAX_CONNECTIONS", d.max_connections),
         )
+
+
+@cache
+def current() -> Settings:
+    """This process's settings, read from the environment once; every module of the operator uses these."""
+    return Settings.from_env()

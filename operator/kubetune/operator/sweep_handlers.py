@@ -15,10 +15,9 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import GROUP, PLURAL, VERSION
 from kubetune.api.sweep import SWEEP_PLURAL, FineTuneSweep, parse_sweep
 
-from . import kube, metrics, status, sweeps
-from .settings import Settings
+from . import conditions, kube, metrics, settings, sweeps
 
-SETTINGS = Settings.from_env()
+SETTINGS = settings.current()
 SWEEPS = (GROUP, VERSION, SWEEP_PLURAL)
 
 
@@ -34,7 +33,7 @@ def _sweep(body: kopf.Body) -> FineTuneSweep:
 
 
 def _reject(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
-    patch.status.update(status.rejected(text, body.get("metadata", {}).get("generation"), datetime.now(UTC)))
+    patch.status.update(conditions.rejected(text, body.get("metadata", {}).get("generation"), datetime.now(UTC)))
     kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
     raise kopf.PermanentError(message(Reason.INVALID_SPEC, text))
 

@@ -27,8 +27,8 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import API_VERSION, KIND, parse_spec
 from kubetune.api.sweep import FineTuneSweep, FineTuneSweepStatus, Parameter, Trial
 
+from .conditions import Conditions, Transition
 from .naming import LABEL_MANAGED_BY
-from .status import Transition, conditioner
 
 LABEL_SWEEP = "kubetune.dev/finetunesweep"
 LABEL_TRIAL = "kubetune.dev/trial"
@@ -215,23 +215,23 @@ def reconcile(sweep: FineTuneSweep, trials: list[dict[str, Any]], now: datetime)
     status.best_parameters = best.parameters if best else None
     status.observed_generation = sweep.metadata.get("generation")
 
-    condition = conditioner(status, step.transitions, sweep.metadata.get("generation"), now)
+    conditions = Conditions(status, sweep.metadata.get("generation"), now, step.transitions)
     done = len(rows) == len(plan) and not active
     if not done:
         running = len(active)
-        condition(ConditionType.RUNNING, True, Reason.TRIALS_RUNNING,
+        conditions.set(ConditionType.RUNNING, True, Reason.TRIALS_RUNNING,
                   message(Reason.TRIALS_RUNNING, running, len(rows), len(plan)))  # fmt: skip
         status.phase = Phase.RUNNING
     elif best is None:
         succeeded = any(r.phase == Phase.SUCCEEDED for r in rows)
         reason = Reason.NO_OBJECTIVE if succeeded else Reason.NO_TRIAL_SUCCEEDED
         text = message(reason, sweep.spec.objective.metric)
-        condition(ConditionType.RUNNING, False, reason, text)
-        condition(ConditionType.FAILED, True, reason, text)
+        conditions.set(ConditionType.RUNNING, False, reason, text)
+        conditions.set(ConditionType.FAILED, True, reason, text)
         status.phase, status.completion_time = Phase.FAILED, status.completion_time or now
     else:
         text = message(Reason.SWEEP_COMPLETED, best.name, best.metric, json.dumps(best.parameters))
-        condition(ConditionType.RUNNING, False, Reason.SWEEP_COMPLETED, text)
-        condition(ConditionType.SUCCEEDED, True, Reason.SWEEP_COMPLETED, text)
+        conditions.set(ConditionType.RUNNING, False, Reason.SWEEP_COMPLETED, text)
+        conditions.set(ConditionType.SUCCEEDED, True, Reason.SWEEP_COMPLETED, text)
         status.phase, status.completion_time = Phase.SUCCEEDED, status.completion_time or now
     return step
