@@ -106,19 +106,19 @@ def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
 
 def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
     from kubetune.api.spec import parse_job
-    from kubetune.trainer import loop
+    from kubetune.trainer import loop, step
     from kubetune.trainer.local import Volumes
     from kubetune.trainer.report import ProgressEvent, Reporter
 
     meter = Meter()
-    packed = loop.collate_packed
+    packed = step.collate_packed
 
     def counting(group: Any) -> dict[str, Any]:
         batch = packed(group)
         meter.batches.append((int(batch["input_ids"].numel()), int(batch["input_ids"].numel())))
         return batch
 
-    loop.collate_packed = counting  # count what the loop computes; the loop itself is untouched
+    step.collate_packed = counting  # count what the loop computes; the loop itself is untouched
 
     class Timing(Reporter):
         def progress(self, event: ProgressEvent, tokens: int) -> None:
