@@ -179,24 +179,28 @@ def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, na
         metrics.observe(namespace, name, _patch_status(body, patch, job, computed))
 
 
-def _deployable(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    return spec.get("deploy") is not None and status.get("phase") == Phase.SUCCEEDED.value
+def _deployable(body: kopf.Body, **_: Any) -> bool:
+    return body.spec.get("deploy") is not None and body.status.get("phase") == Phase.SUCCEEDED.value
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1, when=_deployable)  # type: ignore[arg-type]
-def deploy(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, servers: Children,
+def deploy(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, servers: Children,
            **_: Any) -> None:  # fmt: skip
     """spec.deploy of a succeeded job: create the inference server (once the job is promotable) and report on it
-    in the Deployed condition."""
+    in the Deployed condition. A tick that sees the same job and server as the last one does nothing."""
+    server = _indexed(servers, namespace or "default", name)
+    inputs = (body.metadata.get("resourceVersion"), (server or {}).get("metadata", {}).get("resourceVersion"))
+    if memo.get("deploy_inputs") == inputs:
+        return
     with metrics.timed("deploy"):
         job, now = _job(body), datetime.now(UTC)
-        server = _indexed(servers, namespace or "default", name)
         if server is None and serving.promotable(job.status):
             for child in serving.children(job, SETTINGS):
                 kopf.adopt(child, owner=body)
                 kube.create(child)
         new = _patch_status(body, patch, job, serving.with_server(job, server, now))
         metrics.observe(namespace or "default", name, new)
+        memo["deploy_inputs"] = inputs  # only once all went through: a failed create is tried again next tick
 
 
 @kopf.on.event(*RESOURCE, when=lambda type, **_: type == "DELETED")
