@@ -18,16 +18,40 @@ import json
 import time
 from typing import Any
 
-LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-             "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
-             "rope_theta": 500000.0, "tie_word_embeddings": False}  # fmt: skip
-TINY = {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 256,
-        "tie_word_embeddings": False}  # fmt: skip
+LLAMA3_8B = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+}
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 512,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": False,
+}
 
 
-def measure(shape: dict[str, Any], method: str, layers: int, batch: int, seq: int, steps: int, warmup: int,
-            peak_tflops: float, checkpointing: bool) -> dict[str, Any]:  # fmt: skip
+def measure(
+    shape: dict[str, Any],
+    method: str,
+    layers: int,
+    batch: int,
+    seq: int,
+    steps: int,
+    warmup: int,
+    peak_tflops: float,
+    checkpointing: bool,
+) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -46,8 +70,9 @@ def measure(shape: dict[str, Any], method: str, layers: int, batch: int, seq: in
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))  # fmt: skip
+        model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=cuda)
     ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
@@ -67,12 +92,18 @@ def measure(shape: dict[str, Any], method: str, layers: int, batch: int, seq: in
     per_token = (6 if method == "full" else 4) * n + 12 * layers * config.hidden_size * seq
     mfu = tokens_per_second * per_token / (peak_tflops * 1e12) if cuda else None
     return {
-        "method": method, "layers": layers, "params_non_embedding": n, "trainable": sum(p.numel() for p in trainable),
-        "batch": batch, "seq": seq, "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "tokens_per_second_per_gpu": round(tokens_per_second, 1), "step_seconds": round(seconds / (steps - warmup), 4),
+        "method": method,
+        "layers": layers,
+        "params_non_embedding": n,
+        "trainable": sum(p.numel() for p in trainable),
+        "batch": batch,
+        "seq": seq,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "tokens_per_second_per_gpu": round(tokens_per_second, 1),
+        "step_seconds": round(seconds / (steps - warmup), 4),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "mfu": round(mfu, 4) if mfu is not None else None,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,20 +130,33 @@ def main(argv: list[str] | None = None) -> int:
             4,
             1,
         )
-    print(f"# GPU throughput: Llama-3-8B shape {'(tiny: --quick)' if args.quick else ''}, batch {args.batch} x "
-          f"seq {args.seq}, {args.steps} steps ({args.warmup} warm-up), peak {args.peak_tflops} TFLOP/s")  # fmt: skip
+    print(
+        f"# GPU throughput: Llama-3-8B shape {'(tiny: --quick)' if args.quick else ''}, batch {args.batch} x "
+        f"seq {args.seq}, {args.steps} steps ({args.warmup} warm-up), peak {args.peak_tflops} TFLOP/s"
+    )
     print("| method | layers | params (non-embedding) | trainable | tokens/s per GPU | peak memory (GiB) | MFU |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     results = []
     for method in args.methods.split(","):
         layers = args.lora_layers if method == "lora" else args.full_layers
-        r = measure(shape, method, layers, args.batch, args.seq, args.steps, args.warmup, args.peak_tflops,
-                    args.gradient_checkpointing)  # fmt: skip
+        r = measure(
+            shape,
+            method,
+            layers,
+            args.batch,
+            args.seq,
+            args.steps,
+            args.warmup,
+            args.peak_tflops,
+            args.gradient_checkpointing,
+        )
         results.append(r)
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (cpu)"
-        print(f"| {method} | {layers} | {r['params_non_embedding'] / 1e9:.3f} B | {r['trainable'] / 1e6:.1f} M | "
-              f"{r['tokens_per_second_per_gpu']:.1f} | {r['peak_memory_gib'] or 'n/a'} | {mfu} |",
-              flush=True)  # fmt: skip
+        print(
+            f"| {method} | {layers} | {r['params_non_embedding'] / 1e9:.3f} B | {r['trainable'] / 1e6:.1f} M | "
+            f"{r['tokens_per_second_per_gpu']:.1f} | {r['peak_memory_gib'] or 'n/a'} | {mfu} |",
+            flush=True,
+        )
     print(json.dumps(results))
     return 0
 

@@ -40,16 +40,22 @@ CLAIMS = ("kubetune-data", "kubetune-models", "kubetune-outputs")
 
 def job(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
         "spec": {
             "model": {"cached": "kubetune/tiny-llama"},
-            "data": {"format": "Instruction", "datasets": [{"name": "rows", "pvc": {
-                "claimName": "kubetune-data", "path": "examples/data/instructions.jsonl"}}]},
+            "data": {
+                "format": "Instruction",
+                "datasets": [
+                    {"name": "rows", "pvc": {"claimName": "kubetune-data", "path": "examples/data/instructions.jsonl"}}
+                ],
+            },
             "method": {"type": "LoRA"},
             "resources": {"workers": 2, "cpu": "1", "memory": "2Gi"},
             "output": {"pvc": {"claimName": "kubetune-outputs", "path": name}},
         },
-    }  # fmt: skip
+    }
 
 
 class Api(nodeagent.Api):
@@ -62,14 +68,18 @@ class Api(nodeagent.Api):
     def post(self, path: str, body: dict[str, Any]) -> None:
         """POST on this thread's kept-alive connection (as kubectl would: no TLS handshake per object); one that
         the server closed while idle is opened again."""
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
-                   "User-Agent": "kubetune-bench"}  # fmt: skip
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Content-Type": "application/json",
+            "User-Agent": "kubetune-bench",
+        }
         for attempt in (1, 2):
             connection = getattr(self.local, "connection", None)
             if connection is None:
                 url = urllib.parse.urlsplit(self.server)
                 connection = self.local.connection = http.client.HTTPSConnection(
-                    url.hostname or "127.0.0.1", url.port, context=self.context, timeout=60)  # fmt: skip
+                    url.hostname or "127.0.0.1", url.port, context=self.context, timeout=60
+                )
             try:
                 connection.request("POST", path, body=json.dumps(body).encode(), headers=headers)
                 response = connection.getresponse()
@@ -138,19 +148,28 @@ def main(argv: list[str] | None = None) -> int:
         cp.kubectl("create", "namespace", NAMESPACE)
         api = Api(cp)
         for claim in CLAIMS:  # unbound claims: references resolve, no pod ever runs
-            api.post(f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", {
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
-                "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})  # fmt: skip
-        operator = Operator(cp, Path(tempfile.mkdtemp(prefix="kubetune-bench-op-")),
-                            env={"KUBETUNE_STATUS_INTERVAL_SECONDS": "5"}).start()  # fmt: skip
+            api.post(
+                f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims",
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": claim},
+                    "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+                },
+            )
+        operator = Operator(
+            cp, Path(tempfile.mkdtemp(prefix="kubetune-bench-op-")), env={"KUBETUNE_STATUS_INTERVAL_SECONDS": "5"}
+        ).start()
         deadline = time.monotonic() + 60
         while not operator.metrics() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert operator.process is not None
         jobs_seen: dict[str, float] = {}
         pods_seen: dict[str, float] = {}
-        for path, seen in ((f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", jobs_seen),
-                           (f"/api/v1/namespaces/{NAMESPACE}/pods", pods_seen)):  # fmt: skip
+        for path, seen in (
+            (f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", jobs_seen),
+            (f"/api/v1/namespaces/{NAMESPACE}/pods", pods_seen),
+        ):
             threading.Thread(target=api.record_added, args=(path, seen, stop), daemon=True).start()
         time.sleep(1)
         cpu_before, _ = process_figures(operator.process.pid)
@@ -194,32 +213,48 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         _, peak_rss = process_figures(operator.process.pid)
 
-        print(f"# operator scale: {args.jobs} FineTuneJobs ({args.clients} concurrent POSTs, "
-              f"{applied_all - started:.1f} s to apply), {os.cpu_count()} CPUs, no node (pods stay Pending)"
-              )  # fmt: skip
+        print(
+            f"# operator scale: {args.jobs} FineTuneJobs ({args.clients} concurrent POSTs, "
+            f"{applied_all - started:.1f} s to apply), {os.cpu_count()} CPUs, no node (pods stay Pending)"
+        )
         print("| measure | p50 | p99 | max |")
         print("|---|---:|---:|---:|")
-        for label, values in (("batch: apply -> children created (Job exists)", to_job),
-                              ("batch: apply -> pods created", to_pods),
-                              ("single job: apply -> children created", single_job),
-                              ("single job: apply -> pods created", single_pods)):  # fmt: skip
-            print(f"| {label} | {percentile(values, 0.5):.3f} s | {percentile(values, 0.99):.3f} s | "
-                  f"{max(values):.3f} s |")  # fmt: skip
+        for label, values in (
+            ("batch: apply -> children created (Job exists)", to_job),
+            ("batch: apply -> pods created", to_pods),
+            ("single job: apply -> children created", single_job),
+            ("single job: apply -> pods created", single_pods),
+        ):
+            print(
+                f"| {label} | {percentile(values, 0.5):.3f} s | {percentile(values, 0.99):.3f} s | "
+                f"{max(values):.3f} s |"
+            )
         rate = args.jobs / (done - started)
         total_writes = sum(writes.values())
         print(f"\njobs reconciled per second over the batch: {rate:.1f} (target >= 40)")
         print(f"single job p99 apply -> pods created: {percentile(single_pods, 0.99):.3f} s (target <= 2 s)")
-        print(f"operator CPU: {cpu_after - cpu_before:.1f} s for the batch; peak RSS {peak_rss / 2**20:.1f} MiB "
-              f"(target < 150 MB)")  # fmt: skip
-        print(f"API writes per job (batch): {total_writes / args.jobs:.2f} = " + ", ".join(
-            f"{k} {v / args.jobs:.2f}" for k, v in sorted(writes.items(), key=lambda kv: -kv[1])))  # fmt: skip
-        print(json.dumps({"jobs": args.jobs, "jobs_per_second": round(rate, 2),
-                          "p50_apply_to_children_s": round(statistics.median(to_job), 3),
-                          "p99_apply_to_children_s": round(percentile(to_job, 0.99), 3),
-                          "p99_single_apply_to_pods_s": round(percentile(single_pods, 0.99), 3),
-                          "operator_cpu_seconds": round(cpu_after - cpu_before, 2),
-                          "operator_peak_rss_bytes": peak_rss,
-                          "api_writes_per_job": round(total_writes / args.jobs, 2)}))  # fmt: skip
+        print(
+            f"operator CPU: {cpu_after - cpu_before:.1f} s for the batch; peak RSS {peak_rss / 2**20:.1f} MiB "
+            f"(target < 150 MB)"
+        )
+        print(
+            f"API writes per job (batch): {total_writes / args.jobs:.2f} = "
+            + ", ".join(f"{k} {v / args.jobs:.2f}" for k, v in sorted(writes.items(), key=lambda kv: -kv[1]))
+        )
+        print(
+            json.dumps(
+                {
+                    "jobs": args.jobs,
+                    "jobs_per_second": round(rate, 2),
+                    "p50_apply_to_children_s": round(statistics.median(to_job), 3),
+                    "p99_apply_to_children_s": round(percentile(to_job, 0.99), 3),
+                    "p99_single_apply_to_pods_s": round(percentile(single_pods, 0.99), 3),
+                    "operator_cpu_seconds": round(cpu_after - cpu_before, 2),
+                    "operator_peak_rss_bytes": peak_rss,
+                    "api_writes_per_job": round(total_writes / args.jobs, 2),
+                }
+            )
+        )
     finally:
         stop.set()
         if operator is not None:

@@ -88,17 +88,35 @@ def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
 
     torch.manual_seed(config["seed"])
     model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32)
-    lora = LoraConfig(r=config["lora_rank"], lora_alpha=config["lora_alpha"], lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=config["lora_rank"],
+        lora_alpha=config["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=config["batch_size"], max_steps=config["steps"],
-            learning_rate=config["learning_rate"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-            max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], seed=config["seed"],
-            data_seed=config["seed"], dataloader_num_workers=0, use_cpu=True, disable_tqdm=True,
-            remove_unused_columns=False, train_sampling_strategy="group_by_length" if grouped else "random",
-        )  # fmt: skip
+            output_dir=out,
+            per_device_train_batch_size=config["batch_size"],
+            max_steps=config["steps"],
+            learning_rate=config["learning_rate"],
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=config["seed"],
+            data_seed=config["seed"],
+            dataloader_num_workers=0,
+            use_cpu=True,
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            train_sampling_strategy="group_by_length" if grouped else "random",
+        )
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timing()])
         trainer.train()
     return meter.figures(config["warmup"])
@@ -127,23 +145,44 @@ def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
 
     root = Path(config["data"]).parent
     doc = {
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bench"},
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "bench"},
         "spec": {
             "model": {"pvc": {"claimName": "bench", "path": Path(config["model"]).relative_to(root).as_posix()}},
-            "data": {"format": "Completion", "datasets": [{"name": "synthetic", "pvc": {
-                "claimName": "bench", "path": Path(config["data"]).name}}],
+            "data": {
+                "format": "Completion",
+                "datasets": [{"name": "synthetic", "pvc": {"claimName": "bench", "path": Path(config["data"]).name}}],
                 "split": {"validationRatio": 0.0, "testRatio": 0.0, "seed": config["seed"]},
-                "cleaning": {"deduplicate": False}},
-            "method": {"type": "LoRA", "lora": {"rank": config["lora_rank"], "alpha": config["lora_alpha"],
-                                                "dropout": 0.0, "targetModules": ["all-linear"]}},
-            "training": {"learningRate": config["learning_rate"], "epochs": 1, "maxSteps": config["steps"],
-                         "perDeviceBatchSize": config["batch_size"], "maxSeqLength": config["max_length"],
-                         "packing": True, "scheduler": "Constant", "warmupSteps": 0, "weightDecay": 0.0,
-                         "maxGradNorm": 1.0, "seed": config["seed"], "precision": "FP32"},
+                "cleaning": {"deduplicate": False},
+            },
+            "method": {
+                "type": "LoRA",
+                "lora": {
+                    "rank": config["lora_rank"],
+                    "alpha": config["lora_alpha"],
+                    "dropout": 0.0,
+                    "targetModules": ["all-linear"],
+                },
+            },
+            "training": {
+                "learningRate": config["learning_rate"],
+                "epochs": 1,
+                "maxSteps": config["steps"],
+                "perDeviceBatchSize": config["batch_size"],
+                "maxSeqLength": config["max_length"],
+                "packing": True,
+                "scheduler": "Constant",
+                "warmupSteps": 0,
+                "weightDecay": 0.0,
+                "maxGradNorm": 1.0,
+                "seed": config["seed"],
+                "precision": "FP32",
+            },
             "evaluation": {"enabled": False},
             "checkpointing": {"everySteps": 10**6},
         },
-    }  # fmt: skip
+    }
     job = parse_job(doc)
     with tempfile.TemporaryDirectory() as out:
         loop.train(job, Volumes(claims={"bench": root}), Path(out), Timing(enabled=True))

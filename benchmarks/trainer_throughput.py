@@ -44,11 +44,18 @@ def build_model(path: Path, hidden: int, layers: int, max_length: int) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     heads = max(hidden // 64, 1)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 8 * 8,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max_length * 2, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 8 / 3) // 8 * 8,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_length * 2,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -81,10 +88,17 @@ def synthetic_rows(path: Path, model: Path, rows: int, median: int, sigma: float
 def run_arm(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     path = workdir / f"config-{config['arm']}-{config['profile']}-{config['repeat']}.json"
     path.write_text(json.dumps(config))
-    env = {**os.environ, "OMP_NUM_THREADS": str(config["threads"]), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "benchmarks.trainer_arms", str(path)], cwd=ROOT, env=env,
-                            capture_output=True, text=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(config["threads"]),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONWARNINGS": "ignore",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.trainer_arms", str(path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise SystemExit(f"arm {config['arm']} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -115,30 +129,49 @@ def main(argv: list[str] | None = None) -> int:
         for profile in profiles:
             median, sigma = PROFILES[profile]
             data[profile] = workdir / f"{profile}.jsonl"
-            lengths[profile] = synthetic_rows(data[profile], model, args.steps * args.batch_size, median, sigma,
-                                              max_length, seed=1)  # fmt: skip
-        print(f"# trainer throughput on {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), "
-              f"torch threads {args.threads}; model hidden {args.hidden} x {args.layers} layers, LoRA r=16 all-linear, "
-              f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats"
-              )  # fmt: skip
+            lengths[profile] = synthetic_rows(
+                data[profile], model, args.steps * args.batch_size, median, sigma, max_length, seed=1
+            )
+        print(
+            f"# trainer throughput on {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), "
+            f"torch threads {args.threads}; model hidden {args.hidden} x {args.layers} layers, LoRA r=16 all-linear, "
+            f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats"
+        )
         for profile in profiles:
             q = statistics.quantiles(lengths[profile], n=10)
-            print(f"# {profile}: row tokens p10 {q[0]:.0f}, median {statistics.median(lengths[profile]):.0f}, "
-                  f"p90 {q[-1]:.0f}, max {max(lengths[profile])}")  # fmt: skip
+            print(
+                f"# {profile}: row tokens p10 {q[0]:.0f}, median {statistics.median(lengths[profile]):.0f}, "
+                f"p90 {q[-1]:.0f}, max {max(lengths[profile])}"
+            )
         runs: list[dict[str, Any]] = []
         started = time.monotonic()
         for repeat in range(args.repeats):
             for profile in profiles:
                 for arm in ARMS:  # interleaved: A B C A B C ...
-                    config = {"arm": arm, "profile": profile, "repeat": repeat, "model": str(model),
-                              "data": str(data[profile]), "steps": args.steps, "warmup": args.warmup,
-                              "batch_size": args.batch_size, "max_length": max_length, "learning_rate": 2e-4,
-                              "lora_rank": 16, "lora_alpha": 32, "seed": 0, "threads": args.threads}  # fmt: skip
+                    config = {
+                        "arm": arm,
+                        "profile": profile,
+                        "repeat": repeat,
+                        "model": str(model),
+                        "data": str(data[profile]),
+                        "steps": args.steps,
+                        "warmup": args.warmup,
+                        "batch_size": args.batch_size,
+                        "max_length": max_length,
+                        "learning_rate": 2e-4,
+                        "lora_rank": 16,
+                        "lora_alpha": 32,
+                        "seed": 0,
+                        "threads": args.threads,
+                    }
                     runs.append({**config, **run_arm(config, workdir)})
                     r = runs[-1]
-                    print(f"  run {repeat + 1}/{args.repeats} {profile:13} {arm:10} {r['tokens_per_second']:9.1f} "
-                          f"tok/s  waste {r['padding_waste']:6.1%}  loss {r['final_loss']:.4f}  "
-                          f"rss {r['peak_rss_bytes'] / 2**20:7.1f} MiB", flush=True)  # fmt: skip
+                    print(
+                        f"  run {repeat + 1}/{args.repeats} {profile:13} {arm:10} {r['tokens_per_second']:9.1f} "
+                        f"tok/s  waste {r['padding_waste']:6.1%}  loss {r['final_loss']:.4f}  "
+                        f"rss {r['peak_rss_bytes'] / 2**20:7.1f} MiB",
+                        flush=True,
+                    )
     medians = summarize(runs, profiles)
     print(f"# {len(runs)} runs in {time.monotonic() - started:.0f} s")
     if args.json:
@@ -148,15 +181,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarize(runs: list[dict[str, Any]], profiles: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     keys = ("tokens_per_second", "padding_waste", "final_loss", "peak_rss_bytes")
-    medians = {p: {a: {k: statistics.median(r[k] for r in runs if r["profile"] == p and r["arm"] == a) for k in keys}
-                   for a in ARMS} for p in profiles}  # fmt: skip
+    medians = {
+        p: {
+            a: {k: statistics.median(r[k] for r in runs if r["profile"] == p and r["arm"] == a) for k in keys}
+            for a in ARMS
+        }
+        for p in profiles
+    }
     print("\n| profile | arm | real tokens/s | padding waste | final loss | peak RSS (MiB) |")
     print("|---|---|---:|---:|---:|---:|")
     for p in profiles:
         for a in ARMS:
             m = medians[p][a]
-            print(f"| {p} | {a} | {m['tokens_per_second']:.1f} | {m['padding_waste']:.1%} | {m['final_loss']:.4f} | "
-                  f"{m['peak_rss_bytes'] / 2**20:.1f} |")  # fmt: skip
+            print(
+                f"| {p} | {a} | {m['tokens_per_second']:.1f} | {m['padding_waste']:.1%} | {m['final_loss']:.4f} | "
+                f"{m['peak_rss_bytes'] / 2**20:.1f} |"
+            )
     print(
         "\n| profile | ours / dynamic padding | ours / group_by_length | ours waste | RSS ours / HF | loss ours / HF |"
     )
@@ -169,10 +209,12 @@ def summarize(runs: list[dict[str, Any]], profiles: list[str]) -> dict[str, dict
         rss = ours["peak_rss_bytes"] / hf["peak_rss_bytes"]
         loss = ours["final_loss"] / hf["final_loss"]
         mark = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
-        print(f"| {p} | {speed:.2f}x ({mark(speed >= targets.get(p, 1.0))} >= {targets.get(p, 1.0)}x) | "
-              f"{vs_grouped:.2f}x ({mark(vs_grouped >= 1.0)} >= 1.0x) | {ours['padding_waste']:.1%} "
-              f"({mark(ours['padding_waste'] <= 0.02)} <= 2%) | {rss:.2f}x ({mark(rss <= 1.0)} <= 1.0x) | "
-              f"{loss:.3f} ({mark(abs(loss - 1) <= 0.05)} within 5%) |")  # fmt: skip
+        print(
+            f"| {p} | {speed:.2f}x ({mark(speed >= targets.get(p, 1.0))} >= {targets.get(p, 1.0)}x) | "
+            f"{vs_grouped:.2f}x ({mark(vs_grouped >= 1.0)} >= 1.0x) | {ours['padding_waste']:.1%} "
+            f"({mark(ours['padding_waste'] <= 0.02)} <= 2%) | {rss:.2f}x ({mark(rss <= 1.0)} <= 1.0x) | "
+            f"{loss:.3f} ({mark(abs(loss - 1) <= 0.05)} within 5%) |"
+        )
     return medians
 
 

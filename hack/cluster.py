@@ -39,8 +39,9 @@ from tests.support.prometheus import Discovery, Prometheus  # noqa: E402
 
 STATE = Path(os.environ.get("KUBETUNE_CLUSTER_DIR", Path.home() / ".cache" / "kubetune" / "cluster"))
 BASE_PORT = int(os.environ.get("KUBETUNE_CLUSTER_PORT", "16443"))  # below Linux's ephemeral range (32768-60999)
-PORTS = controlplane.Ports(api=BASE_PORT, etcd=BASE_PORT + 1, peer=BASE_PORT + 2, controller_manager=BASE_PORT + 3,
-                           scheduler=BASE_PORT + 4)  # fmt: skip
+PORTS = controlplane.Ports(
+    api=BASE_PORT, etcd=BASE_PORT + 1, peer=BASE_PORT + 2, controller_manager=BASE_PORT + 3, scheduler=BASE_PORT + 4
+)
 PROMETHEUS_PORT, OPERATOR_METRICS_PORT, OPERATOR_HEALTH_PORT = BASE_PORT + 5, BASE_PORT + 6, BASE_PORT + 7
 NAMESPACE, RELEASE = "kubetune-system", "kubetune"
 CLAIMS = ("kubetune-data", "kubetune-outputs", "kubetune-models")
@@ -69,14 +70,23 @@ def up() -> int:
     ports = [*vars(PORTS).values(), PROMETHEUS_PORT, OPERATOR_METRICS_PORT, OPERATOR_HEALTH_PORT]
     taken = [p for p in ports if _taken(p)]
     if taken:
-        print(f"cannot start: port(s) {', '.join(map(str, taken))} on 127.0.0.1 are taken (set KUBETUNE_CLUSTER_PORT "
-              f"to move the {len(ports)} ports starting at {BASE_PORT})", file=sys.stderr)  # fmt: skip
+        print(
+            f"cannot start: port(s) {', '.join(map(str, taken))} on 127.0.0.1 are taken (set KUBETUNE_CLUSTER_PORT "
+            f"to move the {len(ports)} ports starting at {BASE_PORT})",
+            file=sys.stderr,
+        )
         return 1
     STATE.mkdir(parents=True, exist_ok=True)
     (STATE / "ready").unlink(missing_ok=True)
     log = open(STATE / "serve.log", "ab")  # noqa: SIM115 - handed to the background process
-    server = subprocess.Popen([sys.executable, __file__, "serve"], stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, __file__, "serve"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 600
     while not (STATE / "ready").exists():
         if server.poll() is not None or time.monotonic() > deadline:
@@ -126,8 +136,9 @@ def serve() -> int:
         discovery = Discovery(cp, workdir, NAMESPACE).start()
         parts.append(discovery)
         alerts = ROOT / "charts" / "kubetune" / "files" / "alerts.yaml"
-        prometheus = Prometheus(workdir, discovery.scrape_configs(), rule_files=[alerts], interval="5s",
-                                port=PROMETHEUS_PORT).start()  # fmt: skip
+        prometheus = Prometheus(
+            workdir, discovery.scrape_configs(), rule_files=[alerts], interval="5s", port=PROMETHEUS_PORT
+        ).start()
         parts.append(prometheus)
         (STATE / "env").write_text(f"export KUBECONFIG={cp.kubeconfig} PATH={cp.bin}:$PATH\n")
         (STATE / "ready").write_text(_next_steps(cp, prometheus.url))
@@ -149,8 +160,17 @@ def _forget_pods_of_the_last_run(cp: controlplane.ControlPlane) -> None:
         stale = pod["status"].get("phase") in ("Pending", "Running", None)
         if pod["spec"].get("nodeName") == NODE and (stale or "ReplicaSet" in owners):  # the operator's old pod too
             meta = pod["metadata"]
-            cp.kubectl("delete", "pod", "-n", meta["namespace"], meta["name"], "--grace-period=0", "--force",
-                       "--wait=false", check=False)  # fmt: skip
+            cp.kubectl(
+                "delete",
+                "pod",
+                "-n",
+                meta["namespace"],
+                meta["name"],
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+                check=False,
+            )
 
 
 def _images(runtime: str) -> dict[str, str]:
@@ -174,13 +194,30 @@ def _volumes(cp: controlplane.ControlPlane) -> None:
             (models / entry.name).symlink_to(entry)
     for claim, path in zip(CLAIMS, (data, outputs, models), strict=True):
         docs = [
-            {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"local-{claim}"},
-             "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                      "hostPath": {"path": str(path)}, "claimRef": {"namespace": "default", "name": claim}}},
-            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": "default"},
-             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"local-{claim}",
-                      "resources": {"requests": {"storage": "10Gi"}}}},
-        ]  # fmt: skip
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"local-{claim}"},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "hostPath": {"path": str(path)},
+                    "claimRef": {"namespace": "default", "name": claim},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": "default"},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": f"local-{claim}",
+                    "resources": {"requests": {"storage": "10Gi"}},
+                },
+            },
+        ]
         cp.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
 
 
@@ -191,10 +228,26 @@ def _install(cp: controlplane.ControlPlane) -> None:
             ["bash", str(ROOT / "hack" / "build-helm.sh")], capture_output=True, text=True, check=True
         ).stdout.split()[-1]
     )
-    command = [helm, "upgrade", "--install", RELEASE, str(ROOT / "charts" / "kubetune"), "--namespace", NAMESPACE,
-               "--create-namespace", "--take-ownership", "--kubeconfig", str(cp.kubeconfig), "--wait",
-               "--timeout", "300s", "--set", f"operator.metricsPort={OPERATOR_METRICS_PORT}",
-               "--set", f"operator.healthPort={OPERATOR_HEALTH_PORT}"]  # fmt: skip
+    command = [
+        helm,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(ROOT / "charts" / "kubetune"),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--take-ownership",
+        "--kubeconfig",
+        str(cp.kubeconfig),
+        "--wait",
+        "--timeout",
+        "300s",
+        "--set",
+        f"operator.metricsPort={OPERATOR_METRICS_PORT}",
+        "--set",
+        f"operator.healthPort={OPERATOR_HEALTH_PORT}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"helm install failed:\n{result.stdout}\n{result.stderr}")

@@ -16,8 +16,18 @@ from pathlib import Path
 
 import yaml
 
-LANGUAGES = ("dutch", "english", "french", "german", "indonesian", "italian", "portuguese", "spanish", "swedish",
-             "turkish")  # fmt: skip
+LANGUAGES = (
+    "dutch",
+    "english",
+    "french",
+    "german",
+    "indonesian",
+    "italian",
+    "portuguese",
+    "spanish",
+    "swedish",
+    "turkish",
+)
 PER_LANGUAGE = 60
 SYSTEM = "You identify languages."
 QUESTION = "Which language is this sentence in? Answer with the language only.\n\n{text}"
@@ -40,11 +50,15 @@ def main(root: Path) -> None:
         chosen = sentences(root / language)
         rng.shuffle(chosen)
         for text in chosen[:PER_LANGUAGE]:
-            rows.append({"messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": QUESTION.format(text=text)},
-                {"role": "assistant", "content": language.capitalize()},
-            ]})  # fmt: skip
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": QUESTION.format(text=text)},
+                        {"role": "assistant", "content": language.capitalize()},
+                    ]
+                }
+            )
     rng.shuffle(rows)
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))

@@ -58,8 +58,9 @@ def draw(ax: Any, panel: dict[str, Any], prometheus: str, variables: dict[str, s
         step = max(5, int((end - start) / 120))
         drawn = 0
         for target in targets:
-            for series in query(prometheus, "query_range", query=fill(target["expr"], variables), start=start,
-                                end=end, step=step):  # fmt: skip
+            for series in query(
+                prometheus, "query_range", query=fill(target["expr"], variables), start=start, end=end, step=step
+            ):
                 xs = [datetime.fromtimestamp(float(t), UTC) for t, _ in series["values"]]
                 ax.plot(xs, [float(v) for _, v in series["values"]], label=legend(target, series["metric"])[:40])
                 drawn += 1
@@ -72,8 +73,11 @@ def draw(ax: Any, panel: dict[str, Any], prometheus: str, variables: dict[str, s
             ax.set_xticks([])
             ax.set_yticks([])
         return
-    rows = [(legend(t, r["metric"]), float(r["value"][1])) for t in targets
-            for r in query(prometheus, "query", query=fill(t["expr"], variables), time=end)]  # fmt: skip
+    rows = [
+        (legend(t, r["metric"]), float(r["value"][1]))
+        for t in targets
+        for r in query(prometheus, "query", query=fill(t["expr"], variables), time=end)
+    ]
     ax.set_xticks([])
     ax.set_yticks([])
     if not rows:

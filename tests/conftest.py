@@ -13,8 +13,7 @@ import pytest
 from tests.support import controlplane
 from tests.support.controlplane import ControlPlane
 from tests.support.nodeagent import NodeAgent
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -44,14 +43,30 @@ def node(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def _volume(cluster: ControlPlane, claim: str, path: Path) -> None:
     """A hostPath PersistentVolume pre-bound to a claim of the same name in 'default'."""
     docs = [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"pv-{claim}"},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                  "hostPath": {"path": str(path)},
-                  "claimRef": {"namespace": "default", "name": claim}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": "default"},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"pv-{claim}",
-                  "resources": {"requests": {"storage": "1Gi"}}}},
-    ]  # fmt: skip
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"pv-{claim}"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "hostPath": {"path": str(path)},
+                "claimRef": {"namespace": "default", "name": claim},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": "default"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": f"pv-{claim}",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
 
 

@@ -18,9 +18,9 @@ from kubetune.api.sweep import parse_sweep
 from tests.api.cases import BAD, GOOD, parse
 from tests.support.builders import JobBuilder
 from tests.support.controlplane import ControlPlane
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.controlplane
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def server_dry_run(cluster: ControlPlane, doc: dict[str, Any]) -> tuple[bool, str]:
@@ -126,11 +126,19 @@ def test_status_subresource_takes_a_pydantic_status(cluster: ControlPlane, live_
     status = {
         "observedGeneration": 1,
         "phase": "Running",
-        "conditions": [{"type": "Accepted", "status": "True", "reason": "SpecValid", "message": "The spec is valid.",
-                        "observedGeneration": 1, "lastTransitionTime": "2026-11-25T10:00:00Z"}],
+        "conditions": [
+            {
+                "type": "Accepted",
+                "status": "True",
+                "reason": "SpecValid",
+                "message": "The spec is valid.",
+                "observedGeneration": 1,
+                "lastTransitionTime": "2026-11-25T10:00:00Z",
+            }
+        ],
         "progress": {"step": 5, "totalSteps": 20, "epoch": 0.5, "percentage": 25},
         "metrics": {"loss": 1.25, "learningRate": 0.0002},
-    }  # fmt: skip
+    }
     cluster.kubectl(
         "patch", "ftj", live_job, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status})
     )

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+
 CHART = ROOT / "charts" / "kubetune"
 NAMESPACE = "kubetune-system"
 
@@ -26,8 +27,10 @@ def helm() -> Path:
 def render(helm: Path, *args: str) -> list[dict[str, Any]]:
     out = subprocess.run(
         [str(helm), "template", "kt", str(CHART), "--namespace", NAMESPACE, *args],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 

@@ -30,8 +30,12 @@ def test_helm_lint_strict(helm: Path) -> None:
 
 
 def test_values_schema_rejects_unknown_and_wrong_values(helm: Path) -> None:
-    for bad in (["--set", "operator.replicaz=2"], ["--set", "operator.metricsPort=0"], ["--set", "crds.enabled=yes"],
-                ["--set", "grafana.dashboards.namespace=Not_A_Namespace"]):  # fmt: skip
+    for bad in (
+        ["--set", "operator.replicaz=2"],
+        ["--set", "operator.metricsPort=0"],
+        ["--set", "crds.enabled=yes"],
+        ["--set", "grafana.dashboards.namespace=Not_A_Namespace"],
+    ):
         result = subprocess.run([str(helm), "template", "kt", str(CHART), *bad], capture_output=True, text=True)
         assert result.returncode != 0 and "values don't meet the specifications" in result.stderr, bad
 
@@ -57,20 +61,26 @@ def test_every_value_is_commented() -> None:
 def test_rendered_objects(helm: Path) -> None:
     docs = render(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["CustomResourceDefinition"] * 4 + ["ConfigMap"] * 2 + [
-        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"])  # fmt: skip
+    assert kinds == sorted(
+        ["CustomResourceDefinition"] * 4
+        + ["ConfigMap"] * 2
+        + ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+    )
     crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
     assert crds["finetunejobs.kubetune.dev"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
-    }  # fmt: skip
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["livenessProbe"] and container["readinessProbe"] and container["resources"]["requests"]
     assert "CustomResourceDefinition" not in {d["kind"] for d in render(helm, "--set", "crds.enabled=false")}
-    monitors = render(helm, *[f"--set=metrics.{k}.enabled=true" for k in ("serviceMonitor", "podMonitor",
-                                                                           "prometheusRule")])  # fmt: skip
+    monitors = render(
+        helm, *[f"--set=metrics.{k}.enabled=true" for k in ("serviceMonitor", "podMonitor", "prometheusRule")]
+    )
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= {d["kind"] for d in monitors}
 
 
@@ -94,8 +104,17 @@ def test_dashboards_and_alerts_ship_as_the_repository_files(helm: Path) -> None:
 def test_rendered_manifests_pass_server_side_validation(helm: Path, cluster: ControlPlane) -> None:
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     docs = [d for d in render(helm) if d["kind"] != "CustomResourceDefinition"]
-    result = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-n", NAMESPACE, "-f", "-",
-                             input="\n---\n".join(json.dumps(d) for d in docs), check=False)  # fmt: skip
+    result = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "--validate=strict",
+        "-n",
+        NAMESPACE,
+        "-f",
+        "-",
+        input="\n---\n".join(json.dumps(d) for d in docs),
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -104,8 +123,13 @@ PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.
 
 def monitoring_crds() -> list[Path]:
     """The Prometheus Operator's CRDs for ServiceMonitor, PodMonitor and PrometheusRule, from its Go module."""
-    out = subprocess.run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR], capture_output=True, text=True,
-                         env={**os.environ, "GOFLAGS": "-mod=mod"}, cwd="/")  # fmt: skip
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", PROMETHEUS_OPERATOR],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GOFLAGS": "-mod=mod"},
+        cwd="/",
+    )
     found = json.loads(out.stdout or "{}")
     assert "Dir" in found, f"cannot fetch {PROMETHEUS_OPERATOR}: {out.stdout}{out.stderr}"
     crds = Path(found["Dir"]) / "example" / "prometheus-operator-crd"
@@ -117,12 +141,27 @@ def monitoring_crds() -> list[Path]:
 def test_monitors_and_rules_pass_the_prometheus_operators_schemas(helm: Path, cluster: ControlPlane) -> None:
     for crd in monitoring_crds():
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/prometheusrules.monitoring.coreos.com",
-                    "crd/servicemonitors.monitoring.coreos.com", "crd/podmonitors.monitoring.coreos.com")  # fmt: skip
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/prometheusrules.monitoring.coreos.com",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/podmonitors.monitoring.coreos.com",
+    )
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     enabled = [f"--set=metrics.{k}.enabled=true" for k in ("serviceMonitor", "podMonitor", "prometheusRule")]
     docs = [d for d in render(helm, *enabled) if d["apiVersion"].startswith("monitoring.coreos.com/")]
     assert len(docs) == 3
-    result = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-n", NAMESPACE, "-f", "-",
-                             input="\n---\n".join(json.dumps(d) for d in docs), check=False)  # fmt: skip
+    result = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "--validate=strict",
+        "-n",
+        NAMESPACE,
+        "-f",
+        "-",
+        input="\n---\n".join(json.dumps(d) for d in docs),
+        check=False,
+    )
     assert result.returncode == 0, result.stderr

@@ -42,11 +42,27 @@ class Release:
 @pytest.fixture(scope="module")
 def release(helm: Path, cluster: ControlPlane, node: NodeAgent, volumes: dict[str, Path]) -> Iterator[Release]:
     """The chart installed with its defaults, but for free ports and a short status interval for the test."""
-    command = [str(helm), "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
-               "--take-ownership",  # the session's CRDs were applied before, with kubectl
-               "--kubeconfig", str(cluster.kubeconfig), "--wait", "--timeout", "180s",
-               "--set", f"operator.metricsPort={free_port()}", "--set", f"operator.healthPort={free_port()}",
-               "--set", "operator.statusIntervalSeconds=2"]  # fmt: skip
+    command = [
+        str(helm),
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--take-ownership",  # the session's CRDs were applied before, with kubectl
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "--wait",
+        "--timeout",
+        "180s",
+        "--set",
+        f"operator.metricsPort={free_port()}",
+        "--set",
+        f"operator.healthPort={free_port()}",
+        "--set",
+        "operator.statusIntervalSeconds=2",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     pods = json.loads(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json").stdout)["items"]
     names = [p["metadata"]["name"] for p in pods]
@@ -55,8 +71,22 @@ def release(helm: Path, cluster: ControlPlane, node: NodeAgent, volumes: dict[st
     )
     assert len(names) == 1, names
     yield Release(cluster, node, names[0], result.stdout)
-    subprocess.run([str(helm), "uninstall", RELEASE, "--namespace", NAMESPACE, "--kubeconfig", str(cluster.kubeconfig),
-                    "--wait", "--timeout", "120s"], capture_output=True, text=True)  # fmt: skip
+    subprocess.run(
+        [
+            str(helm),
+            "uninstall",
+            RELEASE,
+            "--namespace",
+            NAMESPACE,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +103,10 @@ def test_the_installed_operator_runs_as_its_service_account(release: Release) ->
     pod = json.loads(release.cluster.kubectl("get", "pod", "-n", NAMESPACE, release.pod, "-o", "json").stdout)
     assert pod["spec"]["serviceAccountName"] == f"{RELEASE}-kubetune"
     assert pod["status"]["phase"] == "Running"
-    assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
-               for m in pod["spec"]["containers"][0]["volumeMounts"])  # fmt: skip
+    assert any(
+        m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+        for m in pod["spec"]["containers"][0]["volumeMounts"]
+    )
     # kopf creates its peering object once it starts; the pod can be Running a moment before that
     wait_for(
         "the operator's ClusterKopfPeering",
@@ -191,9 +223,15 @@ def watched(release: Release, prometheus: Prometheus, node: NodeAgent) -> Iterat
 
 
 def _pod(cluster: ControlPlane, index: int) -> str:
-    result = cluster.kubectl("get", "pods", "-l", f"kubetune.dev/finetunejob={JOB}", "-o",
-                             f"jsonpath={{.items[?(@.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index==\"{index}\")].metadata.name}}",
-                             check=False)  # fmt: skip
+    result = cluster.kubectl(
+        "get",
+        "pods",
+        "-l",
+        f"kubetune.dev/finetunejob={JOB}",
+        "-o",
+        f'jsonpath={{.items[?(@.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index=="{index}")].metadata.name}}',
+        check=False,
+    )
     return result.stdout.split()[0] if result.stdout.split() else ""
 
 
@@ -208,14 +246,14 @@ def test_prometheus_discovers_the_operator_and_rank_0(prometheus: Prometheus, wa
     jobs = {t["labels"]["job"]: t for t in prometheus.targets()}
     discovered = (prometheus.workdir / "operator.json").read_text()
     assert jobs.get("kubetune-operator", {}).get("health") == "up", (jobs, discovered)
-    trainer = prometheus.query_range(f'up{{job="kubetune-trainers", finetunejob="{JOB}"}} == 1', watched.start,
-                                     watched.end)  # fmt: skip
+    trainer = prometheus.query_range(
+        f'up{{job="kubetune-trainers", finetunejob="{JOB}"}} == 1', watched.start, watched.end
+    )
     assert trainer, "rank 0 was never scraped"
 
 
 def _substitute(expr: str) -> str:
-    return (expr.replace("$namespace", "default").replace("$finetunejob", JOB)
-            .replace("$__rate_interval", "10s"))  # fmt: skip
+    return expr.replace("$namespace", "default").replace("$finetunejob", JOB).replace("$__rate_interval", "10s")
 
 
 @pytest.mark.parametrize("dashboard", ["overview.json", "finetunejob.json"])
@@ -252,8 +290,13 @@ def test_a_failed_job_fires_the_failed_alert(release: Release, prometheus: Prome
     del bad["spec"]["output"]  # two workers and no output: rejected as an invalid spec (Failed)
     release.cluster.kubectl("apply", "-f", "-", input=json.dumps(bad))
     try:
-        wait_for("the Failed alert to fire", lambda: prometheus.query(
-            'ALERTS{alertname="KubetuneFineTuneJobFailed", finetunejob="broken-lora", alertstate="firing"}'),
-            60, release.operator_log)  # fmt: skip
+        wait_for(
+            "the Failed alert to fire",
+            lambda: prometheus.query(
+                'ALERTS{alertname="KubetuneFineTuneJobFailed", finetunejob="broken-lora", alertstate="firing"}'
+            ),
+            60,
+            release.operator_log,
+        )
     finally:
         release.cluster.kubectl("delete", "finetunejob", "broken-lora", check=False)

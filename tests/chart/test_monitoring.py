@@ -34,8 +34,9 @@ def test_promtool_checks_the_rules() -> None:
 
 
 def test_promtool_unit_tests_of_the_alerts_pass() -> None:
-    result = subprocess.run([binary("promtool"), "test", "rules", ALERT_TESTS.name], cwd=ALERT_TESTS.parent,
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [binary("promtool"), "test", "rules", ALERT_TESTS.name], cwd=ALERT_TESTS.parent, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

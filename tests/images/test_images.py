@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.support import containers
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_IMAGE_TARGET_BYTES = 250_000_000
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import ROOT
+
 pytestmark = [pytest.mark.slow, pytest.mark.controlplane]
 
-ROOT = Path(__file__).resolve().parents[2]
 README_STATE, README_PORT = "~/.cache/kubetune/cluster", 16443
 PORT = 17443  # the test's own base port
 
@@ -47,8 +48,14 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def sh(script: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_the_readme_block_then_a_restart_keeps_the_jobs(env: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from tests.support.wait import wait_for
 
 __all__ = ["ROOT", "wait_for"]
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 @pytest.fixture(scope="session")

@@ -200,8 +200,12 @@ def test_suspend_resume_then_delete_cleans_up(k: Cluster) -> None:
 
 def test_operator_restart_mid_run_creates_no_duplicates(k: Cluster) -> None:
     k.apply(e2e_job("restarted").set("spec.training.epochs", 4).build())
-    wait_for("running", lambda: k.ftj("restarted").get("status", {}).get("phase") == "Running", 300,
-             lambda: k.diagnose("restarted"))  # fmt: skip
+    wait_for(
+        "running",
+        lambda: k.ftj("restarted").get("status", {}).get("phase") == "Running",
+        300,
+        lambda: k.diagnose("restarted"),
+    )
     # A second replica of lower priority stands by: it answers /metrics but reconciles nothing.
     standby = Operator(k.cp, k.operator.logdir, priority=10).start()
     try:
@@ -240,8 +244,9 @@ def test_missing_config_map_waits_then_starts_when_it_appears(k: Cluster) -> Non
     assert "spec.data.datasets[0].configMap.name" in waiting["message"] and "late-rows-data" in waiting["message"]
     assert k.get("job", "late-rows-workers") is None
     rows = (ROOT / "examples" / "data" / "instructions.jsonl").read_text()
-    k.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late-rows-data"},
-             "data": {"rows.jsonl": rows}})  # fmt: skip
+    k.apply(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late-rows-data"}, "data": {"rows.jsonl": rows}}
+    )
     k.wait_condition("late-rows", "Accepted", timeout=60)
     k.wait_condition("late-rows", "Succeeded", timeout=300)
 
@@ -254,8 +259,9 @@ def test_sequential_stages_with_a_forgetting_guard_report_every_stage(k: Cluster
     assert [(s["name"], s["phase"]) for s in status["stages"]] == [("domain", "Succeeded"), ("instruct", "Succeeded")]
     assert all(s["steps"] > 0 and "loss" in s["test"] for s in status["stages"]) and not status.get("currentStage")
     retention = status["retention"]
-    assert retention["regression"] == pytest.approx((retention["after"] - retention["before"]) / retention["before"],
-                                                    abs=1e-4)  # fmt: skip
+    assert retention["regression"] == pytest.approx(
+        (retention["after"] - retention["before"]) / retention["before"], abs=1e-4
+    )
     assert k.condition(name, "Promotable")["reason"] in ("GatePassed", "GateFailed")
     assert k.condition(name, "Overfitting")["status"] in ("True", "False")
     evaluation = status["evaluation"]
@@ -298,8 +304,9 @@ def test_a_promotable_job_is_deployed_and_serves_the_tuned_model(k: Cluster, vol
     answer = wait_for("the server to answer", lambda: _complete(url), 180, lambda: k.diagnose("served"))
     base = volumes["kubetune-models"] / "kubetune" / "tiny-llama"
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base),
-                                      volumes["kubetune-outputs"] / "served" / "adapter").eval()  # fmt: skip
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base), volumes["kubetune-outputs"] / "served" / "adapter"
+    ).eval()
     ids = [tokenizer.bos_token_id] + tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         ends = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
@@ -330,7 +337,9 @@ def test_a_sweep_runs_its_trials_and_ranks_them(k: Cluster, volumes: dict[str, P
     ranked = [t["metric"] for t in trials if t["phase"] == "Succeeded"]
     assert ranked == sorted(ranked) and status["bestMetric"] == ranked[0], "lower validation loss ranks first"
     assert status["bestTrial"] == trials[0]["name"] and set(status["bestParameters"]) == {
-        "training.learningRate", "method.lora.rank"}  # fmt: skip
+        "training.learningRate",
+        "method.lora.rank",
+    }
     best = k.ftj(status["bestTrial"])
     assert best["metadata"]["ownerReferences"][0]["kind"] == "FineTuneSweep"
     assert (volumes["kubetune-outputs"] / "sweeps" / status["bestTrial"] / "manifest.json").is_file()
@@ -373,12 +382,16 @@ def test_a_hub_model_waits_for_its_token_secret_then_trains_and_the_token_appear
         doc.set("spec.model.huggingFace", {"repo": repo, "tokenSecretRef": {"name": "hub-token", "key": "token"}})
         doc.set("spec.resources.env", [{"name": "HF_ENDPOINT", "value": hub.url}]).set("spec.training.epochs", 1)
         k.apply(doc.build())
-        waiting = wait_for("Running=False MissingReference", lambda: (
-            c if (c := k.condition("hub-model", "Running")).get("reason") == "MissingReference" else None), 120,
-            lambda: k.diagnose("hub-model"))  # fmt: skip
+        waiting = wait_for(
+            "Running=False MissingReference",
+            lambda: c if (c := k.condition("hub-model", "Running")).get("reason") == "MissingReference" else None,
+            120,
+            lambda: k.diagnose("hub-model"),
+        )
         assert 'secret "hub-token" not found' in waiting["message"]
-        k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-token"},
-                 "stringData": {"token": secret}})  # fmt: skip
+        k.apply(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-token"}, "stringData": {"token": secret}}
+        )
         k.wait_condition("hub-model", "Succeeded", timeout=300)
     out = volumes["kubetune-outputs"] / "hub-model"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -412,15 +425,30 @@ def test_s3_model_data_and_outputs_with_keys_from_a_secret_through_the_cluster(
         doc.set("spec.model", {"uri": "s3://models/tiny", **keys})
         doc.set("spec.data.datasets[0]", {"name": "rows", "uri": "s3://data/rows/rows.jsonl", **keys})
         doc.set("spec.output", {"uri": "s3://runs/s3-job", **keys})
-        k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
-                 "stringData": {"AWS_ACCESS_KEY_ID": s3.key_id}})  # fmt: skip
+        k.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s3-keys"},
+                "stringData": {"AWS_ACCESS_KEY_ID": s3.key_id},
+            }
+        )
         k.apply(doc.build())
-        waiting = wait_for("Running=False MissingReference", lambda: (
-            c if (c := k.condition("s3-job", "Running")).get("reason") == "MissingReference" else None), 120,
-            lambda: k.diagnose("s3-job"))  # fmt: skip
+        waiting = wait_for(
+            "Running=False MissingReference",
+            lambda: c if (c := k.condition("s3-job", "Running")).get("reason") == "MissingReference" else None,
+            120,
+            lambda: k.diagnose("s3-job"),
+        )
         assert "couldn't find key AWS_SECRET_ACCESS_KEY in Secret default/s3-keys" in waiting["message"]
-        k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-keys"},
-                 "stringData": {"AWS_ACCESS_KEY_ID": s3.key_id, "AWS_SECRET_ACCESS_KEY": s3.secret}})  # fmt: skip
+        k.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s3-keys"},
+                "stringData": {"AWS_ACCESS_KEY_ID": s3.key_id, "AWS_SECRET_ACCESS_KEY": s3.secret},
+            }
+        )
         k.wait_condition("s3-job", "Succeeded", timeout=300)
         fs, _ = remote.filesystem("s3://runs/s3-job", "test", s3.options())
         manifest = json.loads(fs.cat_file("runs/s3-job/manifest.json"))

@@ -7,9 +7,8 @@ import functools
 import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 def _key_values(text: str) -> dict[str, str]:
@@ -36,8 +35,9 @@ class Images:
 @functools.cache
 def build_images() -> Images:
     """Builds (or reuses) both images; the first build on a machine takes minutes (the trainer's wheels are GBs)."""
-    result = subprocess.run(["bash", str(ROOT / "hack" / "images.sh")], capture_output=True, text=True,
-                            env=environment(), timeout=3600)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(ROOT / "hack" / "images.sh")], capture_output=True, text=True, env=environment(), timeout=3600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     found = _key_values(result.stdout)
     return Images(operator=found["KUBETUNE_OPERATOR_IMAGE"], trainer=found["KUBETUNE_TRAINER_IMAGE"])

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 def bin_dir() -> Path:
@@ -181,46 +181,106 @@ def start(
         )
         _write_kubeconfig(cp.kubeconfig, server, token)
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        _spawn(cp, "etcd", [
-            str(binaries / "etcd"), "--data-dir", str(workdir / "etcd"),
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
-            "--log-level", "warn",
-        ])  # fmt: skip
+        _spawn(
+            cp,
+            "etcd",
+            [
+                str(binaries / "etcd"),
+                "--data-dir",
+                str(workdir / "etcd"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{peer_port}",
+                "--log-level",
+                "warn",
+            ],
+        )
         _wait(cp, "etcd", lambda: urllib.request.urlopen(etcd_url + "/health", timeout=2).status == 200, 30)
-        _spawn(cp, "kube-apiserver", [
-            str(binaries / "kube-apiserver"),
-            "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--secure-port", str(api_port), "--cert-dir", str(workdir / "certs"),
-            "--token-auth-file", str(workdir / "tokens.csv"),
-            "--authorization-mode", "RBAC",
-            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-            "--service-account-key-file", str(workdir / "sa.pub"),
-            "--service-account-signing-key-file", str(workdir / "sa.key"),
-            "--service-cluster-ip-range", "10.0.0.0/24",
-            "--allow-privileged=true",
-            *(["--audit-policy-file", str(workdir / "audit-policy.yaml"), "--audit-log-path",
-               str(workdir / "audit.log"), "--audit-log-format", "json", "--audit-log-mode", "blocking"]
-              if audit_writes else []),
-            "--v", "1",
-        ])  # fmt: skip
+        _spawn(
+            cp,
+            "kube-apiserver",
+            [
+                str(binaries / "kube-apiserver"),
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(api_port),
+                "--cert-dir",
+                str(workdir / "certs"),
+                "--token-auth-file",
+                str(workdir / "tokens.csv"),
+                "--authorization-mode",
+                "RBAC",
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file",
+                str(workdir / "sa.pub"),
+                "--service-account-signing-key-file",
+                str(workdir / "sa.key"),
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--allow-privileged=true",
+                *(
+                    [
+                        "--audit-policy-file",
+                        str(workdir / "audit-policy.yaml"),
+                        "--audit-log-path",
+                        str(workdir / "audit.log"),
+                        "--audit-log-format",
+                        "json",
+                        "--audit-log-mode",
+                        "blocking",
+                    ]
+                    if audit_writes
+                    else []
+                ),
+                "--v",
+                "1",
+            ],
+        )
 
         _wait(cp, "kube-apiserver", _healthz(cp), 90)
-        common = ["--kubeconfig", str(cp.kubeconfig), "--leader-elect=false", "--bind-address", "127.0.0.1",
-                  "--authentication-kubeconfig", str(cp.kubeconfig),
-                  "--authorization-kubeconfig", str(cp.kubeconfig)]  # fmt: skip
-        _spawn(cp, "kube-controller-manager", [
-            str(binaries / "kube-controller-manager"), *common,
-            "--secure-port", str(ports.controller_manager),
-            "--use-service-account-credentials=true",
-            "--service-account-private-key-file", str(workdir / "sa.key"),
-            "--root-ca-file", str(workdir / "certs" / "apiserver.crt"),  # published as kube-root-ca.crt
-            "--cluster-signing-duration", "24h",
-            "--controllers", "*,-nodeipam,-nodelifecycle,-service-lb-controller,-cloud-node-lifecycle",
-        ])  # fmt: skip
+        common = [
+            "--kubeconfig",
+            str(cp.kubeconfig),
+            "--leader-elect=false",
+            "--bind-address",
+            "127.0.0.1",
+            "--authentication-kubeconfig",
+            str(cp.kubeconfig),
+            "--authorization-kubeconfig",
+            str(cp.kubeconfig),
+        ]
+        _spawn(
+            cp,
+            "kube-controller-manager",
+            [
+                str(binaries / "kube-controller-manager"),
+                *common,
+                "--secure-port",
+                str(ports.controller_manager),
+                "--use-service-account-credentials=true",
+                "--service-account-private-key-file",
+                str(workdir / "sa.key"),
+                "--root-ca-file",
+                str(workdir / "certs" / "apiserver.crt"),  # published as kube-root-ca.crt
+                "--cluster-signing-duration",
+                "24h",
+                "--controllers",
+                "*,-nodeipam,-nodelifecycle,-service-lb-controller,-cloud-node-lifecycle",
+            ],
+        )
         _spawn(cp, "kube-scheduler", [str(binaries / "kube-scheduler"), *common, "--secure-port", str(ports.scheduler)])
         _wait(cp, "kube-controller-manager", _default_service_account(cp), 60)
     except BaseException:

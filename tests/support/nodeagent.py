@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import podrun
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 NODE = "local-node"
 LOG_FALLBACK_LINES = 80
 LOG_FALLBACK_BYTES = 2048
@@ -175,8 +175,14 @@ class NodeAgent:
     # Node registration
 
     def start(self) -> NodeAgent:
-        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "labels": {
-            "kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}}  # fmt: skip
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE,
+                "labels": {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+            },
+        }
         try:
             self.api.request("POST", "/api/v1/nodes", node)
         except urllib.error.HTTPError as error:
@@ -186,12 +192,28 @@ class NodeAgent:
         # here) would remove them once the node reports Ready, so the agent does.
         self.api.merge(f"/api/v1/nodes/{NODE}", {"spec": {"taints": None}})
         capacity = {"cpu": self.cpu, "memory": self.memory, "pods": "110", "ephemeral-storage": "100Gi"}
-        ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "local node agent",
-                 "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}  # fmt: skip
-        self.api.merge(f"/api/v1/nodes/{NODE}/status", {"status": {
-            "capacity": capacity, "allocatable": capacity, "conditions": [ready],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}],
-        }})  # fmt: skip
+        ready = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "local node agent",
+            "lastHeartbeatTime": _now(),
+            "lastTransitionTime": _now(),
+        }
+        self.api.merge(
+            f"/api/v1/nodes/{NODE}/status",
+            {
+                "status": {
+                    "capacity": capacity,
+                    "allocatable": capacity,
+                    "conditions": [ready],
+                    "addresses": [
+                        {"type": "InternalIP", "address": "127.0.0.1"},
+                        {"type": "Hostname", "address": NODE},
+                    ],
+                }
+            },
+        )
         self._thread.start()
         threading.Thread(target=self._resync, name="node-agent-resync", daemon=True).start()
         return self
@@ -209,10 +231,13 @@ class NodeAgent:
     def process(self, namespace: str, name: str) -> PodProcess | None:
         with self._lock:
             return next(
-                (p for p in self.pods.values()
-                 if p.pod["metadata"]["name"] == name and p.pod["metadata"]["namespace"] == namespace),
+                (
+                    p
+                    for p in self.pods.values()
+                    if p.pod["metadata"]["name"] == name and p.pod["metadata"]["namespace"] == namespace
+                ),
                 None,
-            )  # fmt: skip
+            )
 
     def logs(self, namespace: str, name: str) -> str:
         pod = self.process(namespace, name)
@@ -285,13 +310,30 @@ class NodeAgent:
                 command, env=env, cwd=pod.dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         ip = env["KUBETUNE_NODE_AGENT_POD_IP"]
-        self.api.merge(f"{path}/status", {"status": {
-            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1", "startTime": started,
-            "conditions": _conditions(True),
-            "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
-                                   "ready": True, "started": True, "restartCount": 0,
-                                   "state": {"running": {"startedAt": started}}}],
-        }})  # fmt: skip
+        self.api.merge(
+            f"{path}/status",
+            {
+                "status": {
+                    "phase": "Running",
+                    "podIP": ip,
+                    "podIPs": [{"ip": ip}],
+                    "hostIP": "127.0.0.1",
+                    "startTime": started,
+                    "conditions": _conditions(True),
+                    "containerStatuses": [
+                        {
+                            "name": container["name"],
+                            "image": container["image"],
+                            "imageID": "",
+                            "ready": True,
+                            "started": True,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": started}},
+                        }
+                    ],
+                }
+            },
+        )
         while pod.process.poll() is None:
             if pod.deleting.wait(0.2):
                 grace = int(pod.pod["spec"].get("terminationGracePeriodSeconds", 30))
@@ -315,9 +357,15 @@ class NodeAgent:
                 raise
 
     def _report_waiting(self, path: str, container: dict[str, Any], text: str) -> None:
-        status = {"name": container["name"], "image": container["image"], "imageID": "", "ready": False,
-                  "started": False, "restartCount": 0,
-                  "state": {"waiting": {"reason": "CreateContainerConfigError", "message": text}}}  # fmt: skip
+        status = {
+            "name": container["name"],
+            "image": container["image"],
+            "imageID": "",
+            "ready": False,
+            "started": False,
+            "restartCount": 0,
+            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": text}},
+        }
         with contextlib.suppress(urllib.error.HTTPError):
             self.api.merge(f"{path}/status", {"status": {"phase": "Pending", "containerStatuses": [status]}})
 
@@ -325,15 +373,34 @@ class NodeAgent:
         self, pod: PodProcess, path: str, container: dict[str, Any], code: int, text: str, started: str
     ) -> None:
         pod.exit_code = code
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": text,
-                      "startedAt": started, "finishedAt": _now()}  # fmt: skip
+        terminated = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "message": text,
+            "startedAt": started,
+            "finishedAt": _now(),
+        }
         try:
-            self.api.merge(f"{path}/status", {"status": {
-                "phase": "Succeeded" if code == 0 else "Failed", "conditions": _conditions(False),
-                "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
-                                       "ready": False, "started": False, "restartCount": 0,
-                                       "state": {"terminated": terminated}}],
-            }})  # fmt: skip
+            self.api.merge(
+                f"{path}/status",
+                {
+                    "status": {
+                        "phase": "Succeeded" if code == 0 else "Failed",
+                        "conditions": _conditions(False),
+                        "containerStatuses": [
+                            {
+                                "name": container["name"],
+                                "image": container["image"],
+                                "imageID": "",
+                                "ready": False,
+                                "started": False,
+                                "restartCount": 0,
+                                "state": {"terminated": terminated},
+                            }
+                        ],
+                    }
+                },
+            )
         except urllib.error.HTTPError as error:
             if error.code != 404:
                 raise
@@ -345,8 +412,16 @@ class NodeAgent:
         meta = pod["metadata"]
         path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
         try:
-            self.api.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
-                                              "preconditions": {"uid": meta["uid"]}})  # fmt: skip
+            self.api.request(
+                "DELETE",
+                path,
+                {
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": meta["uid"]},
+                },
+            )
         except urllib.error.HTTPError as error:
             if error.code not in (404, 409):
                 raise
@@ -392,12 +467,17 @@ class NodeAgent:
         env: dict[str, str] = {
             "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
             "PYTHONPATH": f"{ROOT / 'api'}:{ROOT / 'operator'}:{ROOT / 'trainer'}",
-            "HOME": str(pod.dir), "LANG": "C.UTF-8", "TMPDIR": str(pod.dir / "tmp"), "HOSTNAME": hostname,
-            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
+            "HOME": str(pod.dir),
+            "LANG": "C.UTF-8",
+            "TMPDIR": str(pod.dir / "tmp"),
+            "HOSTNAME": hostname,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1",
             "KUBETUNE_NODE_AGENT_POD_IP": ip,
-            "KUBERNETES_SERVICE_HOST": self.api_host, "KUBERNETES_SERVICE_PORT": self.api_port,
+            "KUBERNETES_SERVICE_HOST": self.api_host,
+            "KUBERNETES_SERVICE_PORT": self.api_port,
             "KUBERNETES_SERVICE_PORT_HTTPS": self.api_port,
-        }  # fmt: skip
+        }
         for source in container.get("envFrom") or []:
             for key, value in self._env_from(namespace, source).items():
                 env[(source.get("prefix") or "") + key] = value
@@ -417,8 +497,20 @@ class NodeAgent:
         if binds:  # bind-mount at the real paths, in a mount namespace of the pod's own
             script = 'while [ "$1" != -- ]; do mkdir -p "$1" && mount --bind "$2" "$1" || exit 126; shift 2; done'
             pairs = [str(x) for target, source in binds.items() for x in (target, source)]
-            argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script + '; shift; exec "$@"',
-                    "sh", *pairs, "--", *argv]  # fmt: skip
+            argv = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script + '; shift; exec "$@"',
+                "sh",
+                *pairs,
+                "--",
+                *argv,
+            ]
         return argv, env, termination
 
     def _in_container(
@@ -499,11 +591,15 @@ class NodeAgent:
             if "serviceAccountToken" in source:
                 request = source["serviceAccountToken"]
                 account = pod["spec"].get("serviceAccountName", "default")
-                body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
-                    "audiences": [request["audience"]] if request.get("audience") else [],
-                    "expirationSeconds": int(request.get("expirationSeconds", 3600)),
-                    "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
-                }}  # fmt: skip
+                body = {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenRequest",
+                    "spec": {
+                        "audiences": [request["audience"]] if request.get("audience") else [],
+                        "expirationSeconds": int(request.get("expirationSeconds", 3600)),
+                        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+                    },
+                }
                 path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token"
                 token = self.api.request("POST", path, body)["status"]["token"]
                 (target / request["path"]).write_text(token)
@@ -524,10 +620,15 @@ class NodeAgent:
         if "fieldRef" in source:
             field = source["fieldRef"]["fieldPath"]
             meta, spec = pod["metadata"], pod["spec"]
-            simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
-                      "metadata.uid": meta["uid"], "spec.nodeName": NODE,
-                      "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-                      "status.podIP": pod["status"]["podIP"], "status.hostIP": "127.0.0.1"}  # fmt: skip
+            simple = {
+                "metadata.name": meta["name"],
+                "metadata.namespace": meta["namespace"],
+                "metadata.uid": meta["uid"],
+                "spec.nodeName": NODE,
+                "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+                "status.podIP": pod["status"]["podIP"],
+                "status.hostIP": "127.0.0.1",
+            }
             if field in simple:
                 return str(simple[field])
             match = _FIELD.match(field)

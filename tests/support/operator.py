@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.controlplane import ControlPlane, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 @dataclass
@@ -48,10 +47,23 @@ class Operator:
         }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "--all-namespaces", "--peering", self.peering,
-                 "-m", "kubetune.operator.handlers"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "kopf",
+                    "run",
+                    "--all-namespaces",
+                    "--peering",
+                    self.peering,
+                    "-m",
+                    "kubetune.operator.handlers",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

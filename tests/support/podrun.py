@@ -89,5 +89,9 @@ def _read_by_podman(variable: str) -> bool:
 
 def kill(pod: dict[str, Any], signal: int) -> None:
     """Signal the container's processes (a signal to the ``podman run`` client would not reach them)."""
-    subprocess.run(["podman", "kill", "--signal", str(signal), name(pod)], capture_output=True,
-                   env=containers.environment(), timeout=60)  # fmt: skip
+    subprocess.run(
+        ["podman", "kill", "--signal", str(signal), name(pod)],
+        capture_output=True,
+        env=containers.environment(),
+        timeout=60,
+    )

@@ -104,9 +104,16 @@ class Discovery:
                     ]
                     target = named[0]["containerPort"] if named else None
                 if ready and status.get("podIP") and target:
-                    groups.append({"targets": [f"{status['podIP']}:{target}"], "labels": {
-                        "namespace": self.namespace, "service": service["metadata"]["name"],
-                        "pod": pod["metadata"]["name"]}})  # fmt: skip
+                    groups.append(
+                        {
+                            "targets": [f"{status['podIP']}:{target}"],
+                            "labels": {
+                                "namespace": self.namespace,
+                                "service": service["metadata"]["name"],
+                                "pod": pod["metadata"]["name"],
+                            },
+                        }
+                    )
         return groups
 
     def trainers(self) -> list[dict[str, Any]]:
@@ -119,9 +126,16 @@ class Discovery:
                 continue
             ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("name") == "metrics"]
             if ports and status.get("podIP"):
-                groups.append({"targets": [f"{status['podIP']}:{ports[0]['containerPort']}"], "labels": {
-                    "namespace": meta["namespace"], "pod": meta["name"],
-                    "finetunejob": meta["labels"].get("kubetune.dev/finetunejob", "")}})  # fmt: skip
+                groups.append(
+                    {
+                        "targets": [f"{status['podIP']}:{ports[0]['containerPort']}"],
+                        "labels": {
+                            "namespace": meta["namespace"],
+                            "pod": meta["name"],
+                            "finetunejob": meta["labels"].get("kubetune.dev/finetunejob", ""),
+                        },
+                    }
+                )
         return groups
 
 
@@ -139,17 +153,30 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Prometheus:
-        config = {"global": {"scrape_interval": self.interval, "evaluation_interval": self.interval,
-                             "scrape_timeout": self.interval},
-                  "rule_files": [str(p) for p in self.rule_files], "scrape_configs": self.scrape}  # fmt: skip
+        config = {
+            "global": {
+                "scrape_interval": self.interval,
+                "evaluation_interval": self.interval,
+                "scrape_timeout": self.interval,
+            },
+            "rule_files": [str(p) for p in self.rule_files],
+            "scrape_configs": self.scrape,
+        }
         (self.workdir / "prometheus.yml").write_text(json.dumps(config, indent=2))
         with open(self.workdir / "prometheus.log", "wb") as log:
             self.process = subprocess.Popen(
-                [binary("prometheus"), f"--config.file={self.workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-                 "--web.enable-lifecycle", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [
+                    binary("prometheus"),
+                    f"--config.file={self.workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--web.enable-lifecycle",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for("prometheus to be ready", self._ready, 60, self.log)
         return self
 

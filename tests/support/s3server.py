@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 _SEED = """
 import json, sys
@@ -70,8 +70,12 @@ def serving(buckets: tuple[str, ...], log: Path) -> Iterator[S3Server]:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
     with log.open("wb") as out:
-        server = subprocess.Popen([interpreter, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        server = subprocess.Popen(
+            [interpreter, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -82,8 +86,9 @@ def serving(buckets: tuple[str, ...], log: Path) -> Iterator[S3Server]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"moto did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(0.2)
-        seeded = subprocess.run([interpreter, "-c", _SEED, url, *buckets], check=True, capture_output=True,
-                                text=True, timeout=120)  # fmt: skip
+        seeded = subprocess.run(
+            [interpreter, "-c", _SEED, url, *buckets], check=True, capture_output=True, text=True, timeout=120
+        )
         key = json.loads(seeded.stdout)
         yield S3Server(url=url, key_id=key["id"], secret=key["secret"])
     finally:

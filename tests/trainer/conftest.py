@@ -12,8 +12,8 @@ import yaml
 
 from kubetune.trainer.cli import main
 from tests.support.builders import JobBuilder
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "examples" / "data"
 
 

@@ -19,10 +19,26 @@ from kubetune.trainer.batches import collate, tokenize
 from kubetune.trainer.formats import Example
 from kubetune.trainer.step import accumulate
 
-PROMPTS = ["Spell the word backwards: river\n", "Add 2 and 3\n", "What is the capital of France?\n", "Hi\n",
-           "Name an antonym of hot\n", "Count from one to ten in words, please\n", "Sort: c b a\n", "x\n"]  # fmt: skip
-ANSWERS = ["revir", "5", "Paris is the capital of France, and it has been for a very long time indeed.", "Hello",
-           "cold", "one two three four five six seven eight nine ten", "a b c", "y y y y y y y y y y y y"]  # fmt: skip
+PROMPTS = [
+    "Spell the word backwards: river\n",
+    "Add 2 and 3\n",
+    "What is the capital of France?\n",
+    "Hi\n",
+    "Name an antonym of hot\n",
+    "Count from one to ten in words, please\n",
+    "Sort: c b a\n",
+    "x\n",
+]
+ANSWERS = [
+    "revir",
+    "5",
+    "Paris is the capital of France, and it has been for a very long time indeed.",
+    "Hello",
+    "cold",
+    "one two three four five six seven eight nine ten",
+    "a b c",
+    "y y y y y y y y y y y y",
+]
 
 
 def main(model_dir: Path, out: Path, groups: int) -> None:
@@ -38,8 +54,11 @@ def main(model_dir: Path, out: Path, groups: int) -> None:
     batches = [collate(chunk, tokenizer.pad_token_id) for chunk in mine]
     accumulate(model, batches, 0.0, False, accelerator)
     if accelerator.is_main_process:
-        grads = {n: p.grad.flatten().tolist() for n, p in accelerator.unwrap_model(model).named_parameters()
-                 if p.grad is not None}  # fmt: skip
+        grads = {
+            n: p.grad.flatten().tolist()
+            for n, p in accelerator.unwrap_model(model).named_parameters()
+            if p.grad is not None
+        }
         out.write_text(json.dumps(grads))
     accelerator.wait_for_everyone()
 

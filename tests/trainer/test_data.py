@@ -15,11 +15,11 @@ import pytest
 from kubetune.api import parse_job
 from kubetune.trainer.batches import IGNORE, encode, tokenize_split
 from kubetune.trainer.cli import read_manifest
-from kubetune.trainer.data import PrepReport, prepare
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.formats import Example
 from kubetune.trainer.local import Volumes
 from kubetune.trainer.model import load_tokenizer
+from kubetune.trainer.rows import PrepReport, examples_by_split
 from kubetune.trainer.tiny import TINY_LLAMA, ensure_model
 from tests.support.builders import JobBuilder
 
@@ -38,7 +38,7 @@ def data_spec(tmp_path: Path, rows: list[dict[str, Any]] | str, name: str = "d.j
 
 def run_prepare(spec: Any, tmp_path: Path, chat: Any = None) -> tuple[dict[str, list[Example]], PrepReport]:
     report = PrepReport()
-    return prepare(spec.data, Volumes(claims={"c": tmp_path}), report, chat), report
+    return examples_by_split(spec.data, Volumes(claims={"c": tmp_path}), report, chat), report
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,9 @@ def test_a_csv_field_with_an_unbalanced_quote_is_dropped_as_multiline_not_merged
     assert report.dropped == {"multilineField": 1} and report.first_dropped_rows["multilineField"] == ["d:2"]
     assert sorted(e.target for s in splits.values() for e in s) == ["1", "4", "5"]
     assert report.to_dict()["multilineFields"] == 1
-    kept, allowed = run_prepare(data_spec(tmp_path, text, "d.csv", spec__data__cleaning={"allowMultiline": True}),
-                                tmp_path)  # fmt: skip
+    kept, allowed = run_prepare(
+        data_spec(tmp_path, text, "d.csv", spec__data__cleaning={"allowMultiline": True}), tmp_path
+    )
     assert allowed.dropped == {} and allowed.multiline_fields == 1 and sum(map(len, kept.values())) == 4
     jsonl = [{"instruction": "Two lines\nof question", "output": "fine"}]  # JSONL newlines are escaped: kept
     _, plain = run_prepare(data_spec(tmp_path, jsonl), tmp_path)
@@ -150,10 +151,10 @@ def test_configmap_datasets_come_from_the_same_file_locally(tmp_path: Path) -> N
     (tmp_path / "job.yaml").write_text(yaml.safe_dump_all([config_map, job.build()]))
     parsed, config_maps = read_manifest(tmp_path / "job.yaml")
     report = PrepReport()
-    splits = prepare(parsed.spec.data, Volumes(config_maps=config_maps), report)
+    splits = examples_by_split(parsed.spec.data, Volumes(config_maps=config_maps), report)
     assert report.rows_read == {"d": 10}
     with pytest.raises(ConfigError, match=r"spec.data.datasets\[0\].configMap: ConfigMap 'rows' is not in"):
-        prepare(parsed.spec.data, Volumes(), PrepReport())
+        examples_by_split(parsed.spec.data, Volumes(), PrepReport())
     assert splits["train"]
 
 

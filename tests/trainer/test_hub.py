@@ -50,17 +50,29 @@ def _run(job: dict, tmp_path: Path, env: dict[str, str], out: str = "out") -> su
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     paths = os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))
     return subprocess.run(
-        [sys.executable, "-m", "kubetune.trainer", "worker", str(tmp_path / "job.yaml"), f"--volume=data={DATA}",
-         f"--output={tmp_path / out}", "--metrics-port=0"],
+        [
+            sys.executable,
+            "-m",
+            "kubetune.trainer",
+            "worker",
+            str(tmp_path / "job.yaml"),
+            f"--volume=data={DATA}",
+            f"--output={tmp_path / out}",
+            "--metrics-port=0",
+        ],
         env={**os.environ, "PYTHONPATH": paths, "KUBETUNE_MODEL_CACHE": str(tmp_path / "cache"), **env},
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 def hub_job(revision: str = "main") -> dict:  # type: ignore[type-arg]
     job = fast_job("hub").drop("spec.model.cached").set("spec.training.maxSteps", 4)
-    job.set("spec.model.huggingFace", {"repo": REPO, "revision": revision,
-                                       "tokenSecretRef": {"name": "hf", "key": "token"}})  # fmt: skip
+    job.set(
+        "spec.model.huggingFace", {"repo": REPO, "revision": revision, "tokenSecretRef": {"name": "hf", "key": "token"}}
+    )
     return job.set("spec.evaluation.baseline", False).build()
 
 
@@ -71,8 +83,13 @@ def test_a_private_hub_model_trains_with_its_token_once_and_records_the_commit(
     assert result.returncode == 0, result.stderr[-3000:]
     commit = fake_hub.repos[REPO].commit
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["hub"] == {"repo": REPO, "revision": "main", "commit": commit, "files": 6,
-                               "bytes": manifest["hub"]["bytes"]}  # fmt: skip
+    assert manifest["hub"] == {
+        "repo": REPO,
+        "revision": "main",
+        "commit": commit,
+        "files": 6,
+        "bytes": manifest["hub"]["bytes"],
+    }
     assert f"{REPO}@{commit}" in (tmp_path / "out" / "README.md").read_text()
     assert '"phase": "Downloading"' in result.stderr and '"totalFiles": 6' in result.stderr
     assert (tmp_path / "cache" / "hub" / REPO / commit / "config.json").is_file()
@@ -131,11 +148,23 @@ def test_a_full_disk_is_a_clear_error_before_downloading(
 
 def test_a_hub_dataset_split_with_its_own_token_trains(fake_hub: FakeHub, tmp_path: Path) -> None:
     rows = (DATA / "instructions.jsonl").read_bytes()
-    fake_hub.add_dataset("kubetune/rows", {"data/train-00000.jsonl": rows, "data/test-00000.jsonl": rows[:500],
-                                           "README.md": b"# rows"}, token="hf_dataset_token")  # fmt: skip
+    fake_hub.add_dataset(
+        "kubetune/rows",
+        {"data/train-00000.jsonl": rows, "data/test-00000.jsonl": rows[:500], "README.md": b"# rows"},
+        token="hf_dataset_token",
+    )
     job = fast_job("hubdata").set("spec.training.maxSteps", 3).set("spec.evaluation.baseline", False)
-    job.set("spec.data.datasets[0]", {"name": "rows", "huggingFace": {
-        "repo": "kubetune/rows", "split": "train", "tokenSecretRef": {"name": "data", "key": "token"}}})  # fmt: skip
+    job.set(
+        "spec.data.datasets[0]",
+        {
+            "name": "rows",
+            "huggingFace": {
+                "repo": "kubetune/rows",
+                "split": "train",
+                "tokenSecretRef": {"name": "data", "key": "token"},
+            },
+        },
+    )
     result = _run(job.build(), tmp_path, {"KUBETUNE_HUB_TOKEN_0": "hf_dataset_token", "HF_TOKEN": ""})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "prep_report.json").read_text())
@@ -143,7 +172,11 @@ def test_a_hub_dataset_split_with_its_own_token_trains(fake_hub: FakeHub, tmp_pa
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     commit = fake_hub.datasets["kubetune/rows"].commit
     assert manifest["hubDatasets"] == {"rows": {"repo": "kubetune/rows", "revision": "main", "commit": commit}}
-    wrong = _run(job.set("spec.data.datasets[0].huggingFace.split", "dev").build(), tmp_path, {
-        "KUBETUNE_HUB_TOKEN_0": "hf_dataset_token"}, out="wrong")  # fmt: skip
+    wrong = _run(
+        job.set("spec.data.datasets[0].huggingFace.split", "dev").build(),
+        tmp_path,
+        {"KUBETUNE_HUB_TOKEN_0": "hf_dataset_token"},
+        out="wrong",
+    )
     assert wrong.returncode == EXIT_CONFIG and "has no data files of split 'dev'" in wrong.stderr
     assert "data/train-00000.jsonl" in wrong.stderr

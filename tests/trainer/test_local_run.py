@@ -11,8 +11,8 @@ import yaml
 
 from kubetune.trainer.cli import main
 from kubetune.trainer.errors import EXIT_CONFIG
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "lora-instruction.yaml"
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+
 WORKER = Path(__file__).with_name("loss_weighting_worker.py")
 
 
@@ -21,8 +22,14 @@ def _gradients(model_dir: Path, out: Path, groups: int, world: int = 1) -> dict[
     if world == 1:
         command = [sys.executable, str(WORKER)]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}", "--master-port=29517",
-                   str(WORKER)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={world}",
+            "--master-port=29517",
+            str(WORKER),
+        ]
     subprocess.run([*command, str(model_dir), str(out), str(groups)], check=True, env=env, timeout=300)
     return dict(json.loads(out.read_text()))
 

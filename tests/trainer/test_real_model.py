@@ -42,8 +42,14 @@ def _rows(data: Path, count: int) -> list[dict[str, Any]]:
     rows = []
     for line in (DATA / "languages.jsonl").read_text().splitlines()[:count]:
         _, user, assistant = json.loads(line)["messages"]
-        rows.append({"instruction": user["content"], "output": assistant["content"],
-                     "text": user["content"].rsplit("\n", 1)[-1], "label": assistant["content"]})  # fmt: skip
+        rows.append(
+            {
+                "instruction": user["content"],
+                "output": assistant["content"],
+                "text": user["content"].rsplit("\n", 1)[-1],
+                "label": assistant["content"],
+            }
+        )
     return rows
 
 
@@ -51,8 +57,9 @@ def _rows(data: Path, count: int) -> list[dict[str, Any]]:
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("real-data")
     rows = _rows(DATA, 300)
-    (folder / "instructions.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("instruction", "output")}) + "\n"
-                                                       for r in rows))  # fmt: skip
+    (folder / "instructions.jsonl").write_text(
+        "".join(json.dumps({k: r[k] for k in ("instruction", "output")}) + "\n" for r in rows)
+    )
     (folder / "labels.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("text", "label")}) + "\n" for r in rows))
     return folder
 
@@ -86,18 +93,39 @@ def real_job(name: str, path: str = "instructions.jsonl") -> JobBuilder:
 
 
 def kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "KUBETUNE_MODEL_CACHE": str(CACHE),
-                "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer", ""))}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "kubetune.trainer", *args], env={**full_env, **(env or {})},
-                          capture_output=True, text=True, timeout=1200, cwd=ROOT)  # fmt: skip
+    full_env = {
+        **os.environ,
+        "KUBETUNE_MODEL_CACHE": str(CACHE),
+        "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer", "")),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer", *args],
+        env={**full_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+    )
 
 
-def run(doc: dict[str, Any], tmp: Path, data: Path, out: str = "out", env: dict[str, str] | None = None,
-        command: str = "run") -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run(
+    doc: dict[str, Any],
+    tmp: Path,
+    data: Path,
+    out: str = "out",
+    env: dict[str, str] | None = None,
+    command: str = "run",
+) -> subprocess.CompletedProcess[str]:
     (tmp / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc))
     extra = ["--metrics-port=0"] if command == "worker" else []
-    return kubetune(command, str(tmp / f"{doc['metadata']['name']}.yaml"), f"--output={tmp / out}",
-                    f"--volume=data={data}", *extra, env=env)  # fmt: skip
+    return kubetune(
+        command,
+        str(tmp / f"{doc['metadata']['name']}.yaml"),
+        f"--output={tmp / out}",
+        f"--volume=data={data}",
+        *extra,
+        env=env,
+    )
 
 
 def metrics(out: Path) -> dict[str, Any]:
@@ -125,8 +153,7 @@ def test_lora_through_the_chat_template_beats_the_base_model(tuned: tuple[dict[s
     assert low <= m["test"]["exactMatch"] <= high
 
 
-def test_serve_answers_a_chat_request_through_the_chat_template(tuned: tuple[dict[str, Any], Path],
-                                                                 data: Path) -> None:  # fmt: skip
+def test_serve_answers_a_chat_request_through_the_chat_template(tuned: tuple[dict[str, Any], Path], data: Path) -> None:
     from kubetune.api import parse_job
     from kubetune.trainer.local import Volumes
     from kubetune.trainer.serve import Model, serve
@@ -140,12 +167,23 @@ def test_serve_answers_a_chat_request_through_the_chat_template(tuned: tuple[dic
         messages = [{"role": "user", "content": question["instruction"]}]
         prompt = model.chat_prompt(messages)
         assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
-        code, body = post(f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions",
-                          {"messages": messages, "max_tokens": 4})  # fmt: skip
+        code, body = post(
+            f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions", {"messages": messages, "max_tokens": 4}
+        )
         assert code == 200, body
         answer = body["choices"][0]["message"]["content"].strip()
-        languages = {"Dutch", "English", "French", "German", "Indonesian", "Italian", "Portuguese", "Spanish",
-                     "Swedish", "Turkish"}  # fmt: skip
+        languages = {
+            "Dutch",
+            "English",
+            "French",
+            "German",
+            "Indonesian",
+            "Italian",
+            "Portuguese",
+            "Spanish",
+            "Swedish",
+            "Turkish",
+        }
         assert answer in languages, answer
     finally:
         server.shutdown()

@@ -166,8 +166,18 @@ def test_fp16_on_cpu_is_a_configuration_error(run_job: Runner, capsys: pytest.Ca
 
 def test_an_exploding_loss_stops_the_run_as_diverged(run_job: Runner, capsys: pytest.CaptureFixture[str]) -> None:
     job = fast_job("diverge").set("spec.method", {"type": "Full"}).set("spec.evaluation.baseline", False)
-    job.set("spec.training", {"learningRate": 1.0, "maxGradNorm": 0, "epochs": 1, "scheduler": "Constant",
-                              "warmupSteps": 0, "perDeviceBatchSize": 8, "maxSeqLength": 128})  # fmt: skip
+    job.set(
+        "spec.training",
+        {
+            "learningRate": 1.0,
+            "maxGradNorm": 0,
+            "epochs": 1,
+            "scheduler": "Constant",
+            "warmupSteps": 0,
+            "perDeviceBatchSize": 8,
+            "maxSeqLength": 128,
+        },
+    )
     assert run_job(job.build()) == EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "training diverged" in err and "spec.training.learningRate" in err
@@ -176,9 +186,13 @@ def test_an_exploding_loss_stops_the_run_as_diverged(run_job: Runner, capsys: py
 def _kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer", ""))}
     return subprocess.run(
-        [sys.executable, "-m", "kubetune.trainer", *args], env={**full_env, **(env or {})},
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+        [sys.executable, "-m", "kubetune.trainer", *args],
+        env={**full_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
@@ -191,8 +205,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     straight = _kubetune("worker", *common, f"--output={tmp_path / 'straight'}", "--metrics-port=0")
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    killed = _kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0",
-                       env=faults.kill_after(10))  # fmt: skip
+    killed = _kubetune(
+        "worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0", env=faults.kill_after(10)
+    )
     assert killed.returncode == -signal.SIGKILL
     checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert checkpoints == ["step-00000004", "step-00000008"], "kept 2, none half-written"
@@ -211,8 +226,14 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
 def test_two_ranks_on_cpu_with_torchrun(tmp_path: Path) -> None:
     job = fast_job("ddp").set("spec.training.maxSteps", 6).set("spec.checkpointing.everySteps", 3)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.build()))
-    result = _kubetune("launch", str(tmp_path / "job.yaml"), f"--volume=data={DATA}", f"--output={tmp_path / 'o'}",
-                       "--metrics-port=0", env={"NPROC_PER_NODE": "2"})  # fmt: skip
+    result = _kubetune(
+        "launch",
+        str(tmp_path / "job.yaml"),
+        f"--volume=data={DATA}",
+        f"--output={tmp_path / 'o'}",
+        "--metrics-port=0",
+        env={"NPROC_PER_NODE": "2"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--nproc-per-node=2" in result.stderr
     out = tmp_path / "o"
@@ -233,8 +254,14 @@ def test_fsdp_on_two_cpu_ranks_shards_trains_like_ddp_and_resumes_after_a_kill(t
 
     def launch(name: str, out: str, **env: str) -> subprocess.CompletedProcess[str]:
         manifest, output = tmp_path / f"{name}.yaml", tmp_path / out
-        return _kubetune("launch", str(manifest), f"--volume=data={DATA}", f"--output={output}", "--metrics-port=0",
-                         env={"NPROC_PER_NODE": "2", **env})  # fmt: skip
+        return _kubetune(
+            "launch",
+            str(manifest),
+            f"--volume=data={DATA}",
+            f"--output={output}",
+            "--metrics-port=0",
+            env={"NPROC_PER_NODE": "2", **env},
+        )
 
     ddp = launch("ddp", "ddp")
     assert ddp.returncode == 0, ddp.stderr[-3000:]

@@ -50,14 +50,26 @@ def _run(job: dict, tmp_path: Path, server: S3Server, secret: str | None = None)
     """A worker on ``job`` with the Secret's keys where the operator puts them (slot 0)."""
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     paths = os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))
-    keys = {"KUBETUNE_CREDENTIALS_0_AWS_ACCESS_KEY_ID": server.key_id,
-            "KUBETUNE_CREDENTIALS_0_AWS_SECRET_ACCESS_KEY": secret or server.secret}  # fmt: skip
+    keys = {
+        "KUBETUNE_CREDENTIALS_0_AWS_ACCESS_KEY_ID": server.key_id,
+        "KUBETUNE_CREDENTIALS_0_AWS_SECRET_ACCESS_KEY": secret or server.secret,
+    }
     return subprocess.run(
-        [sys.executable, "-m", "kubetune.trainer", "worker", str(tmp_path / "job.yaml"), f"--output={tmp_path / 'out'}",
-         "--metrics-port=0"],
+        [
+            sys.executable,
+            "-m",
+            "kubetune.trainer",
+            "worker",
+            str(tmp_path / "job.yaml"),
+            f"--output={tmp_path / 'out'}",
+            "--metrics-port=0",
+        ],
         env={**os.environ, "PYTHONPATH": paths, "TMPDIR": str(tmp_path), **keys},
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 def test_the_keys_of_a_secret_read_the_model_and_data_and_write_the_outputs(s3: S3Server, tmp_path: Path) -> None:

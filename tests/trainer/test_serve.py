@@ -90,5 +90,6 @@ def test_serving_an_unfinished_output_is_a_configuration_error(run_job: Runner, 
 
     doc = fast_job("nothing").set("spec.output", {"pvc": {"claimName": "out"}}).build()
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
-    assert main(["serve", str(tmp_path / "job.yaml"), "--output", str(tmp_path / "none"),
-                 f"--volume=data={DATA}"]) == 78  # fmt: skip
+    assert (
+        main(["serve", str(tmp_path / "job.yaml"), "--output", str(tmp_path / "none"), f"--volume=data={DATA}"]) == 78
+    )

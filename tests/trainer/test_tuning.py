@@ -28,12 +28,16 @@ def split_data(tmp_path: Path) -> Path:
     facts = [r for r in rows if not r["instruction"].startswith(WORD_TASKS)]
     for name, part in (("words.jsonl", words), ("facts.jsonl", facts)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
-    texts = [{"instruction": "Continue the text.", "output": f"{r['instruction']} {r.get('input', '')} {r['output']}"}
-             for r in rows]  # fmt: skip
+    texts = [
+        {"instruction": "Continue the text.", "output": f"{r['instruction']} {r.get('input', '')} {r['output']}"}
+        for r in rows
+    ]
     (tmp_path / "general.jsonl").write_text("".join(json.dumps(r) + "\n" for r in texts))
     noise = random.Random(0)
-    hexes = [{"instruction": "Repeat.", "output": "".join(noise.choice("0123456789abcdef") for _ in range(24))}
-             for _ in range(60)]  # fmt: skip
+    hexes = [
+        {"instruction": "Repeat.", "output": "".join(noise.choice("0123456789abcdef") for _ in range(24))}
+        for _ in range(60)
+    ]
     (tmp_path / "noise.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hexes))
     (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t["output"]}) + "\n" for t in texts))
     return tmp_path
@@ -84,8 +88,9 @@ def test_few_shot_baseline_and_neftune(run_job: Runner, tmp_path: Path, capsys: 
 
 def guarded(name: str, general: str = "general.jsonl", **guard: Any) -> Any:
     job = fast_job(name, "words.jsonl")
-    job.set("spec.data.datasets[1]", {"name": "general", "pvc": {"claimName": "data", "path": general},
-                                      "usage": "General"})  # fmt: skip
+    job.set(
+        "spec.data.datasets[1]", {"name": "general", "pvc": {"claimName": "data", "path": general}, "usage": "General"}
+    )
     return job.set("spec.forgettingGuard", {"replayRatio": 0.5, **guard}).set("spec.training.maxSteps", 6)
 
 
@@ -96,8 +101,9 @@ def test_forgetting_guard_replays_and_measures_retention(run_job: Runner, split_
     assert report["splitSizes"]["retention"] > 0 and report["splitSizes"]["replay"] > 0
     assert report["tasks"]["replayRowsPerEpoch"] == round(0.5 * report["splitSizes"]["train"])
     retention = result["retention"]
-    assert retention["regression"] == pytest.approx((retention["after"] - retention["before"]) / retention["before"],
-                                                    abs=1e-5)  # fmt: skip
+    assert retention["regression"] == pytest.approx(
+        (retention["after"] - retention["before"]) / retention["before"], abs=1e-5
+    )
     assert retention["passed"] is True
 
 
@@ -116,8 +122,9 @@ def test_retention_threshold_fails_the_run_but_keeps_the_outputs(
 
 
 def test_context_extension_scales_rope_and_checks_passkeys_at_the_new_length(run_job: Runner, tmp_path: Path) -> None:
-    job = fast_job("long").set("spec.contextExtension", {"ropeScaling": "YaRN", "targetLength": 1024,
-                                                         "passkeySamples": 2})  # fmt: skip
+    job = fast_job("long").set(
+        "spec.contextExtension", {"ropeScaling": "YaRN", "targetLength": 1024, "passkeySamples": 2}
+    )
     job.set("spec.training.maxSteps", 4).set("spec.output", {"pvc": {"claimName": "out"}, "mergeAdapter": True})
     assert run_job(job.build()) == 0
     out = tmp_path / "out"
@@ -131,13 +138,17 @@ def test_context_extension_scales_rope_and_checks_passkeys_at_the_new_length(run
 
 
 def test_stages_run_in_order_and_a_failed_stage_resumes_from_its_own_checkpoint(split_data: Path) -> None:
-    job = fast_job("staged", "words.jsonl").set("spec.data.datasets[1]", {
-        "name": "corpus", "pvc": {"claimName": "data", "path": "corpus.jsonl"}})  # fmt: skip
+    job = fast_job("staged", "words.jsonl").set(
+        "spec.data.datasets[1]", {"name": "corpus", "pvc": {"claimName": "data", "path": "corpus.jsonl"}}
+    )
     short = {"learningRate": 0.01, "maxSteps": 3, "perDeviceBatchSize": 8, "maxSeqLength": 128}
-    job.set("spec.stages", [
-        {"name": "domain", "datasets": ["corpus"], "format": "Completion", "training": short},
-        {"name": "instruct", "datasets": ["rows"], "training": {**short, "maxSteps": 8}},
-    ]).set("spec.checkpointing", {"everySteps": 2})  # fmt: skip
+    job.set(
+        "spec.stages",
+        [
+            {"name": "domain", "datasets": ["corpus"], "format": "Completion", "training": short},
+            {"name": "instruct", "datasets": ["rows"], "training": {**short, "maxSteps": 8}},
+        ],
+    ).set("spec.checkpointing", {"everySteps": 2})
     job.set("spec.data.datasets[0].name", "rows")
     manifest = split_data / "staged.yaml"
     manifest.write_text(yaml.safe_dump(job.build()))
@@ -152,7 +163,9 @@ def test_stages_run_in_order_and_a_failed_stage_resumes_from_its_own_checkpoint(
 
     result = metrics(split_data / "o")
     assert [(s["name"], s["phase"], s["steps"]) for s in result["stages"]] == [
-        ("domain", "Succeeded", 3), ("instruct", "Succeeded", 8)]  # fmt: skip
+        ("domain", "Succeeded", 3),
+        ("instruct", "Succeeded", 8),
+    ]
     assert (split_data / "o" / "adapter").is_dir() and (split_data / "o" / "merged" / "config.json").exists()
     card = (split_data / "o" / "README.md").read_text()
     assert "domain" in card and "instruct" in card
@@ -173,8 +186,11 @@ def test_summed_loss_over_targets_is_the_models_own_mean_loss(tmp_path: Path) ->
         AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
         AutoTokenizer.from_pretrained(path),
     )
-    rows = tokenize([Example.pair("Spell the word backwards: river\n", "revir"), Example.pair("", "A plain text row.")],
-                    tokenizer, 64)  # fmt: skip
+    rows = tokenize(
+        [Example.pair("Spell the word backwards: river\n", "revir"), Example.pair("", "A plain text row.")],
+        tokenizer,
+        64,
+    )
     for batch in (collate(rows, tokenizer.pad_token_id), collate_packed(rows)):
         own, n = float(model(**batch).loss.detach()), target_count(batch, False)
         assert float(summed_loss(model, batch, 0.0, False).detach()) / n == pytest.approx(own, rel=1e-5)
@@ -248,12 +264,15 @@ def test_continuous_tuning_starts_from_the_earlier_job_and_records_the_lineage(
         assert main(["run", str(tmp_path / f"{name}.yaml"), f"--volume=data={DATA}"]) == 0
     manifest = json.loads((tmp_path / "runs" / "third" / "manifest.json").read_text())
     assert [(a["job"], a["dataVersions"]) for a in manifest["lineage"]] == [
-        ("first", {"rows": "v1"}), ("second", {"rows": "v2"})]  # fmt: skip
+        ("first", {"rows": "v1"}),
+        ("second", {"rows": "v2"}),
+    ]
     assert manifest["dataVersions"] == {"rows": "v3"}
     card = (tmp_path / "runs" / "third" / "README.md").read_text()
     assert "## Lineage" in card and "`first`" in card and "`second`" in card and "Fine-tuned from `second`" in card
-    (tmp_path / "orphan.yaml").write_text(yaml.safe_dump(fast_job("orphan").set("spec.model", {"fromJob": "nope"})
-                                                          .build()))  # fmt: skip
+    (tmp_path / "orphan.yaml").write_text(
+        yaml.safe_dump(fast_job("orphan").set("spec.model", {"fromJob": "nope"}).build())
+    )
     assert main(["run", str(tmp_path / "orphan.yaml"), f"--volume=data={DATA}"]) == 78
 
 
@@ -277,8 +296,10 @@ def test_few_shot_prefix_cache_gives_the_uncached_answers(tmp_path: Path) -> Non
     plain = []
     with torch.no_grad():
         for example in tests:
-            ids = evaluate.prompt_ids(tokenizer, prefix) + tokenizer(example.prompt[len(prefix) :],
-                                                                     add_special_tokens=False)["input_ids"]  # fmt: skip
+            ids = (
+                evaluate.prompt_ids(tokenizer, prefix)
+                + tokenizer(example.prompt[len(prefix) :], add_special_tokens=False)["input_ids"]
+            )
             plain.append(
                 tokenizer.decode(evaluate.generate(model, tokenizer, ids, 6), skip_special_tokens=True).strip()
             )

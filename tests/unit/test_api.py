@@ -14,8 +14,8 @@ from kubetune.api.base import ApiModel
 from kubetune.api.crd import render
 from tests.api.cases import BAD, GOOD, parse
 from tests.support.builders import JobBuilder, make_job
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 

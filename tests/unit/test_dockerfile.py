@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+
 DOCKERFILE = ROOT / "Dockerfile"
 
 
@@ -42,14 +43,20 @@ def pins(path: Path) -> dict[str, str]:
 def hadolint() -> str:
     found = os.environ.get("KUBETUNE_HADOLINT") or shutil.which("hadolint")
     if not found:
-        found = subprocess.run(["bash", str(ROOT / "hack" / "install-tools.sh")], check=True, capture_output=True,
-                               text=True).stdout.split("KUBETUNE_HADOLINT=")[1].split()[0]  # fmt: skip
+        found = (
+            subprocess.run(
+                ["bash", str(ROOT / "hack" / "install-tools.sh")], check=True, capture_output=True, text=True
+            )
+            .stdout.split("KUBETUNE_HADOLINT=")[1]
+            .split()[0]
+        )
     return found
 
 
 def test_hadolint_finds_nothing() -> None:
-    result = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

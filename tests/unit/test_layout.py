@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+
 PROBE = "import enum, operator; print(operator.add(1, 2))"
 
 
@@ -34,8 +34,19 @@ def test_the_operator_package_imports_beside_the_stdlib_module() -> None:
 
 
 def test_top_level_layout() -> None:
-    for name in ["pyproject.toml", "operator", "trainer", "charts", "crds", "Dockerfile", "tests", "examples",
-                 "Makefile", "README.md", ".ci/run"]:  # fmt: skip
+    for name in [
+        "pyproject.toml",
+        "operator",
+        "trainer",
+        "charts",
+        "crds",
+        "Dockerfile",
+        "tests",
+        "examples",
+        "Makefile",
+        "README.md",
+        ".ci/run",
+    ]:
         assert (ROOT / name).exists(), name
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci

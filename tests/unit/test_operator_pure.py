@@ -167,8 +167,13 @@ def pod(index: int, phase: str, code: int | None = None, message: str = "") -> d
 
 
 def accepted_job(builder: JobBuilder | None = None) -> Any:
-    accepted = {"type": "Accepted", "status": "True", "reason": "SpecValid", "message": "ok",
-                "lastTransitionTime": "2026-11-25T10:00:00Z"}  # fmt: skip
+    accepted = {
+        "type": "Accepted",
+        "status": "True",
+        "reason": "SpecValid",
+        "message": "ok",
+        "lastTransitionTime": "2026-11-25T10:00:00Z",
+    }
     return job(builder or two_workers(), conditions=[accepted])
 
 
@@ -177,8 +182,17 @@ def conditions(s: FineTuneJobStatus) -> dict[str, tuple[str, str]]:
 
 
 def test_running_status_takes_progress_from_rank_0() -> None:
-    report = {"phase": "Training", "step": 25, "totalSteps": 100, "epoch": 1, "loss": 1.5, "learningRate": 1e-4,
-              "etaSeconds": 60.0, "checkpointStep": 20, "checkpointTime": NOW.timestamp()}  # fmt: skip
+    report = {
+        "phase": "Training",
+        "step": 25,
+        "totalSteps": 100,
+        "epoch": 1,
+        "loss": 1.5,
+        "learningRate": 1e-4,
+        "etaSeconds": 60.0,
+        "checkpointStep": 20,
+        "checkpointTime": NOW.timestamp(),
+    }
     s, transitions = status.compute(
         accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], report, NOW
     )
@@ -209,17 +223,30 @@ def test_pending_workers() -> None:
 
 
 def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
-    final = {"epoch": 2, "loss": 0.9, "learningRate": 0.0, "tokensPerSecond": 2100.5, "validationLoss": 1.1,
-             "bestValidationMetric": 1.0, "bestStep": 30, "lastValidationMetric": 1.1, "deliveredStep": 30}  # fmt: skip
-    summary = json.dumps({"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4},
-                          "final": final})  # fmt: skip
+    final = {
+        "epoch": 2,
+        "loss": 0.9,
+        "learningRate": 0.0,
+        "tokensPerSecond": 2100.5,
+        "validationLoss": 1.1,
+        "bestValidationMetric": 1.0,
+        "bestStep": 30,
+        "lastValidationMetric": 1.1,
+        "deliveredStep": 30,
+    }
+    summary = json.dumps(
+        {"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4}, "final": final}
+    )
     pods = [pod(0, "Succeeded", 0, summary), pod(1, "Succeeded", 0)]
     s, transitions = status.compute(accepted_job(), worker_job("Complete", succeeded=2), pods, None, NOW)
     assert s.phase == "Succeeded" and conditions(s)["Succeeded"] == ("True", "Completed")
     assert s.evaluation is not None and s.evaluation.test == {"loss": 1.2} and s.evaluation.baseline == {"loss": 3.4}
     assert s.progress is not None and (s.progress.step, s.progress.percentage, s.progress.epoch) == (40, 100, 2)
     assert s.metrics is not None and (s.metrics.loss, s.metrics.tokens_per_second, s.metrics.validation_loss) == (
-        0.9, 2100.5, 1.1)  # fmt: skip
+        0.9,
+        2100.5,
+        1.1,
+    )
     assert (s.metrics.best_step, s.metrics.delivered_step, s.metrics.last_validation_metric) == (30, 30, 1.1)
     assert s.output_location == "pvc://out/demo" and s.completion_time is not None
     assert ("Succeeded", "Completed") in [(t.type, t.reason) for t in transitions]
@@ -238,12 +265,29 @@ def test_data_warnings_turn_data_sufficient_false_with_the_trainers_words() -> N
 
 
 def test_stages_and_the_overfitting_verdict_come_from_rank_0s_progress() -> None:
-    overfit = {"detected": True, "bestStep": 20, "bestValidationLoss": 1.0, "step": 40, "validationLoss": 1.3,
-               "trainLossAtBest": 0.9, "trainLoss": 0.4}  # fmt: skip
-    stages = [{"name": "domain", "phase": "Succeeded", "steps": 30, "test": {"loss": 2.0}},
-              {"name": "instruct", "phase": "Running"}]  # fmt: skip
-    report = {"phase": "Training", "step": 40, "totalSteps": 100, "loss": 0.4, "stage": "instruct", "stageIndex": 1,
-              "stages": stages, "overfitting": overfit}  # fmt: skip
+    overfit = {
+        "detected": True,
+        "bestStep": 20,
+        "bestValidationLoss": 1.0,
+        "step": 40,
+        "validationLoss": 1.3,
+        "trainLossAtBest": 0.9,
+        "trainLoss": 0.4,
+    }
+    stages = [
+        {"name": "domain", "phase": "Succeeded", "steps": 30, "test": {"loss": 2.0}},
+        {"name": "instruct", "phase": "Running"},
+    ]
+    report = {
+        "phase": "Training",
+        "step": 40,
+        "totalSteps": 100,
+        "loss": 0.4,
+        "stage": "instruct",
+        "stageIndex": 1,
+        "stages": stages,
+        "overfitting": overfit,
+    }
     running = [pod(0, "Running"), pod(1, "Running")]
     s, transitions = status.compute(accepted_job(), worker_job(active=2), running, report, NOW)
     assert s.current_stage == "instruct" and s.stages is not None
@@ -264,9 +308,17 @@ def test_stages_and_the_overfitting_verdict_come_from_rank_0s_progress() -> None
 
 def test_success_reports_few_shot_per_task_retention_and_promotability() -> None:
     retention = {"before": 2.0, "after": 2.2, "regression": 0.1, "maxRegression": 0.02, "passed": False}
-    summary = json.dumps({"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4},
-                          "fewShot": {"loss": 2.5, "k": 3}, "tasks": {"qa": {"loss": 1.1}, "sum": {"loss": 1.3}},
-                          "retention": retention})  # fmt: skip
+    summary = json.dumps(
+        {
+            "phase": "Succeeded",
+            "steps": 40,
+            "test": {"loss": 1.2},
+            "baseline": {"loss": 3.4},
+            "fewShot": {"loss": 2.5, "k": 3},
+            "tasks": {"qa": {"loss": 1.1}, "sum": {"loss": 1.3}},
+            "retention": retention,
+        }
+    )
     pods = [pod(0, "Succeeded", 0, summary), pod(1, "Succeeded", 0)]
     guarded = two_workers().set("spec.forgettingGuard", {"maxRegression": 0.02})
     guarded.set("spec.data.datasets[1]", {"name": "general", "uri": "s3://b/g.jsonl", "usage": "General"})
@@ -279,8 +331,12 @@ def test_success_reports_few_shot_per_task_retention_and_promotability() -> None
     from kubetune.operator import metrics
 
     metrics.observe("ns", "kept", s)
-    assert metrics.registry.get_sample_value("kubetune_finetunejob_retention_regression_ratio",
-                                             {"namespace": "ns", "finetunejob": "kept"}) == 0.1  # fmt: skip
+    assert (
+        metrics.registry.get_sample_value(
+            "kubetune_finetunejob_retention_regression_ratio", {"namespace": "ns", "finetunejob": "kept"}
+        )
+        == 0.1
+    )
     labels = {"namespace": "ns", "finetunejob": "kept", "metric": "loss", "model": "fewshot"}
     assert metrics.registry.get_sample_value("kubetune_finetunejob_eval_metric", labels) == 2.5
     metrics.forget("ns", "kept")
@@ -344,10 +400,15 @@ def test_metrics_export_a_jobs_phase_workers_and_eta_and_forget_it() -> None:
     from kubetune.operator import metrics
 
     eta = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-    status = FineTuneJobStatus.model_validate_json(json.dumps(
-        {"phase": "Running", "workers": {"active": 2}, "progress": {"step": 3, "totalSteps": 12,
-                                                                     "estimatedCompletionTime": eta.isoformat()}}
-    ))  # fmt: skip
+    status = FineTuneJobStatus.model_validate_json(
+        json.dumps(
+            {
+                "phase": "Running",
+                "workers": {"active": 2},
+                "progress": {"step": 3, "totalSteps": 12, "estimatedCompletionTime": eta.isoformat()},
+            }
+        )
+    )
     metrics.observe("ml", "m1", status)
     job_labels = {"namespace": "ml", "finetunejob": "m1"}
 
@@ -436,9 +497,10 @@ def _succeeded(builder: JobBuilder, test: dict[str, float], baseline: dict[str, 
 
 
 def test_promotion_gate_checks_thresholds_the_base_model_and_retention() -> None:
-    gated = two_workers().set("spec.promotion", {"thresholds": [{"metric": "loss", "max": 2.0},
-                                                                 {"metric": "exactMatch", "min": 0.5}],
-                                                  "beatBaseModel": True})  # fmt: skip
+    gated = two_workers().set(
+        "spec.promotion",
+        {"thresholds": [{"metric": "loss", "max": 2.0}, {"metric": "exactMatch", "min": 0.5}], "beatBaseModel": True},
+    )
     s, transitions = _succeeded(gated, {"loss": 1.5, "exactMatch": 0.25}, {"loss": 3.0})
     assert conditions(s)["Promotable"] == ("False", "GateFailed")
     assert [(c.name, c.passed) for c in s.gate or []] == [
@@ -481,8 +543,11 @@ def test_from_job_resolves_to_the_earlier_jobs_model_or_says_why_not() -> None:
     from kubetune.operator import lineage
 
     later = job(two_workers().set("spec.model", {"fromJob": "earlier"}))
-    earlier = JobBuilder("earlier").set("spec.output", {"pvc": {"claimName": "models", "path": "runs/earlier"},
-                                                         "mergeAdapter": True}).build()  # fmt: skip
+    earlier = (
+        JobBuilder("earlier")
+        .set("spec.output", {"pvc": {"claimName": "models", "path": "runs/earlier"}, "mergeAdapter": True})
+        .build()
+    )
     with pytest.raises(lineage.NotReadyError, match="FineTuneJob earlier does not exist"):
         lineage.resolve(later, None)
     with pytest.raises(lineage.NotReadyError, match="has not succeeded yet"):
@@ -501,9 +566,20 @@ def test_from_job_resolves_to_the_earlier_jobs_model_or_says_why_not() -> None:
 
 @pytest.mark.parametrize(
     ("cpu", "expected"),
-    [(1, 1), (4, 4), ("2", 2), ("500m", 1), ("1500m", 1), ("2500m", 2), ("1.5", 1), ("0.1", 1), ("3.9", 3),
-     ("1k", 1000), ("100m", 1)],
-)  # fmt: skip
+    [
+        (1, 1),
+        (4, 4),
+        ("2", 2),
+        ("500m", 1),
+        ("1500m", 1),
+        ("2500m", 2),
+        ("1.5", 1),
+        ("0.1", 1),
+        ("3.9", 3),
+        ("1k", 1000),
+        ("100m", 1),
+    ],
+)
 def test_omp_threads_are_whole_cores_of_the_cpu_quantity(cpu: int | str, expected: int) -> None:
     assert builders.threads(cpu) == expected
     manifest = builders.worker_job(job(JobBuilder("demo").set("spec.resources.cpu", cpu)), SETTINGS)
@@ -530,8 +606,9 @@ def test_a_hub_model_gets_its_token_from_the_secret_by_reference_and_user_env_co
 
 def test_a_secret_the_kubelet_cannot_find_waits_as_missing_reference_naming_it() -> None:
     waiting = pod(0, "Pending")
-    waiting["status"]["containerStatuses"][0]["state"] = {"waiting": {
-        "reason": "CreateContainerConfigError", "message": 'secret "hf-token" not found'}}  # fmt: skip
+    waiting["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": "CreateContainerConfigError", "message": 'secret "hf-token" not found'}
+    }
     s, transitions = status.compute(accepted_job(), worker_job(active=2), [waiting, pod(1, "Pending")], None, NOW)
     assert conditions(s)["Running"] == ("False", "MissingReference") and s.phase == "Pending"
     assert 'worker 0: secret "hf-token" not found' in next(c.message for c in s.conditions if c.type == "Running")
@@ -541,12 +618,17 @@ def test_a_secret_the_kubelet_cannot_find_waits_as_missing_reference_naming_it()
 def test_uri_credentials_reach_the_workers_by_reference_one_slot_per_secret() -> None:
     spec = JobBuilder("demo").drop("spec.model.cached")
     spec.set("spec.model", {"uri": "s3://models/base", "credentialsSecretRef": {"name": "models-keys"}})
-    spec.set("spec.data.datasets[1]", {"name": "s3", "uri": "s3://data/rows.jsonl",
-                                       "credentialsSecretRef": {"name": "data-keys"}})  # fmt: skip
-    env = {e["name"]: e for e in builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
-           ["env"]}  # fmt: skip
+    spec.set(
+        "spec.data.datasets[1]",
+        {"name": "s3", "uri": "s3://data/rows.jsonl", "credentialsSecretRef": {"name": "data-keys"}},
+    )
+    env = {
+        e["name"]: e
+        for e in builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["KUBETUNE_CREDENTIALS_0_AWS_ACCESS_KEY_ID"]["valueFrom"] == {
-        "secretKeyRef": {"name": "data-keys", "key": "AWS_ACCESS_KEY_ID"}}  # fmt: skip
+        "secretKeyRef": {"name": "data-keys", "key": "AWS_ACCESS_KEY_ID"}
+    }
     assert env["KUBETUNE_CREDENTIALS_1_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "models-keys"
     token = env["KUBETUNE_CREDENTIALS_1_AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token["optional"] is True and not any("value" in e for n, e in env.items() if "CREDENTIALS" in n)
@@ -555,8 +637,10 @@ def test_uri_credentials_reach_the_workers_by_reference_one_slot_per_secret() ->
 def test_a_hub_dataset_token_gets_its_own_variable_and_the_workers_go_online() -> None:
     source = {"repo": "org/rows", "split": "train", "tokenSecretRef": {"name": "data-token", "key": "token"}}
     spec = JobBuilder("demo").set("spec.data.datasets[0]", {"name": "rows", "huggingFace": source})
-    env = {e["name"]: e for e in builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]
-           ["env"]}  # fmt: skip
+    env = {
+        e["name"]: e
+        for e in builders.worker_job(job(spec), SETTINGS)["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["KUBETUNE_HUB_TOKEN_0"]["valueFrom"] == {"secretKeyRef": {"name": "data-token", "key": "token"}}
     assert env["HF_HUB_OFFLINE"]["value"] == "0" and "HF_TOKEN" not in env
 
@@ -567,8 +651,9 @@ def test_reconcile_errors_count_what_users_cause_apart_from_operator_faults() ->
     from kubetune.operator import metrics
 
     def count(outcome: str) -> float:
-        value = metrics.registry.get_sample_value("kubetune_reconcile_errors_total",
-                                                  {"handler": "suspend", "outcome": outcome})  # fmt: skip
+        value = metrics.registry.get_sample_value(
+            "kubetune_reconcile_errors_total", {"handler": "suspend", "outcome": outcome}
+        )
         return value or 0.0
 
     before = {outcome: count(outcome) for outcome in metrics.OUTCOMES}
@@ -576,4 +661,7 @@ def test_reconcile_errors_count_what_users_cause_apart_from_operator_faults() ->
         with pytest.raises(type(error)), metrics.timed("suspend"):
             raise error
     assert {outcome: count(outcome) - before[outcome] for outcome in metrics.OUTCOMES} == {
-        "error": 1, "temporary": 1, "permanent": 1}  # fmt: skip
+        "error": 1,
+        "temporary": 1,
+        "permanent": 1,
+    }

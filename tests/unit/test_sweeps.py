@@ -18,14 +18,32 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 def sweep(**spec: Any) -> FineTuneSweep:
     template = JobBuilder("t").set("spec.output", {"pvc": {"claimName": "out", "path": "sweeps"}}).build()["spec"]
-    body = {"template": template, "parameters": [{"path": "training.learningRate", "values": [0.01, 0.001]},
-                                                  {"path": "method.lora.rank", "values": [4, 8]}], **spec}  # fmt: skip
-    return parse_sweep({"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneSweep",
-                        "metadata": {"name": "lr", "namespace": "team", "generation": 1}, "spec": body})  # fmt: skip
+    body = {
+        "template": template,
+        "parameters": [
+            {"path": "training.learningRate", "values": [0.01, 0.001]},
+            {"path": "method.lora.rank", "values": [4, 8]},
+        ],
+        **spec,
+    }
+    return parse_sweep(
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "FineTuneSweep",
+            "metadata": {"name": "lr", "namespace": "team", "generation": 1},
+            "spec": body,
+        }
+    )
 
 
-def trial(s: FineTuneSweep, index: int, phase: str, best: float | None = None, percent: int = 0,
-          test: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+def trial(
+    s: FineTuneSweep,
+    index: int,
+    phase: str,
+    best: float | None = None,
+    percent: int = 0,
+    test: dict[str, float] | None = None,
+) -> dict[str, Any]:
     manifest = sweeps.trial_job(s, index, sweeps.space(s)[index])
     status: dict[str, Any] = {"phase": phase, "progress": {"percentage": percent}}
     if best is not None:
@@ -47,8 +65,10 @@ def test_grid_is_every_combination_in_order_within_the_budget() -> None:
 
 
 def test_random_draws_are_seeded_and_respect_ranges() -> None:
-    params = [{"path": "training.learningRate", "min": 1e-5, "max": 1e-2, "log": True},
-              {"path": "method.lora.rank", "min": 2, "max": 64, "integer": True}]  # fmt: skip
+    params = [
+        {"path": "training.learningRate", "min": 1e-5, "max": 1e-2, "log": True},
+        {"path": "method.lora.rank", "min": 2, "max": 64, "integer": True},
+    ]
     s = sweep(algorithm="Random", seed=3, maxTrials=20, parameters=params)
     drawn = sweeps.space(s)
     assert drawn == sweeps.space(sweep(algorithm="Random", seed=3, maxTrials=20, parameters=params))
@@ -82,8 +102,12 @@ def test_reconcile_keeps_max_parallel_running_and_finishes_with_the_best() -> No
     running = [trial(s, 0, "Succeeded", 1.2), trial(s, 1, "Running", 1.5, 30)]
     second = sweeps.reconcile(s, running, NOW)
     assert [m["metadata"]["name"] for m in second.create] == ["lr-002"]
-    done = [trial(s, 0, "Succeeded", 1.2), trial(s, 1, "Succeeded", 0.9), trial(s, 2, "Failed"),
-            trial(s, 3, "Succeeded", 1.0)]  # fmt: skip
+    done = [
+        trial(s, 0, "Succeeded", 1.2),
+        trial(s, 1, "Succeeded", 0.9),
+        trial(s, 2, "Failed"),
+        trial(s, 3, "Succeeded", 1.0),
+    ]
     final = sweeps.reconcile(s, done, NOW)
     assert final.create == [] and final.status.phase == "Succeeded"
     assert [t.name for t in final.status.trials] == ["lr-001", "lr-003", "lr-000", "lr-002"], "best first"
@@ -94,8 +118,12 @@ def test_reconcile_keeps_max_parallel_running_and_finishes_with_the_best() -> No
 
 def test_median_stopping_suspends_a_losing_trial_past_its_share_of_steps() -> None:
     s = sweep(maxParallel=4, earlyStopping={"afterPercent": 50, "minTrials": 2})
-    trials = [trial(s, 0, "Succeeded", 1.0), trial(s, 1, "Succeeded", 1.2), trial(s, 2, "Running", 2.0, 60),
-              trial(s, 3, "Running", 2.0, 20)]  # fmt: skip
+    trials = [
+        trial(s, 0, "Succeeded", 1.0),
+        trial(s, 1, "Succeeded", 1.2),
+        trial(s, 2, "Running", 2.0, 60),
+        trial(s, 3, "Running", 2.0, 20),
+    ]
     step = sweeps.reconcile(s, trials, NOW)
     assert step.stop == ["lr-002"], "past 50 % and worse than the median 1.1; lr-003 is not far enough yet"
     assert {t.name: t.phase for t in step.status.trials}["lr-002"] == "Stopped"

@@ -141,18 +141,24 @@ def test_augmentation_perturbs_only_inputs_and_is_seeded() -> None:
     ("edits", "sizes", "expected"),
     [
         ({}, {"train": 400, "validation": 50, "test": 50}, []),
-        ({}, {"train": 2, "validation": 0, "test": 0}, ["train split has 2 rows", "validation split is empty",
-                                                         "test split is empty"]),
+        (
+            {},
+            {"train": 2, "validation": 0, "test": 0},
+            ["train split has 2 rows", "validation split is empty", "test split is empty"],
+        ),
         ({}, {"train": 400, "validation": 7, "test": 20}, ["validation split has 7 rows (fewer than 20)"]),
         ({"spec.evaluation.enabled": False}, {"train": 400, "validation": 50, "test": 0}, []),
-        ({"spec.data.split": {"validationRatio": 0.0, "testRatio": 0.1}}, {"train": 400, "validation": 0, "test": 40},
-         []),
+        (
+            {"spec.data.split": {"validationRatio": 0.0, "testRatio": 0.1}},
+            {"train": 400, "validation": 0, "test": 40},
+            [],
+        ),
     ],
-)  # fmt: skip
+)
 def test_split_warnings_name_the_small_splits_and_what_to_change(
     edits: dict[str, Any], sizes: dict[str, int], expected: list[str]
 ) -> None:
-    from kubetune.trainer.splits import split_warnings
+    from kubetune.trainer.prepare import split_warnings
 
     job = JobBuilder()
     for path, value in edits.items():

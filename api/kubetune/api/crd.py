@@ -141,18 +141,22 @@ def openapi_schema(resource: type[ApiModel] = FineTuneJob) -> Schema:
 JOB_COLUMNS: list[Schema] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
-    {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percentage",
-     "description": "Percent of training steps done."},
+    {
+        "name": "Progress",
+        "type": "integer",
+        "jsonPath": ".status.progress.percentage",
+        "description": "Percent of training steps done.",
+    },
     {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]  # fmt: skip
+]
 SWEEP_COLUMNS: list[Schema] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Trials", "type": "integer", "jsonPath": ".status.created", "description": "Trials created."},
     {"name": "Best", "type": "string", "jsonPath": ".status.bestTrial"},
     {"name": "Metric", "type": "number", "jsonPath": ".status.bestMetric"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]  # fmt: skip
+]
 
 
 def build_crd(kind: str = KIND) -> Schema:

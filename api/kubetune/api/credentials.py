@@ -28,8 +28,13 @@ def locations(spec: FineTuneJobSpec) -> Iterator[tuple[str, Any]]:
 
 def slots(spec: FineTuneJobSpec) -> dict[str, int]:
     """Secret name -> slot, for every credentialsSecretRef of ``spec``."""
-    names = sorted({loc.credentials_secret_ref.name for _, loc in locations(spec)
-                    if getattr(loc, "uri", None) and loc.credentials_secret_ref is not None})  # fmt: skip
+    names = sorted(
+        {
+            loc.credentials_secret_ref.name
+            for _, loc in locations(spec)
+            if getattr(loc, "uri", None) and loc.credentials_secret_ref is not None
+        }
+    )
     return {name: slot for slot, name in enumerate(names)}
 
 

@@ -23,10 +23,8 @@ class Reason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
-    NOT_FINISHED = "NotFinished"
     DIVERGED = "Diverged"
     MISSING_REFERENCE = "MissingReference"
-    NOT_SUSPENDED = "NotSuspended"
     VALIDATION_LOSS_RISING = "ValidationLossRising"
     NO_OVERFITTING = "NoOverfitting"
     SPLITS_SUFFICIENT = "SplitsSufficient"
@@ -58,10 +56,8 @@ MESSAGES: dict[Reason, str] = {
     Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.activeDeadlineSeconds ({}s).",
     Reason.SUSPENDED: "The job is suspended; workers are stopped.",
     Reason.RESUMED: "The job was resumed.",
-    Reason.NOT_FINISHED: "The job has not finished.",
     Reason.DIVERGED: "Training diverged (the loss became NaN or stayed far above its start); retrying would too: {}",
     Reason.MISSING_REFERENCE: "Waiting for objects the spec refers to: {}",
-    Reason.NOT_SUSPENDED: "The job is not suspended.",
     Reason.VALIDATION_LOSS_RISING: "Validation loss rose from {} (step {}) to {} (step {}) while training loss fell "
     "from {} to {}; consider early stopping, dropout, label smoothing or fewer epochs.",
     Reason.NO_OVERFITTING: "Validation loss has not risen while training loss fell.",

@@ -35,9 +35,16 @@ Quantity = int | Annotated[str, Field(max_length=64, pattern=QUANTITY)]
 
 
 RESERVED_ENV = (
-    "NNODES", "NPROC_PER_NODE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "TMPDIR", "OMP_NUM_THREADS",
-    "HF_HUB_OFFLINE", "HF_TOKEN",
-)  # fmt: skip
+    "NNODES",
+    "NPROC_PER_NODE",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TMPDIR",
+    "OMP_NUM_THREADS",
+    "HF_HUB_OFFLINE",
+    "HF_TOKEN",
+)
 """Variables the operator sets in every worker (with every ``KUBETUNE_`` one): spec.resources.env may not set them."""
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _RESERVED_CEL = "[" + ", ".join(f"'{name}'" for name in RESERVED_ENV) + "]"

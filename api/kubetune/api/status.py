@@ -7,13 +7,13 @@ from datetime import datetime
 from pydantic import Field
 
 from .base import ApiModel
-from .enums import ConditionStatus, Phase
+from .enums import ConditionStatus, ConditionType, Phase
 
 
 class Condition(ApiModel):
     """One aspect of the job's state (Kubernetes metav1.Condition)."""
 
-    type: str = Field(max_length=316, description="Accepted, Running, Succeeded, Failed or Suspended.")
+    type: str = Field(max_length=316, description="One of " + ", ".join(kind.value for kind in ConditionType) + ".")
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
         min_length=1,

@@ -13,10 +13,20 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.status import Condition
 
 WARNING_REASONS = {
-    Reason.INVALID_SPEC, Reason.WORKER_FAILED, Reason.RESTARTS_EXHAUSTED, Reason.CONFIGURATION_ERROR,
-    Reason.DEADLINE_EXCEEDED, Reason.DIVERGED, Reason.MISSING_REFERENCE, Reason.VALIDATION_LOSS_RISING,
-    Reason.RETENTION_REGRESSED, Reason.SMALL_SPLITS, Reason.GATE_FAILED, Reason.NO_TRIAL_SUCCEEDED, Reason.NO_OBJECTIVE,
-}  # fmt: skip
+    Reason.INVALID_SPEC,
+    Reason.WORKER_FAILED,
+    Reason.RESTARTS_EXHAUSTED,
+    Reason.CONFIGURATION_ERROR,
+    Reason.DEADLINE_EXCEEDED,
+    Reason.DIVERGED,
+    Reason.MISSING_REFERENCE,
+    Reason.VALIDATION_LOSS_RISING,
+    Reason.RETENTION_REGRESSED,
+    Reason.SMALL_SPLITS,
+    Reason.GATE_FAILED,
+    Reason.NO_TRIAL_SUCCEEDED,
+    Reason.NO_OBJECTIVE,
+}
 
 
 class WithConditions(Protocol):
@@ -56,18 +66,39 @@ class Conditions:
             self.transitions.append(Transition(kind, reason, text))
 
 
-def set_condition(conditions: list[Condition], kind: ConditionType, status: ConditionStatus, reason: Reason,
-                  text: str, generation: int | None, now: datetime) -> bool:  # fmt: skip
+def set_condition(
+    conditions: list[Condition],
+    kind: ConditionType,
+    status: ConditionStatus,
+    reason: Reason,
+    text: str,
+    generation: int | None,
+    now: datetime,
+) -> bool:
     """Set one condition in place; lastTransitionTime moves only when status changes. True when status or
     reason changed (worth an Event)."""
     for i, old in enumerate(conditions):
         if old.type == kind:
             moved = old.last_transition_time if old.status == status else now
-            conditions[i] = Condition(type=kind, status=status, reason=reason, message=text,
-                                      observed_generation=generation, last_transition_time=moved)  # fmt: skip
+            conditions[i] = Condition(
+                type=kind,
+                status=status,
+                reason=reason,
+                message=text,
+                observed_generation=generation,
+                last_transition_time=moved,
+            )
             return old.status != status or old.reason != reason
-    conditions.append(Condition(type=kind, status=status, reason=reason, message=text,
-                                observed_generation=generation, last_transition_time=now))  # fmt: skip
+    conditions.append(
+        Condition(
+            type=kind,
+            status=status,
+            reason=reason,
+            message=text,
+            observed_generation=generation,
+            last_transition_time=now,
+        )
+    )
     return True
 
 
@@ -79,7 +110,17 @@ def is_true(current: WithConditions | None, kind: ConditionType) -> bool:
 def rejected(text: str, generation: int | None, now: datetime) -> dict[str, Any]:
     """The status patch of an object whose spec is invalid: Accepted=False (InvalidSpec), phase Failed."""
     conditions: list[Condition] = []
-    set_condition(conditions, ConditionType.ACCEPTED, ConditionStatus.FALSE, Reason.INVALID_SPEC,
-                  message(Reason.INVALID_SPEC, text), generation, now)  # fmt: skip
-    return {"conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
-            "phase": Phase.FAILED.value, "observedGeneration": generation}  # fmt: skip
+    set_condition(
+        conditions,
+        ConditionType.ACCEPTED,
+        ConditionStatus.FALSE,
+        Reason.INVALID_SPEC,
+        message(Reason.INVALID_SPEC, text),
+        generation,
+        now,
+    )
+    return {
+        "conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
+        "phase": Phase.FAILED.value,
+        "observedGeneration": generation,
+    }

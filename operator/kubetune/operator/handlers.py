@@ -71,9 +71,11 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
             return
         job = _from_job(body, patch, job, namespace)
         missing = validation.missing_references(
-            job.spec, SETTINGS.model_cache_claim, kube.claim_names(namespace),
+            job.spec,
+            SETTINGS.model_cache_claim,
+            kube.claim_names(namespace),
             kube.config_map_keys(namespace, {name for _, name, _ in validation.config_maps(job.spec)}),
-        )  # fmt: skip
+        )
         if missing:
             _accepted(job, patch, False, Reason.MISSING_REFERENCE, "; ".join(missing))
             raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, "; ".join(missing)), delay=15)
@@ -121,15 +123,22 @@ def _indexed(index: Children, namespace: str, name: str) -> dict[str, Any] | Non
 def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """What status computation reads of a child: a few metadata fields, some spec, the whole status."""
     meta = body.metadata
-    return copy.deepcopy({
-        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid,
-                     "resourceVersion": meta.get("resourceVersion"),
-                     "labels": dict(meta.labels), "annotations": dict(meta.annotations),
-                     "creationTimestamp": meta.get("creationTimestamp"),
-                     "deletionTimestamp": meta.get("deletionTimestamp")},
-        "spec": {k: body.spec.get(k) for k in spec_keys},
-        "status": dict(body.status),
-    })  # fmt: skip
+    return copy.deepcopy(
+        {
+            "metadata": {
+                "name": meta.name,
+                "namespace": meta.namespace,
+                "uid": meta.uid,
+                "resourceVersion": meta.get("resourceVersion"),
+                "labels": dict(meta.labels),
+                "annotations": dict(meta.annotations),
+                "creationTimestamp": meta.get("creationTimestamp"),
+                "deletionTimestamp": meta.get("deletionTimestamp"),
+            },
+            "spec": {k: body.spec.get(k) for k in spec_keys},
+            "status": dict(body.status),
+        }
+    )
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "workers"})
@@ -151,8 +160,16 @@ def servers(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: An
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1)  # type: ignore[arg-type]
-def refresh_status(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo,
-                   worker_jobs: Children, worker_pods: Children, **_: Any) -> None:  # fmt: skip
+def refresh_status(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    worker_jobs: Children,
+    worker_pods: Children,
+    **_: Any,
+) -> None:
     """Recompute the status from the worker Job, its pods (both from the indexes above) and rank 0's progress;
     patch it when it changed. A tick whose inputs are the same as the last one's (no object changed, rank 0 not
     running, no TTL due) does nothing: with hundreds of waiting jobs that is most ticks."""
@@ -184,8 +201,9 @@ def _deployable(body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1, when=_deployable)  # type: ignore[arg-type]
-def deploy(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, servers: Children,
-           **_: Any) -> None:  # fmt: skip
+def deploy(
+    body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, servers: Children, **_: Any
+) -> None:
     """spec.deploy of a succeeded job: create the inference server (once the job is promotable) and report on it
     in the Deployed condition. A tick that sees the same job and server as the last one does nothing."""
     server = _indexed(servers, namespace or "default", name)
@@ -221,10 +239,16 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     if info is None:
         return None
     connector = aiohttp.TCPConnector(limit=SETTINGS.max_connections, ssl=info.as_ssl_context())
-    session = aiohttp.ClientSession(connector=connector, headers=info.as_http_headers(),
-                                    auth=info.as_aiohttp_basic_auth())  # fmt: skip
-    return kopf.AiohttpSession(aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
-                               expiration=info.expiration, priority=info.priority)  # fmt: skip
+    session = aiohttp.ClientSession(
+        connector=connector, headers=info.as_http_headers(), auth=info.as_aiohttp_basic_auth()
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        priority=info.priority,
+    )
 
 
 def _job(body: kopf.Body) -> FineTuneJob:
@@ -270,9 +294,14 @@ def _accepted(job: FineTuneJob, patch: kopf.Patch, ok: bool, reason: Reason, tex
     state = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
     generation = job.metadata.get("generation")
     conditions.set_condition(listed, ConditionType.ACCEPTED, state, reason, text, generation, datetime.now(UTC))
-    new = current.model_copy(update={
-        "conditions": listed, "phase": current.phase or Phase.PENDING, "observed_generation": generation,
-        "output_location": status.output_location(job)})  # fmt: skip
+    new = current.model_copy(
+        update={
+            "conditions": listed,
+            "phase": current.phase or Phase.PENDING,
+            "observed_generation": generation,
+            "output_location": status.output_location(job),
+        }
+    )
     patch.status.update(new.model_dump(mode="json", by_alias=True, include=set(ACCEPTED_FIELDS)))
     return new
 

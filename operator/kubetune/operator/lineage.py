@@ -48,6 +48,7 @@ def resolve(job: FineTuneJob, earlier: dict[str, Any] | None) -> FineTuneJob:
     else:
         raise ImpossibleError(f"{where}: FineTuneJob {name} kept only an adapter; it needs output.mergeAdapter")
     path = f"{out.path}/{kept}".lstrip("/")
-    model = ModelSource(pvc=PVCLocation(claim_name=out.claim_name, path=path),
-                        trust_remote_code=job.spec.model.trust_remote_code)  # fmt: skip
+    model = ModelSource(
+        pvc=PVCLocation(claim_name=out.claim_name, path=path), trust_remote_code=job.spec.model.trust_remote_code
+    )
     return job.model_copy(update={"spec": job.spec.model_copy(update={"model": model})})

@@ -41,10 +41,13 @@ workers = Gauge(
 )
 completion_time = Gauge(
     "kubetune_finetunejob_estimated_completion_timestamp_seconds",
-    "When training is expected to end (Unix time), from the trainer's ETA.", JOB, registry=registry,
-)  # fmt: skip
-progress_ratio = Gauge("kubetune_finetunejob_progress_ratio", "Training steps done / planned (0-1).", JOB,
-                       registry=registry)  # fmt: skip
+    "When training is expected to end (Unix time), from the trainer's ETA.",
+    JOB,
+    registry=registry,
+)
+progress_ratio = Gauge(
+    "kubetune_finetunejob_progress_ratio", "Training steps done / planned (0-1).", JOB, registry=registry
+)
 train_loss = Gauge("kubetune_finetunejob_train_loss", "Training loss of the latest step.", JOB, registry=registry)
 validation_loss = Gauge(
     "kubetune_finetunejob_validation_loss", "Loss on the validation split, latest validation.", JOB, registry=registry
@@ -52,8 +55,9 @@ validation_loss = Gauge(
 tokens_per_second = Gauge(
     "kubetune_finetunejob_tokens_per_second", "Training throughput over all workers.", JOB, registry=registry
 )
-restarts = Gauge("kubetune_finetunejob_restarts", "Times the workers were restarted after a failure.", JOB,
-                 registry=registry)  # fmt: skip
+restarts = Gauge(
+    "kubetune_finetunejob_restarts", "Times the workers were restarted after a failure.", JOB, registry=registry
+)
 evaluation = Gauge(
     "kubetune_finetunejob_eval_metric",
     "Test-set metric of the tuned model (model=tuned), the base model (model=base) or the base model prompted "
@@ -74,15 +78,20 @@ overfitting = Gauge(
     registry=registry,
 )
 SWEEP = ("namespace", "finetunesweep")
-sweep_trials = Gauge("kubetune_finetunesweep_trials", "A sweep's trials by phase.", (*SWEEP, "phase"),
-                     registry=registry)  # fmt: skip
-sweep_best = Gauge("kubetune_finetunesweep_best_metric", "Objective value of a sweep's best finished trial.", SWEEP,
-                   registry=registry)  # fmt: skip
+sweep_trials = Gauge(
+    "kubetune_finetunesweep_trials", "A sweep's trials by phase.", (*SWEEP, "phase"), registry=registry
+)
+sweep_best = Gauge(
+    "kubetune_finetunesweep_best_metric", "Objective value of a sweep's best finished trial.", SWEEP, registry=registry
+)
 TRIAL_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Stopped", "Suspended")
 reconcile_seconds = Histogram(
-    "kubetune_reconcile_duration_seconds", "Time spent in one handler call.", ("handler",), registry=registry,
+    "kubetune_reconcile_duration_seconds",
+    "Time spent in one handler call.",
+    ("handler",),
+    registry=registry,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)  # fmt: skip
+)
 errors = Counter(
     "kubetune_reconcile_errors_total",
     "Handler calls that raised, by outcome: error (an operator fault), temporary (waiting for something a user "
@@ -100,8 +109,16 @@ for _phase in Phase:
 
 _phases: dict[tuple[str, str], str] = {}
 _phase_counts: collections.Counter[str] = collections.Counter()
-_PER_JOB = (progress_ratio, train_loss, validation_loss, tokens_per_second, restarts, completion_time,
-            retention_regression, overfitting)  # fmt: skip
+_PER_JOB = (
+    progress_ratio,
+    train_loss,
+    validation_loss,
+    tokens_per_second,
+    restarts,
+    completion_time,
+    retention_regression,
+    overfitting,
+)
 WORKER_STATES = ("active", "succeeded", "failed")
 
 

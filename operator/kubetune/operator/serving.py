@@ -48,14 +48,25 @@ def _container(job: FineTuneJob, settings: Settings, mounts: list[dict[str, Any]
     if d.engine == ServingEngine.VLLM:
         model = f"{out}/{'model' if spec.method.type == MethodType.FULL else 'merged'}"
         image, command = d.image or settings.vllm_image, ["vllm", "serve", model]
-        args = ["--served-model-name", job.name, "--port", str(d.port), "--max-model-len",
-                str(spec.training.max_seq_length)]  # fmt: skip
+        args = [
+            "--served-model-name",
+            job.name,
+            "--port",
+            str(d.port),
+            "--max-model-len",
+            str(spec.training.max_seq_length),
+        ]
     else:
         image, command = d.image or settings.trainer_image, ["python", "-m", "kubetune.trainer"]
         args = ["serve", f"{SPEC_DIR}/{SPEC_KEY}", f"--port={d.port}", f"--max-new-tokens={d.max_new_tokens}"]
         args += ["--merged"] if _merged(job) else []
-    env = {"KUBETUNE_PVC_ROOT": PVC_ROOT, "KUBETUNE_MODEL_CACHE": MODEL_CACHE, "TMPDIR": "/scratch",
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1" if d.gpus else str(threads(d.cpu))}  # fmt: skip
+    env = {
+        "KUBETUNE_PVC_ROOT": PVC_ROOT,
+        "KUBETUNE_MODEL_CACHE": MODEL_CACHE,
+        "TMPDIR": "/scratch",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1" if d.gpus else str(threads(d.cpu)),
+    }
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10}
     return {
         "name": COMPONENT,
@@ -79,8 +90,7 @@ def children(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
     assert d is not None
     volumes, mounts = volumes_and_mounts(job, settings, writable_output=False)
     selector = {LABEL_JOB: job.name, LABEL_COMPONENT: COMPONENT}
-    pod = {"automountServiceAccountToken": False, "containers": [_container(job, settings, mounts)],
-           "volumes": volumes}  # fmt: skip
+    pod = {"automountServiceAccountToken": False, "containers": [_container(job, settings, mounts)], "volumes": volumes}
     name, meta_labels = serve_name(job), labels(job.name, COMPONENT)
     deployment = {
         "apiVersion": "apps/v1",

@@ -51,8 +51,13 @@ MESSAGE_LIMIT = 2000
 """Characters of a worker's termination message (its summary or last log lines) kept in a condition message."""
 
 
-def compute(job: FineTuneJob, worker_job: dict[str, Any] | None, pods: list[dict[str, Any]],
-            report: dict[str, Any] | None, now: datetime) -> tuple[FineTuneJobStatus, list[Transition]]:  # fmt: skip
+def compute(
+    job: FineTuneJob,
+    worker_job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+    now: datetime,
+) -> tuple[FineTuneJobStatus, list[Transition]]:
     """The status of ``job`` given its worker Job (None: not created yet), that Job's pods and rank 0's
     ``/progress`` document (None: not reachable)."""
     previous = job.status or FineTuneJobStatus()
@@ -68,8 +73,11 @@ def compute(job: FineTuneJob, worker_job: dict[str, Any] | None, pods: list[dict
         status.phase = Phase.PENDING
         return status, conditions.transitions
     counts = worker_job.get("status") or {}
-    status.workers = WorkerCounts(active=int(counts.get("active", 0)), succeeded=int(counts.get("succeeded", 0)),
-                                  failed=int(counts.get("failed", 0)))  # fmt: skip
+    status.workers = WorkerCounts(
+        active=int(counts.get("active", 0)),
+        succeeded=int(counts.get("succeeded", 0)),
+        failed=int(counts.get("failed", 0)),
+    )
     status.restarts = math.ceil(status.workers.failed / job.spec.resources.workers)
     status.start_time = status.start_time or children.time(counts.get("startTime"))
     if (done := children.job_condition(worker_job, "Complete")) is not None:
@@ -83,8 +91,15 @@ def compute(job: FineTuneJob, worker_job: dict[str, Any] | None, pods: list[dict
     return status, conditions.transitions
 
 
-def _succeeded(job: FineTuneJob, status: FineTuneJobStatus, conditions: Conditions, pods: list[dict[str, Any]],
-               done: dict[str, Any], counts: dict[str, Any], now: datetime) -> None:  # fmt: skip
+def _succeeded(
+    job: FineTuneJob,
+    status: FineTuneJobStatus,
+    conditions: Conditions,
+    pods: list[dict[str, Any]],
+    done: dict[str, Any],
+    counts: dict[str, Any],
+    now: datetime,
+) -> None:
     """Complete: rank 0's final summary gives the evaluation, verdicts and last figures; the gate decides
     Promotable."""
     rank0 = next((p for p in pods if children.index(p) == 0 and children.phase(p) == "Succeeded"), None)
@@ -105,8 +120,9 @@ def _succeeded(job: FineTuneJob, status: FineTuneJobStatus, conditions: Conditio
         steps = int(summary["steps"])
         total = status.progress.total_steps if status.progress else None
         epoch = final.get("epoch", status.progress.epoch if status.progress else 0.0)
-        status.progress = Progress(step=steps, total_steps=total or steps, percentage=100, epoch=float(epoch),
-                                   update_time=now)  # fmt: skip
+        status.progress = Progress(
+            step=steps, total_steps=total or steps, percentage=100, epoch=float(epoch), update_time=now
+        )
     if final:
         status.metrics = _final_metrics(status.metrics, final)
     finished = children.time(counts.get("completionTime")) or children.time(done.get("lastTransitionTime"))
@@ -117,8 +133,15 @@ def _succeeded(job: FineTuneJob, status: FineTuneJobStatus, conditions: Conditio
     status.phase = Phase.SUCCEEDED
 
 
-def _failed(job: FineTuneJob, status: FineTuneJobStatus, conditions: Conditions, worker_job: dict[str, Any],
-            pods: list[dict[str, Any]], failed: dict[str, Any], now: datetime) -> None:  # fmt: skip
+def _failed(
+    job: FineTuneJob,
+    status: FineTuneJobStatus,
+    conditions: Conditions,
+    worker_job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    failed: dict[str, Any],
+    now: datetime,
+) -> None:
     """Failed: the reason from the failing worker's exit code and words."""
     reason, text = _failure(worker_job, pods, job)
     status.completion_time = children.time(failed.get("lastTransitionTime")) or now
@@ -134,8 +157,13 @@ def _suspended(status: FineTuneJobStatus, conditions: Conditions) -> None:
     status.phase = Phase.SUSPENDED
 
 
-def _active(job: FineTuneJob, status: FineTuneJobStatus, conditions: Conditions, pods: list[dict[str, Any]],
-            report: dict[str, Any] | None) -> None:  # fmt: skip
+def _active(
+    job: FineTuneJob,
+    status: FineTuneJobStatus,
+    conditions: Conditions,
+    pods: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+) -> None:
     """Neither finished nor suspended: Running once every worker runs, else Pending with what it waits for."""
     workers, running = job.spec.resources.workers, len(children.running(pods))
     if is_true(status, ConditionType.SUSPENDED):
@@ -176,8 +204,11 @@ def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTu
     code, text, summary = children.last_failure(pods, job.spec.resources.workers)
     detail = (summary.get("message") or text or "no message from the worker").strip()[-MESSAGE_LIMIT:]
     condition = children.job_condition(worker_job, "Failed") or {}
-    by_code = {EXIT_CONFIG: Reason.CONFIGURATION_ERROR, EXIT_DIVERGED: Reason.DIVERGED,
-               EXIT_REGRESSED: Reason.RETENTION_REGRESSED}  # fmt: skip
+    by_code = {
+        EXIT_CONFIG: Reason.CONFIGURATION_ERROR,
+        EXIT_DIVERGED: Reason.DIVERGED,
+        EXIT_REGRESSED: Reason.RETENTION_REGRESSED,
+    }
     if code in by_code:
         return by_code[code], message(by_code[code], detail)
     if condition.get("reason") == "DeadlineExceeded":
@@ -226,10 +257,16 @@ def _progress(
 
 def _final_metrics(previous: LatestMetrics | None, final: dict[str, Any]) -> LatestMetrics:
     """The latest metrics updated with the last step's figures from rank 0's final summary."""
-    fields = {"loss": "loss", "learningRate": "learning_rate", "tokensPerSecond": "tokens_per_second",
-              "validationLoss": "validation_loss", "bestValidationMetric": "best_validation_metric",
-              "bestStep": "best_step", "lastValidationMetric": "last_validation_metric",
-              "deliveredStep": "delivered_step"}  # fmt: skip
+    fields = {
+        "loss": "loss",
+        "learningRate": "learning_rate",
+        "tokensPerSecond": "tokens_per_second",
+        "validationLoss": "validation_loss",
+        "bestValidationMetric": "best_validation_metric",
+        "bestStep": "best_step",
+        "lastValidationMetric": "last_validation_metric",
+        "deliveredStep": "delivered_step",
+    }
     update = {name: final[key] for key, name in fields.items() if final.get(key) is not None}
     return (previous or LatestMetrics()).model_copy(update=update)
 
@@ -239,10 +276,14 @@ def _stages(report: dict[str, Any]) -> list[StageStatus] | None:
     if not stages:
         return None
     return [
-        StageStatus(name=str(s["name"]), phase=str(s["phase"]), steps=s.get("steps"),
-                    test={k: float(v) for k, v in (s.get("test") or {}).items()})
+        StageStatus(
+            name=str(s["name"]),
+            phase=str(s["phase"]),
+            steps=s.get("steps"),
+            test={k: float(v) for k, v in (s.get("test") or {}).items()},
+        )
         for s in stages
-    ]  # fmt: skip
+    ]
 
 
 def _verdicts(report: dict[str, Any], status: FineTuneJobStatus, conditions: Conditions, finished: bool) -> None:
@@ -268,11 +309,19 @@ def _verdicts(report: dict[str, Any], status: FineTuneJobStatus, conditions: Con
             conditions.set(ConditionType.OVERFITTING, False, Reason.NO_OVERFITTING)
     if (warnings := report.get("dataWarnings")) is not None:
         if warnings:
-            conditions.set(ConditionType.DATA_SUFFICIENT, False, Reason.SMALL_SPLITS, message(Reason.SMALL_SPLITS,
-                      "; ".join(warnings))[:MESSAGE_LIMIT])  # fmt: skip
+            conditions.set(
+                ConditionType.DATA_SUFFICIENT,
+                False,
+                Reason.SMALL_SPLITS,
+                message(Reason.SMALL_SPLITS, "; ".join(warnings))[:MESSAGE_LIMIT],
+            )
         else:
-            conditions.set(ConditionType.DATA_SUFFICIENT, True, Reason.SPLITS_SUFFICIENT,
-                      message(Reason.SPLITS_SUFFICIENT, SMALL_SPLIT_ROWS))  # fmt: skip
+            conditions.set(
+                ConditionType.DATA_SUFFICIENT,
+                True,
+                Reason.SPLITS_SUFFICIENT,
+                message(Reason.SPLITS_SUFFICIENT, SMALL_SPLIT_ROWS),
+            )
     if (kept := report.get("retention")) is not None:
         status.retention = RetentionResults(
             before=kept["before"],

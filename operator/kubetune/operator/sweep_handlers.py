@@ -56,14 +56,17 @@ def sweep_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any)
 def sweep_trials(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Each sweep's trials (their labels, annotations and status), kept current from the FineTuneJob watch."""
     meta = body.metadata
-    trial = {"metadata": {"name": meta.name, "labels": dict(meta.labels), "annotations": dict(meta.annotations)},
-             "status": dict(body.status)}  # fmt: skip
+    trial = {
+        "metadata": {"name": meta.name, "labels": dict(meta.labels), "annotations": dict(meta.annotations)},
+        "status": dict(body.status),
+    }
     return {(namespace, labels[sweeps.LABEL_SWEEP]): trial}
 
 
 @kopf.timer(*SWEEPS, interval=SETTINGS.status_interval_seconds, initial_delay=1)
-def sweep_refresh(body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo,
-                  **kwargs: Any) -> None:  # fmt: skip
+def sweep_refresh(
+    body: kopf.Body, patch: kopf.Patch, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
     """Create the next trials, stop losers, and write the leaderboard."""
     if not memo.get("sweep_valid") or (body.get("status") or {}).get("phase") in (Phase.SUCCEEDED, Phase.FAILED):
         return

@@ -62,8 +62,10 @@ def space(sweep: FineTuneSweep) -> list[dict[str, float]]:
     spec = sweep.spec
     if spec.algorithm == SearchAlgorithm.GRID:
         grid = itertools.product(*[p.values or [] for p in spec.parameters])
-        return [dict(zip([p.path for p in spec.parameters], combo, strict=True))
-                for combo in itertools.islice(grid, spec.max_trials)]  # fmt: skip
+        return [
+            dict(zip([p.path for p in spec.parameters], combo, strict=True))
+            for combo in itertools.islice(grid, spec.max_trials)
+        ]
     rng = random.Random(spec.seed)
     return [{p.path: _draw(p, rng) for p in spec.parameters} for _ in range(spec.max_trials)]
 
@@ -205,8 +207,15 @@ def reconcile(sweep: FineTuneSweep, trials: list[dict[str, Any]], now: datetime)
         found = by_index.get(i)
         values = plan[i] if i < len(plan) else {}
         progress = (((found or {}).get("status") or {}).get("progress") or {}).get("percentage")
-        rows.append(Trial(name=trial_name(sweep, i), parameters=values, phase=phases[i],
-                          metric=objective(sweep, found) if found else None, progress=progress))  # fmt: skip
+        rows.append(
+            Trial(
+                name=trial_name(sweep, i),
+                parameters=values,
+                phase=phases[i],
+                metric=objective(sweep, found) if found else None,
+                progress=progress,
+            )
+        )
     ranked = sorted(rows, key=lambda r: (r.metric is None, (r.metric or 0.0) * (1 if lower else -1)))
     status = step.status
     status.trials, status.created, status.total = ranked, len(rows), len(plan)
@@ -219,8 +228,12 @@ def reconcile(sweep: FineTuneSweep, trials: list[dict[str, Any]], now: datetime)
     done = len(rows) == len(plan) and not active
     if not done:
         running = len(active)
-        conditions.set(ConditionType.RUNNING, True, Reason.TRIALS_RUNNING,
-                  message(Reason.TRIALS_RUNNING, running, len(rows), len(plan)))  # fmt: skip
+        conditions.set(
+            ConditionType.RUNNING,
+            True,
+            Reason.TRIALS_RUNNING,
+            message(Reason.TRIALS_RUNNING, running, len(rows), len(plan)),
+        )
         status.phase = Phase.RUNNING
     elif best is None:
         succeeded = any(r.phase == Phase.SUCCEEDED for r in rows)

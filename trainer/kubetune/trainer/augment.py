@@ -87,8 +87,9 @@ def augment(train: list[Example], data: Data, chat: ChatRenderer | None) -> tupl
         for example in train:
             if example.raw is None:
                 continue
-            noisy = to_example(_perturb_row(example.raw, data, knobs, rng, vocabulary), data, example.source,
-                               example.row, chat)  # fmt: skip
+            noisy = to_example(
+                _perturb_row(example.raw, data, knobs, rng, vocabulary), data, example.source, example.row, chat
+            )
             if isinstance(noisy, Example) and noisy.key not in seen:
                 noisy.label = example.label
                 seen.add(noisy.key)

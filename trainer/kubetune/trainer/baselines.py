@@ -30,8 +30,9 @@ def prefix(solved: list[Example]) -> str:
 
 def with_shots(example: Example, solved: list[Example]) -> Example:
     """``example`` with the solved examples (prompt and answer) in front of its prompt."""
-    return Example([(prefix(solved) + example.prompt, False), (example.target, True)], example.source, example.row,
-                   eos=example.eos)  # fmt: skip
+    return Example(
+        [(prefix(solved) + example.prompt, False), (example.target, True)], example.source, example.row, eos=example.eos
+    )
 
 
 def tokenize_left(examples: list[Example], tokenizer: Any, max_len: int) -> list[Tokenized]:

@@ -15,8 +15,8 @@ from typing import Any
 from kubetune.api.data import Cleaning
 from kubetune.api.enums import OverLength
 
-from .data import PrepReport
 from .formats import Example
+from .rows import PrepReport
 
 IGNORE = -100
 Tokenized = tuple[list[int], list[int]]

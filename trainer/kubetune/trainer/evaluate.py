@@ -45,8 +45,9 @@ def _central_95(scores: Any) -> list[float]:
     return [round(float(np.percentile(scores, 2.5)), 6), round(float(np.percentile(scores, 97.5)), 6)]
 
 
-def f1_interval(truth: list[int], predicted: list[int], classes: int, resamples: int = RESAMPLES,
-                seed: int = 0) -> list[float]:  # fmt: skip
+def f1_interval(
+    truth: list[int], predicted: list[int], classes: int, resamples: int = RESAMPLES, seed: int = 0
+) -> list[float]:
     """95% bootstrap interval of macro F1 (classes absent from a resample and never predicted score 0, as
     scikit-learn's zero_division=0 does)."""
     import numpy as np
@@ -175,8 +176,9 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
     return bos(tokenizer, text) + list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def generate(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True,
-             **sampling: Any) -> list[int]:  # fmt: skip
+def generate(
+    model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True, **sampling: Any
+) -> list[int]:
     """The token ids ``model`` generates after ``ids``: greedy unless ``sampling`` says otherwise (callers hold
     ``torch.no_grad()``)."""
     import torch
@@ -247,8 +249,14 @@ def generation(
             reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
             sample = {"prompt": example.prompt[-200:], "reference": reference, "generated": answer}
             if index >= 0:
-                scored.append((index, float(normalize_answer(answer) == normalize_answer(reference)),
-                               rouge_l(answer, reference), sample))  # fmt: skip
+                scored.append(
+                    (
+                        index,
+                        float(normalize_answer(answer) == normalize_answer(reference)),
+                        rouge_l(answer, reference),
+                        sample,
+                    )
+                )
     model.train()
     if world > 1:
         from accelerate.utils import gather_object
@@ -256,6 +264,10 @@ def generation(
         scored = sorted(s for part in gather_object([scored]) for s in part)
     exact, rouge = [s[1] for s in scored], [s[2] for s in scored]
     n = max(len(examples), 1)
-    return {"exactMatch": sum(exact) / n, "rougeL": sum(rouge) / n, "samples": len(examples),
-            "intervals": {"exactMatch": interval(exact), "rougeL": interval(rouge)},
-            "examples": [s[3] for s in scored[:samples_kept]]}  # fmt: skip
+    return {
+        "exactMatch": sum(exact) / n,
+        "rougeL": sum(rouge) / n,
+        "samples": len(examples),
+        "intervals": {"exactMatch": interval(exact), "rougeL": interval(rouge)},
+        "examples": [s[3] for s in scored[:samples_kept]],
+    }

@@ -89,8 +89,9 @@ def _to_example(row: Row, data: Data, source: str, number: int, chat: ChatRender
             return "emptyResponse"
         if data.use_chat_template:
             assert chat is not None, "useChatTemplate needs the tokenizer's chat template"
-            return _chat_example(instruction_messages(instruction, extra, get(fields.system), response), clean,
-                                 source, number, chat)  # fmt: skip
+            return _chat_example(
+                instruction_messages(instruction, extra, get(fields.system), response), clean, source, number, chat
+            )
         template = data.prompt_template or INSTRUCTION_TEMPLATE
         input_block = f"### Input:\n{extra}\n" if extra else ""
         prompt = template.format(

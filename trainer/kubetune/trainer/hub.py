@@ -83,8 +83,16 @@ def download(
             raise ConfigError(f"{where}: {source.repo}@{commit}: {name} arrived with {got} of {size} bytes; run again")
         done += got
         if progress is not None:
-            progress({"repo": source.repo, "commit": commit, "files": index, "totalFiles": len(files),
-                      "bytes": done, "totalBytes": total})  # fmt: skip
+            progress(
+                {
+                    "repo": source.repo,
+                    "commit": commit,
+                    "files": index,
+                    "totalFiles": len(files),
+                    "bytes": done,
+                    "totalBytes": total,
+                }
+            )
     shutil.rmtree(partial / ".cache", ignore_errors=True)  # huggingface_hub's own bookkeeping
     record = {"repo": source.repo, "revision": source.revision, "commit": commit, "files": len(files), "bytes": done}
     if dataset:
@@ -116,9 +124,13 @@ def chosen(source: HuggingFaceDataset, files: dict[str, int | None], where: str)
             raise ConfigError(f"{where}.files: {source.repo} has no {missing[0]!r}; it has {sorted(data)[:10]}")
         return {n: files[n] for n in source.files}
     split = source.split or ""
-    picked = {n: size for n, size in data.items()
-              if split in PurePosixPath(n).parts[:-1] or PurePosixPath(n).name.split(".")[0] == split
-              or PurePosixPath(n).name.startswith((f"{split}-", f"{split}_"))}  # fmt: skip
+    picked = {
+        n: size
+        for n, size in data.items()
+        if split in PurePosixPath(n).parts[:-1]
+        or PurePosixPath(n).name.split(".")[0] == split
+        or PurePosixPath(n).name.startswith((f"{split}-", f"{split}_"))
+    }
     if not picked:
         raise ConfigError(
             f"{where}.split: {source.repo} has no data files of split {split!r}; it has {sorted(data)[:10]}"
@@ -126,13 +138,22 @@ def chosen(source: HuggingFaceDataset, files: dict[str, int | None], where: str)
     return picked
 
 
-def _fetch(source: HuggingFaceModel | HuggingFaceDataset, commit: str, name: str, into: Path,
-           endpoint: str | None, token: str | None, where: str, kind: str) -> None:  # fmt: skip
+def _fetch(
+    source: HuggingFaceModel | HuggingFaceDataset,
+    commit: str,
+    name: str,
+    into: Path,
+    endpoint: str | None,
+    token: str | None,
+    where: str,
+    kind: str,
+) -> None:
     from huggingface_hub import hf_hub_download
 
     def get() -> Any:
-        return hf_hub_download(source.repo, name, repo_type=kind, revision=commit, local_dir=into, endpoint=endpoint,
-                               token=token)  # fmt: skip
+        return hf_hub_download(
+            source.repo, name, repo_type=kind, revision=commit, local_dir=into, endpoint=endpoint, token=token
+        )
 
     _call(get, source, where)
 

@@ -148,8 +148,11 @@ class Volumes:
         ref = getattr(location, "credentials_secret_ref", None)
         if ref is not None and ref.name in self.credentials:
             slot = self.credentials[ref.name]
-            for key, option in (("AWS_ACCESS_KEY_ID", "key"), ("AWS_SECRET_ACCESS_KEY", "secret"),
-                                ("AWS_SESSION_TOKEN", "token")):  # fmt: skip
+            for key, option in (
+                ("AWS_ACCESS_KEY_ID", "key"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+                ("AWS_SESSION_TOKEN", "token"),
+            ):
                 if value := env.get(credentials.variable(slot, key)):
                     options[option] = value
         if getattr(location, "endpoint", None):

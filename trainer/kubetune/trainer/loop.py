@@ -1,4 +1,4 @@
-"""The training recipe, read top to bottom in ``Recipe.run``: prepare the data (``splits``) and plan the steps, set
+"""The training recipe, read top to bottom in ``Recipe.run``: prepare the data (``prepare``) and plan the steps, set
 up the model, optimizer and schedule, resume from a checkpoint or measure the base model (zero-shot, few-shot,
 retention, passkey: ``measure``), then one optimizer step after another (AdamW, warmup + schedule, gradient
 accumulation, clipping, label smoothing, NEFTune, task mixing and replay), each followed by maybe-validate (per
@@ -26,16 +26,16 @@ from . import checkpoint, guards, measure, outputs
 from .augment import add_neftune
 from .batches import Tokenized, shard_chunks
 from .checkpoint import TrainerState
-from .data import PrepReport
 from .errors import ConfigError, PreemptedError, RegressedError
 from .hooks import HOOKS
 from .local import Volumes
 from .mixing import EpochPlan
 from .model import load, load_tokenizer
+from .prepare import PreparedData, prepare_data
 from .report import ProgressEvent, Reporter
+from .rows import PrepReport
 from .runtime import make_accelerator
 from .saving import gathered_state, save, save_weights
-from .splits import Data, prepare_data
 from .step import accumulate, micro_batch
 from .tiny import ensure_model
 
@@ -52,7 +52,7 @@ class StageContext:
     """The previous stage's output, to start from instead of spec.model."""
     replay: list[Tokenized] = field(default_factory=list)
     """Earlier stages' training rows, mixed in against forgetting."""
-    on_data: Callable[[Data], None] | None = None
+    on_data: Callable[[PreparedData], None] | None = None
     """Receives this stage's prepared data (the next stages replay it)."""
     merge_adapter: bool = False
     """Save the merged model too (the next stage starts from it)."""
@@ -72,8 +72,9 @@ class Plan:
     checkpoint_every: int
 
 
-def train(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | None = None,
-          stage: StageContext | None = None) -> dict[str, Any]:  # fmt: skip
+def train(
+    job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter | None = None, stage: StageContext | None = None
+) -> dict[str, Any]:
     """Run the whole recipe for ``job``; write outputs under ``out``; return the metrics."""
     return Recipe(job, volumes, out, reporter, stage or StageContext()).run()
 
@@ -169,8 +170,12 @@ class Recipe:
             add_neftune(model, hp.neftune_noise_alpha)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        self.scheduler = get_scheduler(SCHEDULERS[hp.scheduler], optimizer, num_warmup_steps=self.plan.warmup,
-                                       num_training_steps=self.plan.total_steps)  # fmt: skip
+        self.scheduler = get_scheduler(
+            SCHEDULERS[hp.scheduler],
+            optimizer,
+            num_warmup_steps=self.plan.warmup,
+            num_training_steps=self.plan.total_steps,
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
 
     def resume_or_baseline(self) -> None:
@@ -220,8 +225,9 @@ class Recipe:
         rank, pad, device = self.accelerator.process_index, self.tokenizer.pad_token_id, self.accelerator.device
         first_epoch = hp.epochs if state.step >= self.plan.total_steps or state.stopped_early else state.epoch
         for epoch in range(first_epoch, hp.epochs):
-            chunks = shard_chunks(self.plan.epochs.epoch(epoch), hp.per_device_batch_size, hp.seed + epoch, rank,
-                                  self.world)  # fmt: skip
+            chunks = shard_chunks(
+                self.plan.epochs.epoch(epoch), hp.per_device_batch_size, hp.seed + epoch, rank, self.world
+            )
             start = state.micro_batches_done if epoch == state.epoch else 0
             state.epoch = epoch
             for first in range(start, self.plan.steps_per_epoch * accumulation, accumulation):
@@ -296,8 +302,15 @@ class Recipe:
     def maybe_checkpoint(self, extra: bool) -> None:
         """A checkpoint every ``checkpointing.everySteps`` steps, and an ``extra`` one (SIGTERM mid-run)."""
         if self.state.step % self.plan.checkpoint_every == 0 or extra:
-            checkpoint.save(self.out, self.state, self.model, self.optimizer, self.scheduler, self.accelerator,
-                            self.spec.checkpointing.keep)  # fmt: skip
+            checkpoint.save(
+                self.out,
+                self.state,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                self.accelerator,
+                self.spec.checkpointing.keep,
+            )
             self.reporter.checkpoint(self.state.step)
 
     def evaluate(self) -> dict[str, Any]:
@@ -325,8 +338,14 @@ class Recipe:
             retention = guards.retention(float(before), after, spec.forgetting_guard)
         return self.metrics(delivered, restore_best, test, tasks, retention)
 
-    def metrics(self, delivered: int, restore_best: bool, test: dict[str, Any], tasks: dict[str, Any],
-                retention: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    def metrics(
+        self,
+        delivered: int,
+        restore_best: bool,
+        test: dict[str, Any],
+        tasks: dict[str, Any],
+        retention: dict[str, Any] | None,
+    ) -> dict[str, Any]:
         """The run's metrics document (metrics.json, the termination summary's source)."""
         state, key = self.state, self.metric_key
         last = state.validation_history[-1] if state.validation_history else None
@@ -355,8 +374,18 @@ class Recipe:
         self.reporter.phase("Saving")
         state_dict = gathered_state(self.accelerator, self.model)  # a collective under FSDP: every rank gives shards
         if self.main:
-            save(self.job, self.model_path, self.accelerator.unwrap_model(self.model), self.tokenizer,
-                 self.data.labels, self.out, metrics, self.prep, self.stage.merge_adapter, state_dict)  # fmt: skip
+            save(
+                self.job,
+                self.model_path,
+                self.accelerator.unwrap_model(self.model),
+                self.tokenizer,
+                self.data.labels,
+                self.out,
+                metrics,
+                self.prep,
+                self.stage.merge_adapter,
+                state_dict,
+            )
         self.accelerator.wait_for_everyone()
 
     def check_retention(self, metrics: dict[str, Any]) -> None:

@@ -14,11 +14,11 @@ from kubetune.api.spec import FineTuneJobSpec
 from . import baselines, evaluate, longcontext, runtime
 from .batches import Tokenized
 from .formats import Example
-from .splits import Data
+from .prepare import PreparedData
 
 
 def scores(
-    spec: FineTuneJobSpec, model: Any, tokenizer: Any, rows: list[Tokenized], data: Data, accelerator: Any
+    spec: FineTuneJobSpec, model: Any, tokenizer: Any, rows: list[Tokenized], data: PreparedData, accelerator: Any
 ) -> dict[str, Any]:
     """Classification metrics of ``rows``, or their loss (CausalLM); what validation watches."""
     batch, pad = spec.training.per_device_batch_size, tokenizer.pad_token_id
@@ -31,7 +31,7 @@ def test_metrics(
     spec: FineTuneJobSpec,
     model: Any,
     tokenizer: Any,
-    data: Data,
+    data: PreparedData,
     accelerator: Any,
     split: tuple[list[Tokenized], list[Example]] | None = None,
 ) -> dict[str, Any]:
@@ -51,7 +51,9 @@ def test_metrics(
     return metrics
 
 
-def few_shot_metrics(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
+def few_shot_metrics(
+    spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: PreparedData, accelerator: Any
+) -> dict[str, Any]:
     """The base model's generated answers (exact match, ROUGE-L) with spec.evaluation.fewShot.k solved training
     examples before each test prompt. No loss: a prompted model's loss on the answer is not comparable to a
     tuned model's, and it would cost a second pass over the long prompts."""
@@ -75,7 +77,9 @@ def _ranks(accelerator: Any) -> dict[str, Any]:
     return {"accelerator": accelerator, "lockstep": runtime.sharded(accelerator)}
 
 
-def before_tuning(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> dict[str, Any]:
+def before_tuning(
+    spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: PreparedData, accelerator: Any
+) -> dict[str, Any]:
     """What is measured on the base model: zero-shot test metrics (the baseline), few-shot, the retention loss
     and passkey retrieval, as the evaluation and guard settings ask."""
     before: dict[str, Any] = {"baseline": {}}
@@ -89,7 +93,9 @@ def before_tuning(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data,
     return before
 
 
-def retention_loss(spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: Data, accelerator: Any) -> float | None:
+def retention_loss(
+    spec: FineTuneJobSpec, model: Any, tokenizer: Any, data: PreparedData, accelerator: Any
+) -> float | None:
     """Loss on the held-out General rows; None when a stage's format left none."""
     rows, batch = data.rows.get("retention", []), spec.training.per_device_batch_size
     return evaluate.causal_loss(model, rows, batch, tokenizer.pad_token_id, accelerator) if rows else None

@@ -58,8 +58,11 @@ def _config_kwargs(path: Path, spec: FineTuneJobSpec, labels: list[str] | None, 
     kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}
     settings: dict[str, Any] = {}
     if labels is not None:
-        settings = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                    "label2id": {label: i for i, label in enumerate(labels)}}  # fmt: skip
+        settings = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
         if pad is not None:
             settings["pad_token_id"] = pad
     if spec.context_extension is None:

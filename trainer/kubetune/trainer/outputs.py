@@ -136,13 +136,18 @@ def model_card(
     if delivered and best and last:
         metric = next(k for k in best if k != "step")
         what = "the best validation step's" if delivered["of"] == "BestValidation" else "the last step's"
-        lines += [f"The weights are {what} (step {delivered['step']}; the test set was evaluated on them). "
-                  f"Validation {metric}: {best[metric]:.4f} at the best step {best['step']}, {last[metric]:.4f} "
-                  f"at the last validation (step {last['step']}).", ""]  # fmt: skip
+        lines += [
+            f"The weights are {what} (step {delivered['step']}; the test set was evaluated on them). "
+            f"Validation {metric}: {best[metric]:.4f} at the best step {best['step']}, {last[metric]:.4f} "
+            f"at the last validation (step {last['step']}).",
+            "",
+        ]
     if metrics.get("stages"):
         lines += ["## Stages", "", "Each stage started from the one before it, the first from the base model.", ""]
-        lines += [f"{i}. `{s['name']}`: {s.get('steps')} steps, test {s.get('test')}"
-                  for i, s in enumerate(metrics["stages"], start=1)]  # fmt: skip
+        lines += [
+            f"{i}. `{s['name']}`: {s.get('steps')} steps, test {s.get('test')}"
+            for i, s in enumerate(metrics["stages"], start=1)
+        ]
         lines.append("")
     few = metrics.get("fewShot") or {}
     shots = f" | base model, {few.get('k')}-shot" if few else ""
@@ -160,15 +165,21 @@ def model_card(
         lines.append(f"\nTask `{task}`: " + ", ".join(f"{k} {_cell(values[k])}" for k in HEADLINE if k in values))
     if metrics.get("retention"):
         r = metrics["retention"]
-        lines += ["", f"Retention (held-out general data): loss {r['before']:.4f} -> {r['after']:.4f} "
-                      f"({r['regression']:+.1%}; allowed: {r.get('maxRegression')})."]  # fmt: skip
+        lines += [
+            "",
+            f"Retention (held-out general data): loss {r['before']:.4f} -> {r['after']:.4f} "
+            f"({r['regression']:+.1%}; allowed: {r.get('maxRegression')}).",
+        ]
     if (metrics.get("overfitting") or {}).get("detected"):
         lines += ["", f"Warning: validation loss rose while training loss fell: {metrics['overfitting']}."]
     ancestors = lineage(base)
     if ancestors:
         lines += ["", "## Lineage", "", "Continued from earlier jobs' outputs (oldest first):", ""]
-        lines += [f"- `{a['job']}` (spec {a['specHash'][:12]}, data {a.get('dataVersions') or a.get('dataSha256')}, "
-                  f"finished {a.get('finishedAt')})" for a in ancestors]  # fmt: skip
+        lines += [
+            f"- `{a['job']}` (spec {a['specHash'][:12]}, data {a.get('dataVersions') or a.get('dataSha256')}, "
+            f"finished {a.get('finishedAt')})"
+            for a in ancestors
+        ]
     versions = {d.name: d.version for d in spec.data.datasets if d.version}
     if versions:
         lines += ["", f"Dataset versions: {versions}."]

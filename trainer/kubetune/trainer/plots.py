@@ -20,8 +20,9 @@ SCORES = ("exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
 """Test metrics on a 0-1 scale, drawn side by side (loss and perplexity are in the table)."""
 
 
-def write(out: Path, name: str, metrics: dict[str, Any], report: dict[str, Any],
-          lengths: dict[str, list[int]]) -> list[str]:  # fmt: skip
+def write(
+    out: Path, name: str, metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, list[int]]
+) -> list[str]:
     """Write the plots and report.html under ``out``; return the plot file names written."""
     import matplotlib
 
@@ -126,8 +127,7 @@ def _prep(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, li
     return figure
 
 
-DRAWERS = {"loss.png": _loss, "learning_rate.png": _learning_rate, "test_metrics.png": _test_metrics,
-           "prep.png": _prep}  # fmt: skip
+DRAWERS = {"loss.png": _loss, "learning_rate.png": _learning_rate, "test_metrics.png": _test_metrics, "prep.png": _prep}
 PLOTS = tuple(DRAWERS)
 """The plot files a run writes, in report order."""
 
@@ -142,8 +142,11 @@ def page(out: Path, name: str, metrics: dict[str, Any], report: dict[str, Any], 
             cells = "".join(f"<td>{_cell(values, key)}</td>" for _, values in compared)
             body.append(f"<tr><th>{key}</th>{cells}</tr>")
     best = metrics.get("bestValidation") or {}
-    facts = [f"{metrics.get('steps')} optimizer steps in {metrics.get('seconds')} s",
-             f"{metrics.get('tokens')} tokens", f"world size {metrics.get('worldSize')}"]  # fmt: skip
+    facts = [
+        f"{metrics.get('steps')} optimizer steps in {metrics.get('seconds')} s",
+        f"{metrics.get('tokens')} tokens",
+        f"world size {metrics.get('worldSize')}",
+    ]
     if best.get("step"):
         facts.append(f"best validation at step {best['step']}")
     images = "".join(

@@ -29,8 +29,17 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 log = logging.getLogger("kubetune.trainer")
 TERMINATION_MESSAGE_LIMIT = 4096
 OPTIONAL_SUMMARY = (
-    "tasks", "stages", "overfitting", "fewShot", "final", "baseline", "retention", "dataWarnings", "test", "output",
-)  # fmt: skip
+    "tasks",
+    "stages",
+    "overfitting",
+    "fewShot",
+    "final",
+    "baseline",
+    "retention",
+    "dataWarnings",
+    "test",
+    "output",
+)
 """Summary parts left out of the termination message, in this order, until it fits its limit."""
 
 

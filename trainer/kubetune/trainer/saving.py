@@ -10,8 +10,8 @@ from typing import Any
 from kubetune.api import FineTuneJob, MethodType
 
 from . import outputs, plots
-from .data import PrepReport
 from .model import merged
+from .rows import PrepReport
 
 
 def save(

@@ -43,13 +43,25 @@ class BadRequestError(Exception):
 class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("kubetune_serve_requests", "Requests by endpoint and status code.",
-                                ("endpoint", "code"), registry=self.registry)  # fmt: skip
-        self.latency = Histogram("kubetune_serve_request_duration_seconds", "Request latency by endpoint.",
-                                 ("endpoint",), registry=self.registry,
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))  # fmt: skip
-        self.tokens = Counter("kubetune_serve_tokens", "Tokens read (prompt) and generated (completion).",
-                              ("kind",), registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "kubetune_serve_requests",
+            "Requests by endpoint and status code.",
+            ("endpoint", "code"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "kubetune_serve_request_duration_seconds",
+            "Request latency by endpoint.",
+            ("endpoint",),
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.tokens = Counter(
+            "kubetune_serve_tokens",
+            "Tokens read (prompt) and generated (completion).",
+            ("kind",),
+            registry=self.registry,
+        )
 
 
 def model_dir(job: FineTuneJob, out: Path, merged: bool) -> tuple[Path, Path | None]:
@@ -136,8 +148,11 @@ def answer(model: Model, endpoint: str, body: dict[str, Any], limit: int, metric
         )
     if endpoint == "chat":
         text, finish, used, made = model.complete(model.chat_prompt(body.get("messages")), body, limit)
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": finish}  # fmt: skip
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish,
+        }
         kind = "chat.completion"
     else:
         prompt = body.get("prompt")
@@ -149,12 +164,14 @@ def answer(model: Model, endpoint: str, body: dict[str, Any], limit: int, metric
         kind = "text_completion"
     metrics.tokens.labels(kind="prompt").inc(used)
     metrics.tokens.labels(kind="completion").inc(made)
-    return {"id": f"kt-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()), "model": model.name,
-            "choices": [choice], "usage": _usage(used, made)}  # fmt: skip
-
-
-def _not_found(path: str) -> bytes:
-    return json.dumps({"error": {"message": f"no route {path}", "type": "not_found"}}).encode()
+    return {
+        "id": f"kt-{uuid.uuid4().hex[:24]}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": model.name,
+        "choices": [choice],
+        "usage": _usage(used, made),
+    }
 
 
 def serve(model: Model, port: int, limit: int, address: str = "") -> ThreadingHTTPServer:
@@ -203,8 +220,9 @@ def serve(model: Model, port: int, limit: int, address: str = "") -> ThreadingHT
                 result = json.dumps(answer(model, endpoint, body, limit, metrics)).encode()
             except BadRequestError as error:
                 code = 400
-                result = json.dumps({"error": {"message": str(error), "type": "invalid_request_error",
-                                               "param": error.param}}).encode()  # fmt: skip
+                result = json.dumps(
+                    {"error": {"message": str(error), "type": "invalid_request_error", "param": error.param}}
+                ).encode()
             self._send(code, result)
             metrics.requests.labels(endpoint=endpoint, code=str(code)).inc()
             metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)

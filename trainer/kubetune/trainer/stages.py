@@ -28,14 +28,14 @@ from kubetune.api.tuning import Stage
 
 from . import guards, outputs
 from .batches import Tokenized
-from .data import PrepReport
 from .errors import ConfigError, RegressedError
 from .evaluate import headline
 from .local import Volumes, handed_on
 from .loop import StageContext, train
 from .model import load_tokenizer
+from .prepare import PreparedData, prepare_data
 from .report import Reporter
-from .splits import Data, prepare_data
+from .rows import PrepReport
 from .tiny import ensure_model
 
 
@@ -87,7 +87,7 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
         causal = sub.spec.task.type == TaskType.CAUSAL_LM
         results[index]["phase"] = "Running"
         reporter.stage(stage.name, index, results)
-        kept: list[Data] = []
+        kept: list[PreparedData] = []
         if outputs.finished(stage_out, sub.spec):
             metrics = json.loads((stage_out / "metrics.json").read_text())
             if guard is not None and guard.replay_earlier_stages and causal:
@@ -124,7 +124,7 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
     return metrics
 
 
-def _data(job: FineTuneJob, volumes: Volumes) -> Data:
+def _data(job: FineTuneJob, volumes: Volumes) -> PreparedData:
     """A finished stage's data again (for replay in the stages after it)."""
     path = ensure_model(volumes.model(job.spec.model), job.spec.model.cached)
     tokenizer = load_tokenizer(path, job.spec.model.trust_remote_code)

@@ -38,8 +38,9 @@ def summed_loss(model: Any, batch: dict[str, Any], smoothing: float, classificat
     )
 
 
-def accumulate(model: Any, batches: list[dict[str, Any]], smoothing: float, classification: bool,
-               accelerator: Any) -> tuple[float, int]:  # fmt: skip
+def accumulate(
+    model: Any, batches: list[dict[str, Any]], smoothing: float, classification: bool, accelerator: Any
+) -> tuple[float, int]:
     """Forward and backward over one optimizer step's micro-batches, gradients synchronised on the last one.
 
     Every target of the step weighs the same, whatever its micro-batch and rank: each micro-batch's summed loss

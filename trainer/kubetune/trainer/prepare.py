@@ -1,6 +1,6 @@
 """A job's prepared data: rows loaded, cleaned, split, augmented, labelled and tokenized, with each row's task.
 
-What ``loop.train`` trains and evaluates on, and what stages hand on for replay.
+What ``loop.Recipe`` trains and evaluates on, and what stages hand on for replay.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from kubetune.api.spec import FineTuneJobSpec
 
 from .augment import augment
 from .batches import Tokenized, tokenize_split
-from .data import PrepReport, class_labels, drop_unknown_labels, prepare
 from .errors import ConfigError
 from .formats import Example
 from .local import Volumes
 from .mixing import tasks_of
+from .rows import PrepReport, class_labels, drop_unknown_labels, examples_by_split
 
 
-class Data:
+class PreparedData:
     """Tokenized rows and the examples they came from, per split, their tasks, and the class labels."""
 
     def __init__(
@@ -45,7 +45,7 @@ class Data:
         return out
 
 
-def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report: PrepReport) -> Data:
+def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report: PrepReport) -> PreparedData:
     chat = None
     if spec.data.format == DataFormat.CHAT or spec.data.use_chat_template:
         if not getattr(tokenizer, "chat_template", None):
@@ -58,7 +58,7 @@ def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report
             )
 
     guard = spec.forgetting_guard
-    splits = prepare(spec.data, volumes, report, chat, guard.retention_ratio if guard else 0.5)
+    splits = examples_by_split(spec.data, volumes, report, chat, guard.retention_ratio if guard else 0.5)
     if spec.data.augmentation is not None:
         splits["train"], report.augmented["added"] = augment(splits["train"], spec.data, chat)
         report.augmented["copies"] = spec.data.augmentation.copies
@@ -74,7 +74,7 @@ def prepare_data(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report
     if not rows["train"]:
         raise ConfigError("spec.data.cleaning: no training rows are left after the token-length filters")
     report.warnings = split_warnings(spec, {name: len(kept) for name, kept in rows.items()})
-    return Data(rows, examples, labels, {name: tasks_of(kept, spec) for name, kept in examples.items()})
+    return PreparedData(rows, examples, labels, {name: tasks_of(kept, spec) for name, kept in examples.items()})
 
 
 def split_warnings(spec: FineTuneJobSpec, sizes: dict[str, int]) -> list[str]:
@@ -83,19 +83,25 @@ def split_warnings(spec: FineTuneJobSpec, sizes: dict[str, int]) -> list[str]:
     and no dataset of that usage) is not warned about."""
     ratios = {"validation": spec.data.split.validation_ratio, "test": spec.data.split.test_ratio}
     usages = {"validation": DatasetUsage.VALIDATION, "test": DatasetUsage.TEST}
-    lost = {"validation": "no validation loss, no best step (restoreBest) and no early stopping",
-            "test": "no test metrics and no comparison with the base model"}  # fmt: skip
+    lost = {
+        "validation": "no validation loss, no best step (restoreBest) and no early stopping",
+        "test": "no test metrics and no comparison with the base model",
+    }
     warnings = []
     if sizes.get("train", 0) < SMALL_SPLIT_ROWS:
-        warnings.append(f"train split has {sizes.get('train', 0)} rows (fewer than {SMALL_SPLIT_ROWS}): the model "
-                        "will learn little; add rows to spec.data.datasets")  # fmt: skip
+        warnings.append(
+            f"train split has {sizes.get('train', 0)} rows (fewer than {SMALL_SPLIT_ROWS}): the model "
+            "will learn little; add rows to spec.data.datasets"
+        )
     for name in ("validation", "test"):
         if name == "test" and not spec.evaluation.enabled:
             continue
         if ratios[name] == 0 and not any(d.usage == usages[name] for d in spec.data.datasets):
             continue
-        fix = (f"raise spec.data.split.{name}Ratio, add rows, or add a dataset with usage {usages[name]} "
-               f"of at least {SMALL_SPLIT_ROWS} rows")  # fmt: skip
+        fix = (
+            f"raise spec.data.split.{name}Ratio, add rows, or add a dataset with usage {usages[name]} "
+            f"of at least {SMALL_SPLIT_ROWS} rows"
+        )
         n = sizes.get(name, 0)
         if n == 0:
             warnings.append(f"{name} split is empty: {lost[name]}; {fix}")

@@ -1,4 +1,4 @@
-"""Data preparation: load rows, clean them with a counted report, deduplicate, and split them with a seed.
+"""Rows: load them, clean them with a counted report, deduplicate, and split them with a seed.
 
 Every dropped row is counted by reason, and the first few row numbers of each reason are kept, so a user
 can find them in the file. Token-level filters (too short, too long) run at tokenization and add to the same
@@ -23,8 +23,6 @@ from .errors import ConfigError
 from .formats import ChatRenderer, Example, Row, to_example
 from .local import Volumes
 
-SPLITS = ("train", "validation", "test")
-
 
 @dataclass
 class PrepReport:
@@ -45,7 +43,7 @@ class PrepReport:
     augmented: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    """Splits too small to measure with, and what to change (``splits.split_warnings``)."""
+    """Splits too small to measure with, and what to change (``prepare.split_warnings``)."""
     lengths: dict[str, list[int]] = field(default_factory=dict)
     """Every row's token count per split, for the report's histogram (not saved in prep_report.json)."""
 
@@ -136,7 +134,7 @@ def _spans_lines(row: Row) -> bool:
     return any(isinstance(value, str) and ("\n" in value or "\r" in value) for value in row.values())
 
 
-def prepare(
+def examples_by_split(
     data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer | None = None, retention_ratio: float = 0.5
 ) -> dict[str, list[Example]]:
     """Load, clean, deduplicate and split every dataset; returns examples by split name.
@@ -144,46 +142,10 @@ def prepare(
     Rows of General datasets (the forgetting guard's) become two more splits: ``retention`` (a seeded
     ``retention_ratio`` of them, held out) and ``replay`` (the rest, mixed into training).
     """
-    pools: dict[str, list[Example]] = {"pool": [], "train": [], "validation": [], "test": [], "general": []}
-    seen: dict[str, set[str]] = defaultdict(set)
-    for index, source in enumerate(data.datasets):
-        where = f"spec.data.datasets[{index}]"
-        target = {DatasetUsage.SPLIT: "pool", DatasetUsage.TRAIN: "train"}.get(source.usage, source.usage.lower())
-        # Split and Train rows end up together in training, so they share one duplicate set.
-        scope = "train" if target in ("pool", "train") else target
-        rows, multiline = load(source, volumes, where, report)
-        for number, row in enumerate(rows, start=1):
-            if number in multiline and not data.cleaning.allow_multiline:
-                report.drop("multilineField", source.name, number)
-                continue
-            example = to_example(row, data, source.name, number, chat)
-            if isinstance(example, str):
-                report.drop(example, source.name, number)
-                continue
-            if data.cleaning.deduplicate and example.key in seen[scope]:
-                report.drop("duplicate", source.name, number)
-                continue
-            seen[scope].add(example.key)
-            pools[target].append(example)
-    validation_ratio, test_ratio = data.ratios()
-    pool = pools.pop("pool")
-    random.Random(data.split.seed).shuffle(pool)
-    n_val, n_test = round(len(pool) * validation_ratio), round(len(pool) * test_ratio)
-    splits = {
-        "train": pools["train"] + pool[n_val + n_test :],
-        "validation": pools["validation"] + pool[:n_val],
-        "test": pools["test"] + pool[n_val : n_val + n_test],
-    }
+    pools = _pools(data, volumes, report, chat)
+    splits = _split(pools.pop("pool"), pools, data)
     if data.cleaning.drop_test_overlap:
-        train_keys = {example.key for example in splits["train"]}
-        for name in ("validation", "test"):
-            kept = []
-            for example in splits[name]:
-                if example.key in train_keys:
-                    report.drop(f"{name}OverlapsTrain", example.source, example.row)
-                else:
-                    kept.append(example)
-            splits[name] = kept
+        _drop_overlap(splits, report)
     if not splits["train"]:
         raise ConfigError("spec.data: no training rows are left after cleaning and the split")
     if pools["general"]:
@@ -193,6 +155,62 @@ def prepare(
         splits["retention"], splits["replay"] = general[:held_out], general[held_out:]
     report.split_sizes = {name: len(rows) for name, rows in splits.items()}
     return splits
+
+
+def _pools(data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer | None) -> dict[str, list[Example]]:
+    """Every dataset's clean, deduplicated examples, by where they go: the pool to split, or a fixed split."""
+    pools: dict[str, list[Example]] = {"pool": [], "train": [], "validation": [], "test": [], "general": []}
+    seen: dict[str, set[str]] = defaultdict(set)
+    for index, source in enumerate(data.datasets):
+        target = {DatasetUsage.SPLIT: "pool", DatasetUsage.TRAIN: "train"}.get(source.usage, source.usage.lower())
+        # Split and Train rows end up together in training, so they share one duplicate set.
+        scope = seen["train" if target in ("pool", "train") else target]
+        rows, multiline = load(source, volumes, f"spec.data.datasets[{index}]", report)
+        for number, row in enumerate(rows, start=1):
+            example = _clean(row, number, number in multiline, source.name, data, chat, scope)
+            if isinstance(example, str):
+                report.drop(example, source.name, number)
+                continue
+            scope.add(example.key)
+            pools[target].append(example)
+    return pools
+
+
+def _clean(
+    row: Row, number: int, multiline: bool, source: str, data: Data, chat: ChatRenderer | None, seen: set[str]
+) -> Example | str:
+    """The row's example, or the reason it is dropped."""
+    if multiline and not data.cleaning.allow_multiline:
+        return "multilineField"
+    example = to_example(row, data, source, number, chat)
+    if not isinstance(example, str) and data.cleaning.deduplicate and example.key in seen:
+        return "duplicate"
+    return example
+
+
+def _split(pool: list[Example], fixed: dict[str, list[Example]], data: Data) -> dict[str, list[Example]]:
+    """The seeded shuffle of the pool cut by the spec's ratios, after the rows of each fixed split."""
+    validation_ratio, test_ratio = data.ratios()
+    random.Random(data.split.seed).shuffle(pool)
+    n_val, n_test = round(len(pool) * validation_ratio), round(len(pool) * test_ratio)
+    return {
+        "train": fixed["train"] + pool[n_val + n_test :],
+        "validation": fixed["validation"] + pool[:n_val],
+        "test": fixed["test"] + pool[n_val : n_val + n_test],
+    }
+
+
+def _drop_overlap(splits: dict[str, list[Example]], report: PrepReport) -> None:
+    """Validation and test rows that are also training rows are dropped (``validationOverlapsTrain``...)."""
+    train_keys = {example.key for example in splits["train"]}
+    for name in ("validation", "test"):
+        kept = []
+        for example in splits[name]:
+            if example.key in train_keys:
+                report.drop(f"{name}OverlapsTrain", example.source, example.row)
+            else:
+                kept.append(example)
+        splits[name] = kept
 
 
 def class_labels(declared: list[str] | None, train: list[Example], report: PrepReport) -> list[str]:
