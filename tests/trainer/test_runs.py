@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune.api.wire import TrainerSummary
 from kubetune.trainer.errors import EXIT_CONFIG, EXIT_DIVERGED
 from kubetune.trainer.report import ProgressEvent, Reporter
 from tests.support import faults
@@ -299,5 +300,5 @@ def test_reporter_serves_prometheus_metrics_and_progress_and_writes_the_terminat
         assert progress["step"] == 3 and progress["totalSteps"] == 10 and progress["phase"] == "Training"
     finally:
         reporter.close()
-    reporter.finish({"phase": "Succeeded", "test": {"loss": 1.0}}, tmp_path / "termination-log")
+    reporter.finish(TrainerSummary(phase="Succeeded", test={"loss": 1.0}), tmp_path / "termination-log")
     assert json.loads((tmp_path / "termination-log").read_text())["phase"] == "Succeeded"

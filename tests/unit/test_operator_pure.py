@@ -10,6 +10,7 @@ import pytest
 
 from kubetune.api.spec import parse_job
 from kubetune.api.status import FineTuneJobStatus
+from kubetune.api.wire import TrainerProgress
 from kubetune.operator import builders, status, validation
 from kubetune.operator.naming import child_name
 from kubetune.operator.settings import Settings
@@ -17,6 +18,13 @@ from tests.support.builders import JobBuilder
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
+
+
+def wire(report: dict[str, Any]) -> TrainerProgress:
+    """Rank 0's /progress document, parsed as the operator parses it."""
+    parsed = TrainerProgress.read(report)
+    assert parsed is not None
+    return parsed
 
 
 def job(builder: JobBuilder | None = None, **status_doc: Any) -> Any:
@@ -194,7 +202,7 @@ def test_running_status_takes_progress_from_rank_0() -> None:
         "checkpointTime": NOW.timestamp(),
     }
     s, transitions = status.compute(
-        accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], report, NOW
+        accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], wire(report), NOW
     )
     assert s.phase == "Running" and conditions(s)["Running"] == ("True", "Training")
     assert s.progress is not None and (s.progress.step, s.progress.percentage) == (25, 25)
@@ -256,11 +264,11 @@ def test_data_warnings_turn_data_sufficient_false_with_the_trainers_words() -> N
     warning = "test split is empty: no test metrics and no comparison with the base model; raise spec.data..."
     running = [pod(0, "Running"), pod(1, "Running")]
     report = {"phase": "EvaluatingBaseModel", "dataWarnings": [warning]}
-    s, transitions = status.compute(accepted_job(), worker_job(active=2), running, report, NOW)
+    s, transitions = status.compute(accepted_job(), worker_job(active=2), running, wire(report), NOW)
     assert conditions(s)["DataSufficient"] == ("False", "SmallSplits")
     assert warning in next(c.message for c in s.conditions if c.type == "DataSufficient")
     assert any(t.event_type == "Warning" for t in transitions if t.type == "DataSufficient")
-    fine, _ = status.compute(accepted_job(), worker_job(active=2), running, {**report, "dataWarnings": []}, NOW)
+    fine, _ = status.compute(accepted_job(), worker_job(active=2), running, wire({**report, "dataWarnings": []}), NOW)
     assert conditions(fine)["DataSufficient"] == ("True", "SplitsSufficient")
 
 
@@ -289,7 +297,7 @@ def test_stages_and_the_overfitting_verdict_come_from_rank_0s_progress() -> None
         "overfitting": overfit,
     }
     running = [pod(0, "Running"), pod(1, "Running")]
-    s, transitions = status.compute(accepted_job(), worker_job(active=2), running, report, NOW)
+    s, transitions = status.compute(accepted_job(), worker_job(active=2), running, wire(report), NOW)
     assert s.current_stage == "instruct" and s.stages is not None
     assert [(t.name, t.phase, t.steps) for t in s.stages] == [
         ("domain", "Succeeded", 30),
@@ -301,7 +309,7 @@ def test_stages_and_the_overfitting_verdict_come_from_rank_0s_progress() -> None
     assert ("Overfitting", "ValidationLossRising") in [(t.type, t.reason) for t in transitions]
     assert any(t.event_type == "Warning" for t in transitions if t.type == "Overfitting")
     calm, _ = status.compute(
-        accepted_job(), worker_job(active=2), running, {**report, "overfitting": {"detected": False}}, NOW
+        accepted_job(), worker_job(active=2), running, wire({**report, "overfitting": {"detected": False}}), NOW
     )
     assert conditions(calm)["Overfitting"] == ("False", "NoOverfitting")
 
@@ -314,7 +322,8 @@ def test_success_reports_few_shot_per_task_retention_and_promotability() -> None
             "steps": 40,
             "test": {"loss": 1.2},
             "baseline": {"loss": 3.4},
-            "fewShot": {"loss": 2.5, "k": 3},
+            "fewShot": {"loss": 2.5},
+            "fewShotK": 3,
             "tasks": {"qa": {"loss": 1.1}, "sum": {"loss": 1.3}},
             "retention": retention,
         }
@@ -378,7 +387,7 @@ def test_worker_failure_while_restarting_counts_restarts() -> None:
 def test_suspend_keeps_progress_then_resume_clears_suspended() -> None:
     report = {"step": 10, "totalSteps": 100}
     running, _ = status.compute(
-        accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], report, NOW
+        accepted_job(), worker_job(active=2), [pod(0, "Running"), pod(1, "Running")], wire(report), NOW
     )
     j = accepted_job()
     j.status = running

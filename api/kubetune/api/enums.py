@@ -162,7 +162,8 @@ class RegressionAction(StrEnum):
 
 
 class TestMetric(StrEnum):
-    """Test-set metrics a promotion threshold can bound (their names in status.evaluation.test)."""
+    """The headline test metrics (``wire.HEADLINE``): their names in status.evaluation.test, and what a promotion
+    threshold can bound."""
 
     __test__ = False  # not a pytest class
 

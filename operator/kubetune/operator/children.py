@@ -3,9 +3,10 @@ conditions, phases, indexes, and the trainer container's termination (exit code,
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
+
+from kubetune.api.wire import TrainerSummary
 
 CONTAINER = "trainer"
 """The trainer container's name in every worker pod (``builders`` names it so)."""
@@ -45,30 +46,27 @@ def finished_at(pod: dict[str, Any]) -> str:
     return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
 
-def termination(pod: dict[str, Any]) -> tuple[int | None, str, dict[str, Any]]:
-    """(exit code, raw message, parsed summary) of the trainer container's last termination."""
+def termination(pod: dict[str, Any]) -> tuple[int | None, str, TrainerSummary | None]:
+    """(exit code, raw message, the trainer's summary: None when the message is not one) of the trainer
+    container's last termination."""
     for container in (pod.get("status") or {}).get("containerStatuses") or []:
         state = (container.get("state") or {}).get("terminated") or {}
         if container.get("name") != CONTAINER or not state:
             continue
         text = state.get("message") or ""
-        try:
-            summary = json.loads(text)
-        except ValueError:
-            summary = {}
-        return state.get("exitCode"), text, summary if isinstance(summary, dict) else {}
-    return None, "", {}
+        return state.get("exitCode"), text, TrainerSummary.read(text) if text.startswith("{") else None
+    return None, "", None
 
 
-def last_failure(pods: list[dict[str, Any]], workers: int) -> tuple[int | None, str, dict[str, Any]]:
+def last_failure(pods: list[dict[str, Any]], workers: int) -> tuple[int | None, str, TrainerSummary | None]:
     """The termination that explains the latest failure: one that left a summary (rank 0 does) if any, else
     the first to end among the latest round of failures (the others usually died of losing that peer)."""
     ended = sorted(failed(pods), key=finished_at)
-    with_summary = [t for t in map(termination, ended) if t[2].get("message")]
+    with_summary = [t for t in map(termination, ended) if t[2] is not None and t[2].message]
     if with_summary:
         return with_summary[-1]
     latest_round = ended[-workers:]
-    return termination(latest_round[0]) if latest_round else (None, "", {})
+    return termination(latest_round[0]) if latest_round else (None, "", None)
 
 
 def unresolved(pods: list[dict[str, Any]]) -> str:

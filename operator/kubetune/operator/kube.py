@@ -17,6 +17,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.spec import GROUP, PLURAL, VERSION
+from kubetune.api.wire import TrainerProgress
 
 from . import settings
 
@@ -149,11 +150,10 @@ def ensure_peering(name: str) -> None:
             raise
 
 
-def progress(pod_ip: str, port: int, timeout: float) -> dict[str, Any] | None:
+def progress(pod_ip: str, port: int, timeout: float) -> TrainerProgress | None:
     """Rank 0's /progress document, or None when it cannot be read (not started, finished, network)."""
     try:
         with urllib.request.urlopen(f"http://{pod_ip}:{port}/progress", timeout=timeout) as response:
-            document = json.loads(response.read())
+            return TrainerProgress.read(response.read())
     except (OSError, ValueError, urllib.error.URLError):
         return None
-    return document if isinstance(document, dict) else None

@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from kubetune.api.enums import ConditionStatus, ConditionType, Phase
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.api.sweep import FineTuneSweepStatus
+from kubetune.api.wire import HEADLINE
 
-EVAL_METRICS = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
 MODELS = ("tuned", "base", "fewshot")
-"""Evaluation metrics exported (the trainer's headline test metrics)."""
+"""The models whose headline test metrics (``wire.HEADLINE``) are exported."""
 
 registry = CollectorRegistry()
 JOB = ("namespace", "finetunejob")
@@ -189,7 +189,7 @@ def observe(namespace: str, name: str, status: FineTuneJobStatus) -> None:
         e = status.evaluation
         for model, values in (("tuned", e.test), ("base", e.baseline), ("fewshot", e.few_shot)):
             for metric, value in values.items():
-                if metric in EVAL_METRICS:
+                if metric in HEADLINE:
                     evaluation.labels(*key, metric, model).set(value)
 
 
@@ -209,7 +209,7 @@ def forget(namespace: str, name: str) -> None:
         for value in values:
             with contextlib.suppress(KeyError):
                 labelled.remove(*key, value)
-    for metric in EVAL_METRICS:
+    for metric in HEADLINE:
         for model in MODELS:
             with contextlib.suppress(KeyError):
                 evaluation.remove(*key, metric, model)

@@ -43,6 +43,7 @@ from kubetune.api.status import (
     StageStatus,
     WorkerCounts,
 )
+from kubetune.api.wire import FinalFigures, Overfitting, TrainerProgress, TrainerSummary, Verdicts
 
 from . import children, gate
 from .conditions import Conditions, Transition, is_true
@@ -55,7 +56,7 @@ def compute(
     job: FineTuneJob,
     worker_job: dict[str, Any] | None,
     pods: list[dict[str, Any]],
-    report: dict[str, Any] | None,
+    report: TrainerProgress | None,
     now: datetime,
 ) -> tuple[FineTuneJobStatus, list[Transition]]:
     """The status of ``job`` given its worker Job (None: not created yet), that Job's pods and rank 0's
@@ -103,28 +104,28 @@ def _succeeded(
     """Complete: rank 0's final summary gives the evaluation, verdicts and last figures; the gate decides
     Promotable."""
     rank0 = next((p for p in pods if children.index(p) == 0 and children.phase(p) == "Succeeded"), None)
-    _, _, summary = children.termination(rank0) if rank0 else (None, "", {})
-    if summary.get("test") or summary.get("baseline"):
+    summary = (children.termination(rank0)[2] if rank0 else None) or TrainerSummary(phase="Succeeded")
+    if summary.test or summary.baseline:
         status.evaluation = EvaluationResults(
-            test=summary.get("test", {}),
-            baseline=summary.get("baseline", {}),
-            few_shot={k: v for k, v in (summary.get("fewShot") or {}).items() if k != "k"},
-            tasks=summary.get("tasks") or {},
+            test=summary.test or {},
+            baseline=summary.baseline or {},
+            few_shot=summary.few_shot or {},
+            tasks=summary.tasks or {},
+            samples=summary.samples,
         )
     _verdicts(summary, status, conditions, finished=True)
     passed, checks = gate.evaluate(job.spec, status.evaluation, status.retention)
     status.gate = checks or None
     _promotable(conditions, passed, checks)
-    final = summary.get("final") or {}
-    if summary.get("steps") is not None:  # a short run may end between two progress reads
-        steps = int(summary["steps"])
+    final = summary.final or FinalFigures()
+    if summary.steps is not None:  # a short run may end between two progress reads
         total = status.progress.total_steps if status.progress else None
-        epoch = final.get("epoch", status.progress.epoch if status.progress else 0.0)
+        epoch = final.epoch if final.epoch is not None else (status.progress.epoch if status.progress else 0.0)
         status.progress = Progress(
-            step=steps, total_steps=total or steps, percentage=100, epoch=float(epoch), update_time=now
+            step=summary.steps, total_steps=total or summary.steps, percentage=100, epoch=epoch, update_time=now
         )
-    if final:
-        status.metrics = _final_metrics(status.metrics, final)
+    if summary.final is not None:
+        status.metrics = _final_metrics(status.metrics, summary.final)
     finished = children.time(counts.get("completionTime")) or children.time(done.get("lastTransitionTime"))
     status.completion_time = finished or now
     text = message(Reason.COMPLETED, status.output_location)
@@ -162,14 +163,14 @@ def _active(
     status: FineTuneJobStatus,
     conditions: Conditions,
     pods: list[dict[str, Any]],
-    report: dict[str, Any] | None,
+    report: TrainerProgress | None,
 ) -> None:
     """Neither finished nor suspended: Running once every worker runs, else Pending with what it waits for."""
     workers, running = job.spec.resources.workers, len(children.running(pods))
     if is_true(status, ConditionType.SUSPENDED):
         conditions.set(ConditionType.SUSPENDED, False, Reason.RESUMED)
     status.phase = Phase.RUNNING if running >= workers else Phase.PENDING
-    if running >= workers and (report or {}).get("phase") == "Evaluating":
+    if running >= workers and report is not None and report.phase == "Evaluating":
         conditions.set(ConditionType.RUNNING, True, Reason.EVALUATING)
     elif running >= workers:
         step = status.progress.step if status.progress else 0
@@ -177,7 +178,7 @@ def _active(
         conditions.set(ConditionType.RUNNING, True, Reason.TRAINING, message(Reason.TRAINING, step, total or "?"))
     elif status.workers and status.workers.failed:
         _, text, summary = children.last_failure(pods, workers)
-        detail = (summary.get("message") or text).strip()[-MESSAGE_LIMIT:]
+        detail = ((summary.message if summary else None) or text).strip()[-MESSAGE_LIMIT:]
         used = message(Reason.WORKER_FAILED, status.restarts, job.spec.max_restarts)
         conditions.set(ConditionType.RUNNING, False, Reason.WORKER_FAILED, f"{used} {detail}".strip())
     elif unresolved := children.unresolved(pods):  # a Secret or key the kubelet cannot find: wait, naming it
@@ -202,7 +203,7 @@ def output_location(job: FineTuneJob) -> str:
 def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTuneJob) -> tuple[Reason, str]:
     """Why the worker Job failed, with the failing worker's own words (its summary or last log lines)."""
     code, text, summary = children.last_failure(pods, job.spec.resources.workers)
-    detail = (summary.get("message") or text or "no message from the worker").strip()[-MESSAGE_LIMIT:]
+    detail = ((summary.message if summary else None) or text or "no message from the worker").strip()[-MESSAGE_LIMIT:]
     condition = children.job_condition(worker_job, "Failed") or {}
     by_code = {
         EXIT_CONFIG: Reason.CONFIGURATION_ERROR,
@@ -218,117 +219,84 @@ def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTu
 
 
 def _progress(
-    job: FineTuneJob, previous: FineTuneJobStatus, report: dict[str, Any] | None, now: datetime
+    job: FineTuneJob, previous: FineTuneJobStatus, report: TrainerProgress | None, now: datetime
 ) -> tuple[Progress | None, LatestMetrics | None, CheckpointStatus | None]:
     """Progress, metrics and checkpoint from rank 0's report; the previous ones when there is no report."""
-    if not report or "step" not in report:
+    if report is None or report.step is None:
         return previous.progress, previous.metrics, previous.checkpoint
-    step, total = int(report["step"]), int(report.get("totalSteps") or 0)
-    eta = report.get("etaSeconds")
+    step, total = report.step, report.total_steps or 0
     progress = Progress(
         step=step,
         total_steps=total or None,
-        epoch=float(report.get("epoch", 0)),
+        epoch=report.epoch or 0.0,
         percentage=min(100, math.floor(100 * step / total)) if total else 0,
-        estimated_completion_time=now + timedelta(seconds=float(eta)) if eta is not None else None,
+        estimated_completion_time=now + timedelta(seconds=report.eta_seconds)
+        if report.eta_seconds is not None
+        else None,
         update_time=now,
     )
+    last_validation = previous.metrics.validation_loss if previous.metrics else None
     metrics = LatestMetrics(
-        loss=report.get("loss"),
-        learning_rate=report.get("learningRate"),
-        tokens_per_second=report.get("tokensPerSecond"),
-        validation_loss=report.get("validationLoss", previous.metrics.validation_loss if previous.metrics else None),
-        best_validation_metric=report.get("bestValidationMetric"),
-        best_step=report.get("bestStep"),
+        loss=report.loss,
+        learning_rate=report.learning_rate,
+        grad_norm=report.grad_norm,
+        tokens_per_second=report.tokens_per_second,
+        validation_loss=report.validation_loss if report.validation_loss is not None else last_validation,
+        best_validation_metric=report.best_validation_metric,
+        best_step=report.best_step,
     )
     checkpoint = previous.checkpoint
     out = job.spec.output
-    if report.get("checkpointStep") and out is not None and out.pvc is not None:
-        step_dir = f"checkpoints/step-{int(report['checkpointStep']):08d}"
+    if report.checkpoint_step and out is not None and out.pvc is not None:
+        written = report.checkpoint_time
         checkpoint = CheckpointStatus(
-            step=int(report["checkpointStep"]),
-            location=f"{output_location(job)}/{step_dir}",
-            time=datetime.fromtimestamp(float(report["checkpointTime"]), now.tzinfo)
-            if report.get("checkpointTime")
-            else now,
+            step=report.checkpoint_step,
+            location=f"{output_location(job)}/checkpoints/step-{report.checkpoint_step:08d}",
+            time=datetime.fromtimestamp(written, now.tzinfo) if written else now,
         )
     return progress, metrics, checkpoint
 
 
-def _final_metrics(previous: LatestMetrics | None, final: dict[str, Any]) -> LatestMetrics:
+def _final_metrics(previous: LatestMetrics | None, final: FinalFigures) -> LatestMetrics:
     """The latest metrics updated with the last step's figures from rank 0's final summary."""
-    fields = {
-        "loss": "loss",
-        "learningRate": "learning_rate",
-        "tokensPerSecond": "tokens_per_second",
-        "validationLoss": "validation_loss",
-        "bestValidationMetric": "best_validation_metric",
-        "bestStep": "best_step",
-        "lastValidationMetric": "last_validation_metric",
-        "deliveredStep": "delivered_step",
-    }
-    update = {name: final[key] for key, name in fields.items() if final.get(key) is not None}
+    update = final.model_dump(exclude_none=True, exclude={"epoch"})
     return (previous or LatestMetrics()).model_copy(update=update)
 
 
-def _stages(report: dict[str, Any]) -> list[StageStatus] | None:
-    stages = report.get("stages")
-    if not stages:
+def _stages(report: Verdicts) -> list[StageStatus] | None:
+    if not report.stages:
         return None
-    return [
-        StageStatus(
-            name=str(s["name"]),
-            phase=str(s["phase"]),
-            steps=s.get("steps"),
-            test={k: float(v) for k, v in (s.get("test") or {}).items()},
-        )
-        for s in stages
-    ]
+    return [StageStatus(name=s.name, phase=s.phase, steps=s.steps, test=s.test) for s in report.stages]
 
 
-def _verdicts(report: dict[str, Any], status: FineTuneJobStatus, conditions: Conditions, finished: bool) -> None:
+def _verdicts(report: Verdicts, status: FineTuneJobStatus, conditions: Conditions, finished: bool) -> None:
     """Stages, the overfitting verdict, the data warnings and the retention results from rank 0's progress or
     final summary."""
     if (stages := _stages(report)) is not None:
         status.stages = stages
-        status.current_stage = None if finished else report.get("stage")
-    overfit = report.get("overfitting")
-    if overfit is not None:
-        if overfit.get("detected"):
-            text = message(
-                Reason.VALIDATION_LOSS_RISING,
-                overfit["bestValidationLoss"],
-                overfit["bestStep"],
-                overfit["validationLoss"],
-                overfit["step"],
-                overfit["trainLossAtBest"],
-                overfit["trainLoss"],
-            )
-            conditions.set(ConditionType.OVERFITTING, True, Reason.VALIDATION_LOSS_RISING, text)
-        else:
-            conditions.set(ConditionType.OVERFITTING, False, Reason.NO_OVERFITTING)
-    if (warnings := report.get("dataWarnings")) is not None:
+        status.current_stage = None if finished else report.stage
+    if (overfit := report.overfitting) is not None:
+        _overfitting(overfit, conditions)
+    if (warnings := report.data_warnings) is not None:
         if warnings:
-            conditions.set(
-                ConditionType.DATA_SUFFICIENT,
-                False,
-                Reason.SMALL_SPLITS,
-                message(Reason.SMALL_SPLITS, "; ".join(warnings))[:MESSAGE_LIMIT],
-            )
+            text = message(Reason.SMALL_SPLITS, "; ".join(warnings))[:MESSAGE_LIMIT]
+            conditions.set(ConditionType.DATA_SUFFICIENT, False, Reason.SMALL_SPLITS, text)
         else:
-            conditions.set(
-                ConditionType.DATA_SUFFICIENT,
-                True,
-                Reason.SPLITS_SUFFICIENT,
-                message(Reason.SPLITS_SUFFICIENT, SMALL_SPLIT_ROWS),
-            )
-    if (kept := report.get("retention")) is not None:
+            text = message(Reason.SPLITS_SUFFICIENT, SMALL_SPLIT_ROWS)
+            conditions.set(ConditionType.DATA_SUFFICIENT, True, Reason.SPLITS_SUFFICIENT, text)
+    if (kept := report.retention) is not None:
         status.retention = RetentionResults(
-            before=kept["before"],
-            after=kept["after"],
-            regression=kept["regression"],
-            max_regression=kept.get("maxRegression"),
+            before=kept.before, after=kept.after, regression=kept.regression, max_regression=kept.max_regression
         )
+
+
+def _overfitting(overfit: Overfitting, conditions: Conditions) -> None:
+    if not overfit.detected:
+        conditions.set(ConditionType.OVERFITTING, False, Reason.NO_OVERFITTING)
+        return
+    figures = (overfit.best_validation_loss, overfit.best_step, overfit.validation_loss, overfit.step)
+    text = message(Reason.VALIDATION_LOSS_RISING, *figures, overfit.train_loss_at_best, overfit.train_loss)
+    conditions.set(ConditionType.OVERFITTING, True, Reason.VALIDATION_LOSS_RISING, text)
 
 
 def _promotable(conditions: Conditions, passed: bool, checks: list[GateCheck]) -> None:

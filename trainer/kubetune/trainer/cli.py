@@ -29,6 +29,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune.api import FineTuneJob, credentials, describe, parse_job
+from kubetune.api.wire import HEADLINE, FinalFigures, TrainerSummary
 
 from . import outputs
 from .errors import (
@@ -41,15 +42,12 @@ from .errors import (
     PreemptedError,
     RegressedError,
 )
-from .evaluate import HEADLINE, headline
+from .evaluate import headline
 from .local import Volumes
 from .plots import PLOTS, columns
 from .remote import upload
 from .report import ProgressEvent, Reporter
 from .runtime import record_exit_code, supervise, torchrun_command
-
-FINAL = ("epoch", "loss", "learningRate", "tokensPerSecond", "validationLoss", "bestValidationMetric", "bestStep")
-"""The last progress figures kept in the final summary (``final``)."""
 
 RUN_FILES: tuple[str, ...] = (
     "checkpoints",
@@ -232,7 +230,7 @@ def _main(args: argparse.Namespace) -> int:
         metrics = run(job, volumes, out, reporter)
         _deliver(job, volumes, out)
     except (ConfigError, DivergedError, RegressedError) as error:
-        reporter.finish({"phase": "Failed", "reason": type(error).__name__, "message": str(error)[:1000]})
+        reporter.finish(TrainerSummary(phase="Failed", reason=type(error).__name__, message=str(error)[:1000]))
         raise
     finally:
         if bar is not None:
@@ -241,7 +239,7 @@ def _main(args: argparse.Namespace) -> int:
     location = job.spec.output.uri if job.spec.output and job.spec.output.uri else str(out)
     final = {**_final(reporter), **_delivered(metrics)}
     summary = {"phase": "Succeeded", "output": location, "steps": metrics["steps"], "final": final}
-    reporter.finish({**summary, **_results(metrics)})
+    reporter.finish(TrainerSummary.model_validate({**summary, **_results(metrics)}))
     if args.command == "run":
         _print_summary(metrics, out)
     return 0
@@ -275,17 +273,18 @@ def _serve(job: FineTuneJob, volumes: Volumes, out: Path, args: argparse.Namespa
 
 def _final(reporter: Reporter) -> dict[str, Any]:
     """The last step's figures, so a run that ends between two of the operator's reads still reports them."""
-    return {k: v for k, v in reporter.latest.items() if k in FINAL and v is not None}
+    latest = reporter.latest.model_dump(exclude_none=True)
+    return {name: latest[name] for name in FinalFigures.model_fields if name in latest}
 
 
 def _delivered(metrics: dict[str, Any]) -> dict[str, Any]:
     """Which step's weights were delivered, and the validation metric at the last validation."""
     result: dict[str, Any] = {}
     if metrics.get("delivered"):
-        result["deliveredStep"] = metrics["delivered"]["step"]
+        result["delivered_step"] = metrics["delivered"]["step"]
     last = metrics.get("lastValidation")
     if last:
-        result["lastValidationMetric"] = next(v for k, v in last.items() if k != "step")
+        result["last_validation_metric"] = next(v for k, v in last.items() if k != "step")
     return result
 
 
@@ -293,8 +292,9 @@ def _results(metrics: dict[str, Any]) -> dict[str, Any]:
     """The evaluation part of the final summary: test, baseline and few-shot headline figures, per task and per
     stage, retention and the overfitting verdict (parts a run does not have are left out)."""
     results: dict[str, Any] = {"test": headline(metrics["test"]), "baseline": headline(metrics["baseline"])}
+    results["samples"] = (metrics["test"] or {}).get("samples")
     if metrics.get("fewShot"):
-        results["fewShot"] = {**headline(metrics["fewShot"]), "k": metrics["fewShot"].get("k")}
+        results["fewShot"], results["fewShotK"] = headline(metrics["fewShot"]), metrics["fewShot"].get("k")
     if metrics.get("tasks"):
         results["tasks"] = {task: headline(values) for task, values in metrics["tasks"].items()}
     if metrics.get("retention"):

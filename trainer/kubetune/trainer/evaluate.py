@@ -11,12 +11,12 @@ import math
 import re
 from typing import Any
 
+from kubetune.api.wire import HEADLINE
+
 from .batches import IGNORE, Tokenized, batches, bos
 from .formats import Example
 
 _WORD = re.compile(r"\w+")
-HEADLINE = ("loss", "perplexity", "exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
-"""The test metrics shown in summaries and the model card, in this order (those a task has)."""
 
 
 def headline(metrics: dict[str, Any] | None) -> dict[str, float]:

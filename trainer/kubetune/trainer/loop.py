@@ -293,6 +293,7 @@ class Recipe:
             tokens_per_second=round((state.tokens_seen - self.first_tokens) / max(elapsed, 1e-9), 1),
             eta_seconds=round(elapsed / done_here * (total - state.step), 1),
             validation_loss=validation_loss,
+            grad_norm=state.train_history[-1].get("gradNorm"),
             best_validation_metric=state.best_value,
             best_step=state.best_step if state.validation_history else None,
             overfitting=overfitting,

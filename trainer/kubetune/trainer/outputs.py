@@ -15,9 +15,9 @@ from typing import Any
 
 from kubetune.api import MethodType
 from kubetune.api.spec import MUTABLE_FIELDS, FineTuneJob, FineTuneJobSpec
+from kubetune.api.wire import HEADLINE
 
 from . import hub
-from .evaluate import HEADLINE
 from .plots import PLOTS
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "safetensors", "pydantic")

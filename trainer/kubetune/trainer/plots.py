@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .evaluate import HEADLINE
+from kubetune.api.wire import HEADLINE
 
 SCORES = ("exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
 """Test metrics on a 0-1 scale, drawn side by side (loss and perplexity are in the table)."""

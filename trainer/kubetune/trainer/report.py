@@ -26,26 +26,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from kubetune.api.wire import SUMMARY_OPTIONAL, TrainerProgress, TrainerSummary, wire_fields
+
 log = logging.getLogger("kubetune.trainer")
 TERMINATION_MESSAGE_LIMIT = 4096
-OPTIONAL_SUMMARY = (
-    "tasks",
-    "stages",
-    "overfitting",
-    "fewShot",
-    "final",
-    "baseline",
-    "retention",
-    "dataWarnings",
-    "test",
-    "output",
-)
-"""Summary parts left out of the termination message, in this order, until it fits its limit."""
 
 
 @dataclass
 class ProgressEvent:
-    """One training step's progress, as logged, served and shown."""
+    """One training step's progress, as logged, served (``TrainerProgress``) and shown."""
 
     step: int
     total_steps: int
@@ -55,7 +44,7 @@ class ProgressEvent:
     tokens_per_second: float
     eta_seconds: float
     validation_loss: float | None = None
-    validation_metric: float | None = None
+    grad_norm: float | None = None
     best_validation_metric: float | None = None
     best_step: int | None = None
     overfitting: dict[str, Any] | None = None
@@ -67,7 +56,7 @@ class ProgressEvent:
             "tokens_per_second": "tokensPerSecond",
             "eta_seconds": "etaSeconds",
             "validation_loss": "validationLoss",
-            "validation_metric": "validationMetric",
+            "grad_norm": "gradNorm",
             "best_validation_metric": "bestValidationMetric",
             "best_step": "bestStep",
         }
@@ -111,7 +100,7 @@ class Reporter:
         self.enabled = enabled
         self.callback = callback
         self.metrics = TrainerMetrics()
-        self.latest: dict[str, Any] = {"phase": "Preparing"}
+        self.latest = TrainerProgress()
         self.server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
 
@@ -126,7 +115,7 @@ class Reporter:
                     body, kind = generate_latest(reporter.metrics.registry), CONTENT_TYPE_LATEST
                 elif self.path.startswith("/progress"):
                     with reporter._lock:
-                        body, kind = json.dumps(reporter.latest).encode(), "application/json"
+                        body, kind = json.dumps(reporter.latest.to_wire()).encode(), "application/json"
                 else:
                     self.send_error(404)
                     return
@@ -147,8 +136,7 @@ class Reporter:
         """A phase change (Preparing, Baseline, Training, Evaluating, Saving, Succeeded, Failed)."""
         if not self.enabled:
             return
-        with self._lock:
-            self.latest = {**self.latest, "phase": phase, **fields}
+        self._update(phase=phase, **fields)
         log.info(json.dumps({"event": "phase", "phase": phase, **fields}))
 
     def progress(self, event: ProgressEvent, tokens: int) -> None:
@@ -167,8 +155,7 @@ class Reporter:
             m.peak_memory.labels(device=device).set(peak)
         if event.validation_loss is not None:
             m.eval_loss.labels(split="validation").set(event.validation_loss)
-        with self._lock:
-            self.latest = {**self.latest, "phase": "Training", "updated": time.time(), **event.to_dict()}
+        self._update(phase="Training", updated=time.time(), **event.to_dict())
         log.info(json.dumps({"event": "progress", **event.to_dict()}))
         if self.callback is not None:
             self.callback(event)
@@ -178,8 +165,7 @@ class Reporter:
         if not self.enabled:
             return
         self.metrics.stage.set(index)
-        with self._lock:
-            self.latest = {**self.latest, "stage": name, "stageIndex": index, "stages": [dict(s) for s in stages]}
+        self._update(stage=name, stageIndex=index, stages=[dict(s) for s in stages])
         log.info(json.dumps({"event": "stage", "stage": name, "index": index}))
 
     def checkpoint(self, step: int) -> None:
@@ -187,27 +173,33 @@ class Reporter:
         if not self.enabled:
             return
         self.metrics.checkpoints.inc()
-        with self._lock:
-            self.latest = {**self.latest, "checkpointStep": step, "checkpointTime": time.time()}
+        self._update(checkpointStep=step, checkpointTime=time.time())
 
-    def finish(self, summary: dict[str, Any], path: Path | None = None) -> None:
+    def finish(self, summary: TrainerSummary, path: Path | None = None) -> None:
         """The final summary: logged, served, and written as the termination message (kept under 4 KiB)."""
         if not self.enabled:
             return
-        with self._lock:
-            self.latest = {**self.latest, **summary}
-        log.info(json.dumps({"event": "finished", **summary}))
+        self._update(phase=summary.phase)
+        document = summary.to_wire()
+        log.info(json.dumps({"event": "finished", **document}))
         target = path or _termination_log()
         if target is None:
             return
-        text = json.dumps(summary, separators=(",", ":"))
-        for key in OPTIONAL_SUMMARY:  # too long: the least needed parts go first
+        text = json.dumps(document, separators=(",", ":"))
+        for key in SUMMARY_OPTIONAL:  # too long: the least needed parts go first
             if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
                 break
-            summary = {k: v for k, v in summary.items() if k != key}
-            text = json.dumps(summary, separators=(",", ":"))
+            document.pop(key, None)
+            text = json.dumps(document, separators=(",", ":"))
         with contextlib.suppress(OSError):
             target.write_text(text[:TERMINATION_MESSAGE_LIMIT])
+
+    def _update(self, **fields: Any) -> None:
+        """Set ``fields`` (camelCase) of the /progress document; a name the document does not have is a bug."""
+        if unknown := set(fields) - wire_fields(TrainerProgress):
+            raise ValueError(f"not fields of TrainerProgress: {sorted(unknown)}")
+        with self._lock:
+            self.latest = TrainerProgress.model_validate({**self.latest.to_wire(), **fields})
 
     def close(self) -> None:
         if self.server is not None:
