@@ -1,10 +1,14 @@
-"""A fluent FineTuneJob manifest builder for tests (after JobSet's test builders)."""
+"""Test builders (after JobSet's): a fluent FineTuneJob manifest builder, and the observed objects the operator
+reads (worker Jobs, their pods, a sweep's trials)."""
 
 from __future__ import annotations
 
 import copy
 import re
 from typing import Any
+
+from kubetune.api.sweep import FineTuneSweep
+from kubetune.operator import sweeps
 
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -54,3 +58,54 @@ def make_job(**overrides: Any) -> dict[str, Any]:
     for key, value in overrides.items():
         builder.set(key.replace("__", "."), value)
     return builder.build()
+
+
+# Observed objects
+
+
+def worker_job(*conditions: str, suspend: bool = False, **counts: int) -> dict[str, Any]:
+    """An observed worker Job: its conditions (True), its suspend flag and status counts (active, failed...)."""
+    return {
+        "spec": {"suspend": suspend},
+        "status": {
+            "startTime": "2026-11-25T11:00:00Z",
+            **counts,
+            "conditions": [
+                {"type": c, "status": "True", "lastTransitionTime": "2026-11-25T11:59:00Z"} for c in conditions
+            ],
+        },
+    }
+
+
+def pod(index: int, phase: str, code: int | None = None, message: str = "") -> dict[str, Any]:
+    """An observed worker pod of completion index ``index``; ``code``: its trainer container terminated with it
+    and ``message`` (the termination message)."""
+    container: dict[str, Any] = {"name": "trainer"}
+    if code is not None:
+        finished = f"2026-11-25T11:30:0{index}Z"
+        container["state"] = {"terminated": {"exitCode": code, "message": message, "finishedAt": finished}}
+    return {
+        "metadata": {
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+            "creationTimestamp": f"2026-11-25T11:0{index}:00Z",
+        },
+        "status": {"phase": phase, "containerStatuses": [container]},
+    }
+
+
+def trial(
+    s: FineTuneSweep,
+    index: int,
+    phase: str,
+    best: float | None = None,
+    percent: int = 0,
+    test: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """An observed trial FineTuneJob of sweep ``s``: its phase, best validation metric, progress and test metrics."""
+    manifest = sweeps.trial_job(s, index, sweeps.space(s)[index])
+    status: dict[str, Any] = {"phase": phase, "progress": {"percentage": percent}}
+    if best is not None:
+        status["metrics"] = {"bestValidationMetric": best}
+    if test:
+        status["evaluation"] = {"test": test}
+    return {"metadata": manifest["metadata"], "status": status}

@@ -14,7 +14,7 @@ from kubetune.api.wire import TrainerProgress
 from kubetune.operator import builders, status, validation
 from kubetune.operator.naming import child_name
 from kubetune.operator.settings import Settings
-from tests.support.builders import JobBuilder
+from tests.support.builders import JobBuilder, pod, worker_job
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SETTINGS = Settings()
@@ -145,33 +145,6 @@ def test_missing_references_name_the_field() -> None:
 
 
 # Status
-
-
-def worker_job(*conditions: str, suspend: bool = False, **counts: int) -> dict[str, Any]:
-    return {
-        "spec": {"suspend": suspend},
-        "status": {
-            "startTime": "2026-11-25T11:00:00Z",
-            **counts,
-            "conditions": [
-                {"type": c, "status": "True", "lastTransitionTime": "2026-11-25T11:59:00Z"} for c in conditions
-            ],
-        },
-    }
-
-
-def pod(index: int, phase: str, code: int | None = None, message: str = "") -> dict[str, Any]:
-    container: dict[str, Any] = {"name": "trainer"}
-    if code is not None:
-        finished = f"2026-11-25T11:30:0{index}Z"
-        container["state"] = {"terminated": {"exitCode": code, "message": message, "finishedAt": finished}}
-    return {
-        "metadata": {
-            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
-            "creationTimestamp": f"2026-11-25T11:0{index}:00Z",
-        },
-        "status": {"phase": phase, "containerStatuses": [container]},
-    }
 
 
 def accepted_job(builder: JobBuilder | None = None) -> Any:

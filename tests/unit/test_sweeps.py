@@ -11,7 +11,7 @@ import pytest
 
 from kubetune.api.sweep import FineTuneSweep, parse_sweep
 from kubetune.operator import sweeps
-from tests.support.builders import JobBuilder
+from tests.support.builders import JobBuilder, trial
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -34,23 +34,6 @@ def sweep(**spec: Any) -> FineTuneSweep:
             "spec": body,
         }
     )
-
-
-def trial(
-    s: FineTuneSweep,
-    index: int,
-    phase: str,
-    best: float | None = None,
-    percent: int = 0,
-    test: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    manifest = sweeps.trial_job(s, index, sweeps.space(s)[index])
-    status: dict[str, Any] = {"phase": phase, "progress": {"percentage": percent}}
-    if best is not None:
-        status["metrics"] = {"bestValidationMetric": best}
-    if test:
-        status["evaluation"] = {"test": test}
-    return {"metadata": manifest["metadata"], "status": status}
 
 
 def test_grid_is_every_combination_in_order_within_the_budget() -> None:
