@@ -17,12 +17,24 @@ import kopf
 from pydantic import ValidationError
 
 from kubetune.api.enums import ConditionStatus, ConditionType, Phase
-from kubetune.api.errors import describe
 from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import GROUP, PLURAL, VERSION, FineTuneJob, FineTuneJobSpec
 from kubetune.api.status import FineTuneJobStatus
 
-from . import builders, children, conditions, kube, lineage, metrics, persistence, serving, settings, status, validation
+from . import (
+    admission,
+    builders,
+    children,
+    conditions,
+    kube,
+    lineage,
+    metrics,
+    persistence,
+    serving,
+    settings,
+    status,
+    validation,
+)
 from . import sweep_handlers as sweep_handlers  # the FineTuneSweep handlers, registered with kopf on import
 from .naming import LABEL_COMPONENT, LABEL_JOB
 
@@ -60,13 +72,53 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.serve(SETTINGS.metrics_port)
 
 
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's default login (the kubernetes client's in-cluster config, else the kubeconfig), on a pool of at
+    most ``$KUBETUNE_MAX_CONNECTIONS`` connections: kopf's default pool is unbounded, and a burst of new jobs
+    opened hundreds of TLS connections, each holding its buffers for good."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    connector = aiohttp.TCPConnector(limit=SETTINGS.max_connections, ssl=info.as_ssl_context())
+    session = aiohttp.ClientSession(
+        connector=connector, headers=info.as_http_headers(), auth=info.as_aiohttp_basic_auth()
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        priority=info.priority,
+    )
+
+
+@kopf.index("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "workers"})
+def worker_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each FineTuneJob's worker Job, kept current from the watch: a status refresh reads no API."""
+    return {(namespace, labels[LABEL_JOB]): _summary(body, ("suspend",))}
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "worker"})
+def worker_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each FineTuneJob's worker pods, kept current from the watch."""
+    return {(namespace, labels[LABEL_JOB]): _summary(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: serving.COMPONENT})
+def servers(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each FineTuneJob's inference Deployment (spec.deploy), kept current from the watch."""
+    return {(namespace, labels[LABEL_JOB]): _summary(body)}
+
+
 @kopf.on.create(*RESOURCE)
 @kopf.on.resume(*RESOURCE)
 def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, **_: Any) -> None:
     """Validate, then create the spec ConfigMap, the headless Service and the worker Job (idempotently). A
     finished job's children are never made again (on a resume after they were deleted, say)."""
     with metrics.timed("create"):
-        job, namespace = _parse(body, patch), namespace or "default"
+        job = admission.parse_or_reject(body, patch, _job, lambda job: validation.problems(job.spec))
+        namespace = namespace or "default"
         if status.finished(job.status):
             return
         job = _from_job(body, patch, job, namespace)
@@ -98,65 +150,6 @@ def suspend_changed(new: Any, namespace: str | None, name: str, worker_jobs: Chi
         return
     with metrics.timed("suspend"):
         kube.set_suspend(worker["metadata"]["namespace"], worker["metadata"]["name"], bool(new))
-
-
-def _from_job(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, namespace: str) -> FineTuneJob:
-    """The job as its workers see it: spec.model.fromJob resolved to the earlier job's model (waiting for it)."""
-    if job.spec.model.from_job is None:
-        return job
-    try:
-        return lineage.resolve(job, kube.get_finetunejob(namespace, job.spec.model.from_job))
-    except lineage.NotReadyError as error:
-        _accepted(job, patch, False, Reason.MISSING_REFERENCE, str(error))
-        raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, error), delay=15) from error
-    except lineage.ImpossibleError as error:
-        _invalid(body, patch, str(error))
-        raise kopf.PermanentError(message(Reason.INVALID_SPEC, error)) from error
-
-
-def _indexed(index: Children, namespace: str, name: str) -> dict[str, Any] | None:
-    """A FineTuneJob's child as an index keyed by (namespace, job) has it: its worker Job or its server (None:
-    not seen yet)."""
-    return next(iter(index.get((namespace, name), [])), None)
-
-
-def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """What status computation reads of a child: a few metadata fields, some spec, the whole status."""
-    meta = body.metadata
-    return copy.deepcopy(
-        {
-            "metadata": {
-                "name": meta.name,
-                "namespace": meta.namespace,
-                "uid": meta.uid,
-                "resourceVersion": meta.get("resourceVersion"),
-                "labels": dict(meta.labels),
-                "annotations": dict(meta.annotations),
-                "creationTimestamp": meta.get("creationTimestamp"),
-                "deletionTimestamp": meta.get("deletionTimestamp"),
-            },
-            "spec": {k: body.spec.get(k) for k in spec_keys},
-            "status": dict(body.status),
-        }
-    )
-
-
-@kopf.index("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "workers"})
-def worker_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Each FineTuneJob's worker Job, kept current from the watch: a status refresh reads no API."""
-    return {(namespace, labels[LABEL_JOB]): _summary(body, ("suspend",))}
-
-
-@kopf.index("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "worker"})
-def worker_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Each FineTuneJob's worker pods, kept current from the watch."""
-    return {(namespace, labels[LABEL_JOB]): _summary(body)}
-
-
-@kopf.index("apps", "v1", "deployments", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: serving.COMPONENT})
-def servers(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Each FineTuneJob's inference Deployment (spec.deploy), kept current from the watch."""
-    return {(namespace, labels[LABEL_JOB]): _summary(body)}
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.status_interval_seconds, initial_delay=1)  # type: ignore[arg-type]
@@ -230,25 +223,47 @@ def forget_deleted(namespace: str | None, name: str, uid: str, **_: Any) -> None
     DIFFBASE.forget(uid)
 
 
-@kopf.on.login()
-async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-    """kopf's default login (the kubernetes client's in-cluster config, else the kubeconfig), on a pool of at
-    most ``$KUBETUNE_MAX_CONNECTIONS`` connections: kopf's default pool is unbounded, and a burst of new jobs
-    opened hundreds of TLS connections, each holding its buffers for good."""
-    info = kopf.login_via_client(**kwargs)
-    if info is None:
-        return None
-    connector = aiohttp.TCPConnector(limit=SETTINGS.max_connections, ssl=info.as_ssl_context())
-    session = aiohttp.ClientSession(
-        connector=connector, headers=info.as_http_headers(), auth=info.as_aiohttp_basic_auth()
+# Helpers of the handlers above
+
+
+def _indexed(index: Children, namespace: str, name: str) -> dict[str, Any] | None:
+    """A FineTuneJob's child as an index keyed by (namespace, job) has it: its worker Job or its server (None:
+    not seen yet)."""
+    return next(iter(index.get((namespace, name), [])), None)
+
+
+def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What status computation reads of a child: a few metadata fields, some spec, the whole status."""
+    meta = body.metadata
+    return copy.deepcopy(
+        {
+            "metadata": {
+                "name": meta.name,
+                "namespace": meta.namespace,
+                "uid": meta.uid,
+                "resourceVersion": meta.get("resourceVersion"),
+                "labels": dict(meta.labels),
+                "annotations": dict(meta.annotations),
+                "creationTimestamp": meta.get("creationTimestamp"),
+                "deletionTimestamp": meta.get("deletionTimestamp"),
+            },
+            "spec": {k: body.spec.get(k) for k in spec_keys},
+            "status": dict(body.status),
+        }
     )
-    return kopf.AiohttpSession(
-        aiohttp_session=session,
-        server=info.server,
-        default_namespace=info.default_namespace,
-        expiration=info.expiration,
-        priority=info.priority,
-    )
+
+
+def _from_job(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, namespace: str) -> FineTuneJob:
+    """The job as its workers see it: spec.model.fromJob resolved to the earlier job's model (waiting for it)."""
+    if job.spec.model.from_job is None:
+        return job
+    try:
+        return lineage.resolve(job, kube.get_finetunejob(namespace, job.spec.model.from_job))
+    except lineage.NotReadyError as error:
+        _accepted(job, patch, False, Reason.MISSING_REFERENCE, str(error))
+        raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, error), delay=15) from error
+    except lineage.ImpossibleError as error:
+        admission.reject(body, patch, str(error))
 
 
 def _job(body: kopf.Body) -> FineTuneJob:
@@ -261,26 +276,6 @@ def _job(body: kopf.Body) -> FineTuneJob:
     except ValidationError:
         job.status = None
     return job
-
-
-def _parse(body: kopf.Body, patch: kopf.Patch) -> FineTuneJob:
-    """The validated job; an invalid one gets Accepted=False (InvalidSpec) and a PermanentError (no retries)."""
-    try:
-        job = _job(body)
-    except ValidationError as error:
-        text = describe(error, prefix="spec")
-        _invalid(body, patch, text)
-        raise kopf.PermanentError(message(Reason.INVALID_SPEC, text)) from error
-    problems = validation.problems(job.spec)
-    if problems:
-        _invalid(body, patch, "; ".join(problems))
-        raise kopf.PermanentError(message(Reason.INVALID_SPEC, "; ".join(problems)))
-    return job
-
-
-def _invalid(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
-    patch.status.update(conditions.rejected(text, body.get("metadata", {}).get("generation"), datetime.now(UTC)))
-    kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
 
 
 ACCEPTED_FIELDS = ("conditions", "phase", "observed_generation", "output_location")

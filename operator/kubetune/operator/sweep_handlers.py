@@ -10,12 +10,10 @@ import kopf
 from pydantic import ValidationError
 
 from kubetune.api.enums import Phase
-from kubetune.api.errors import describe
-from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import GROUP, PLURAL, VERSION
 from kubetune.api.sweep import SWEEP_PLURAL, FineTuneSweep, parse_sweep
 
-from . import conditions, kube, metrics, settings, sweeps
+from . import admission, kube, metrics, settings, sweeps
 
 SETTINGS = settings.current()
 SWEEPS = (GROUP, VERSION, SWEEP_PLURAL)
@@ -32,23 +30,11 @@ def _sweep(body: kopf.Body) -> FineTuneSweep:
     return sweep
 
 
-def _reject(body: kopf.Body, patch: kopf.Patch, text: str) -> None:
-    patch.status.update(conditions.rejected(text, body.get("metadata", {}).get("generation"), datetime.now(UTC)))
-    kopf.event(body, type="Warning", reason=Reason.INVALID_SPEC, message=message(Reason.INVALID_SPEC, text))
-    raise kopf.PermanentError(message(Reason.INVALID_SPEC, text))
-
-
 @kopf.on.create(*SWEEPS)
 @kopf.on.resume(*SWEEPS)
 def sweep_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Validate the sweep and every trial it would make (a bad value names the trial and field)."""
-    try:
-        sweep = _sweep(body)
-    except ValidationError as error:
-        _reject(body, patch, describe(error, prefix="spec"))
-    problems = sweeps.check(sweep)
-    if problems:
-        _reject(body, patch, "; ".join(problems))
+    admission.parse_or_reject(body, patch, _sweep, sweeps.check)
     memo["sweep_valid"] = True
 
 
