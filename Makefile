@@ -63,6 +63,10 @@ images: ## Build the operator and trainer images with buildah (a Debian-made bas
 dashboards: ## Rewrite the Grafana dashboards (charts/kubetune/files/dashboards) from hack/dashboards.py
 	python3 hack/dashboards.py
 
+.PHONY: values-schema
+values-schema: venv ## Fill charts/kubetune/values.schema.json's descriptions and defaults from values.yaml's comments
+	$(PY) hack/values_schema.py
+
 .PHONY: crds
 crds: venv ## Regenerate crds/ from the pydantic API (and the chart's copy of crds/)
 	$(PY) -m kubetune.api.crd FineTuneJob > crds/kubetune.dev_finetunejobs.yaml

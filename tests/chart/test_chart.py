@@ -7,7 +7,9 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -22,6 +24,23 @@ def test_chart_crds_are_the_repository_crds() -> None:
     assert {p.name for p in (CHART / "files" / "crds").glob("*.yaml")} == {
         p.name for p in (ROOT / "crds").glob("*.yaml")
     }
+
+
+def test_every_value_has_a_description_and_default_from_values_yaml() -> None:
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "values_schema.py"), "--check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr  # stale: `make values-schema`
+
+    def undocumented(node: dict[str, Any], path: str = "") -> list[str]:
+        missing = []
+        for key, prop in (node.get("properties") or {}).items():
+            if "description" not in prop or "default" not in prop:
+                missing.append(path + key)
+            missing += undocumented(prop, f"{path}{key}.")
+        return missing
+
+    assert not undocumented(json.loads((CHART / "values.schema.json").read_text()))
 
 
 def test_helm_lint_strict(helm: Path) -> None:
