@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -54,3 +55,28 @@ def test_top_level_layout() -> None:
     commands = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("make ")]
     first_commands = commands[:2]
     assert first_commands == ["make run", "make test"]
+
+
+BLOCKS = (ast.For, ast.AsyncFor, ast.While, ast.If, ast.With, ast.AsyncWith, ast.Try, ast.Match)
+
+
+def _nesting(node: ast.AST, depth: int = 0) -> int:
+    """The deepest block nesting inside ``node`` (an ``elif`` counts as one level deeper, as it reads)."""
+    deepest = depth
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        deepest = max(deepest, _nesting(child, depth + isinstance(child, BLOCKS)))
+    return deepest
+
+
+def test_trainer_functions_are_short_and_shallow() -> None:
+    """Issue 18: no function in trainer/ over 60 lines or nested more than 3 blocks deep."""
+    found = []
+    for path in sorted((ROOT / "trainer" / "kubetune" / "trainer").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines, depth = node.end_lineno - node.lineno + 1, _nesting(node)
+                if lines > 60 or depth > 3:
+                    found.append(f"{path.name}:{node.lineno} {node.name}: {lines} lines, nesting {depth}")
+    assert not found, found

@@ -52,6 +52,17 @@ def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> list[Toke
     return tokenize_split(examples, tokenizer, max_len)[0]
 
 
+def _dropped(ids: list[int], targets: Any, max_len: int, cleaning: Cleaning, classification: bool) -> str | None:
+    """Why a tokenized row is dropped (tooFewTokens, tooManyTokens, nothingToTrainOnAfterTruncation), or None."""
+    if len(ids) < cleaning.min_tokens:
+        return "tooFewTokens"
+    if len(ids) > max_len and cleaning.over_length == OverLength.DROP:
+        return "tooManyTokens"
+    if not classification and all(t == IGNORE for t in targets[:max_len]):
+        return "nothingToTrainOnAfterTruncation"
+    return None
+
+
 def tokenize_split(
     examples: list[Example],
     tokenizer: Any,
@@ -68,13 +79,7 @@ def tokenize_split(
     for example in examples:
         ids, targets = encode(example, tokenizer, labels)
         lengths.append(len(ids))
-        reason = None
-        if len(ids) < cleaning.min_tokens:
-            reason = "tooFewTokens"
-        elif len(ids) > max_len and cleaning.over_length == OverLength.DROP:
-            reason = "tooManyTokens"
-        elif labels is None and all(t == IGNORE for t in targets[:max_len]):
-            reason = "nothingToTrainOnAfterTruncation"
+        reason = _dropped(ids, targets, max_len, cleaning, labels is not None)
         if reason:
             if report is not None:
                 report.drop(reason, example.source, example.row)

@@ -195,6 +195,33 @@ def generate(
     return list(output[0, len(ids) :].tolist())
 
 
+def _prompt(
+    tokenizer: Any, prompt: str, prefix: str, head: list[int], have_cache: bool, max_prompt_tokens: int | None
+) -> tuple[list[int], bool]:
+    """The prompt's token ids (the prefix's own ``head``, then the rest's) and whether the prefix's cache fits
+    them; a prompt over ``max_prompt_tokens`` keeps its last tokens (after BOS) and cannot reuse the cache."""
+    if head and prompt.startswith(prefix):
+        ids = head + list(tokenizer(prompt[len(prefix) :], add_special_tokens=False)["input_ids"])
+    else:
+        ids = prompt_ids(tokenizer, prompt)
+    cached = have_cache and ids[: len(head)] == head
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        first = bos(tokenizer, prompt)
+        ids, cached = first + ids[len(ids) - max_prompt_tokens + len(first) :], False
+    return ids, cached
+
+
+def _score(tokenizer: Any, example: Example, new: list[int]) -> tuple[float, float, dict[str, str]]:
+    """Exact match and ROUGE-L of the generated tokens ``new`` (cut at EOS) against the example's target, and
+    the sample kept for the report."""
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    answer = tokenizer.decode(new, skip_special_tokens=True).strip()
+    reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
+    sample = {"prompt": example.prompt[-200:], "reference": reference, "generated": answer}
+    return float(normalize_answer(answer) == normalize_answer(reference)), rouge_l(answer, reference), sample
+
+
 def generation(
     model: Any,
     tokenizer: Any,
@@ -233,30 +260,11 @@ def generation(
             cache = model(input_ids=torch.tensor([head], device=device), use_cache=True).past_key_values
         for index in mine:
             example = examples[max(index, 0)]
-            if head and example.prompt.startswith(prefix):
-                ids = head + list(tokenizer(example.prompt[len(prefix) :], add_special_tokens=False)["input_ids"])
-            else:
-                ids = prompt_ids(tokenizer, example.prompt)
-            cached = cache is not None and ids[: len(head)] == head
-            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-                first = bos(tokenizer, example.prompt)
-                ids, cached = first + ids[len(ids) - max_prompt_tokens + len(first) :], False
+            ids, cached = _prompt(tokenizer, example.prompt, prefix, head, cache is not None, max_prompt_tokens)
             reuse: dict[str, Any] = {"cache": copy.deepcopy(cache)} if cached else {}
             new = generate(model, tokenizer, ids, max_new_tokens, stop_at_eos=not lockstep, **reuse)
-            if tokenizer.eos_token_id in new:
-                new = new[: new.index(tokenizer.eos_token_id)]
-            answer = tokenizer.decode(new, skip_special_tokens=True).strip()
-            reference = example.target.replace(tokenizer.eos_token or "\x00", "").strip()
-            sample = {"prompt": example.prompt[-200:], "reference": reference, "generated": answer}
             if index >= 0:
-                scored.append(
-                    (
-                        index,
-                        float(normalize_answer(answer) == normalize_answer(reference)),
-                        rouge_l(answer, reference),
-                        sample,
-                    )
-                )
+                scored.append((index, *_score(tokenizer, example, new)))
     model.train()
     if world > 1:
         from accelerate.utils import gather_object

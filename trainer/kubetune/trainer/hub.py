@@ -33,6 +33,33 @@ SPACE_MARGIN = 1.05
 Progress = Callable[[dict[str, Any]], None]
 
 
+def _fetch_all(
+    source: HuggingFaceModel | HuggingFaceDataset,
+    commit: str,
+    files: dict[str, int | None],
+    partial: Path,
+    endpoint: str | None,
+    token: str | None,
+    where: str,
+    progress: Progress | None,
+) -> int:
+    """Fetch every file of ``files`` (name -> size) into ``partial``, checking each size, reporting after each;
+    returns the bytes fetched."""
+    done, total = 0, sum(size or 0 for size in files.values())
+    kind = "dataset" if isinstance(source, HuggingFaceDataset) else "model"
+    for index, (name, size) in enumerate(sorted(files.items()), start=1):
+        _fetch(source, commit, name, partial, endpoint, token, where, kind)
+        got = (partial / name).stat().st_size
+        if size is not None and got != size:
+            (partial / name).unlink()
+            raise ConfigError(f"{where}: {source.repo}@{commit}: {name} arrived with {got} of {size} bytes; run again")
+        done += got
+        if progress is not None:
+            figures = {"files": index, "totalFiles": len(files), "bytes": done, "totalBytes": total}
+            progress({"repo": source.repo, "commit": commit, **figures})
+    return done
+
+
 def download(
     source: HuggingFaceModel | HuggingFaceDataset,
     root: Path,
@@ -74,25 +101,7 @@ def download(
             f"{where}: {source.repo}@{commit} needs {total / 2**30:.2f} GiB and {partial.parent} has "
             f"{free / 2**30:.2f} GiB free; give the workers more scratch space (or a model cache)"
         )
-    done = 0
-    for index, (name, size) in enumerate(sorted(files.items()), start=1):
-        _fetch(source, commit, name, partial, endpoint, token, where, "dataset" if dataset else "model")
-        got = (partial / name).stat().st_size
-        if size is not None and got != size:
-            (partial / name).unlink()
-            raise ConfigError(f"{where}: {source.repo}@{commit}: {name} arrived with {got} of {size} bytes; run again")
-        done += got
-        if progress is not None:
-            progress(
-                {
-                    "repo": source.repo,
-                    "commit": commit,
-                    "files": index,
-                    "totalFiles": len(files),
-                    "bytes": done,
-                    "totalBytes": total,
-                }
-            )
+    done = _fetch_all(source, commit, files, partial, endpoint, token, where, progress)
     shutil.rmtree(partial / ".cache", ignore_errors=True)  # huggingface_hub's own bookkeeping
     record = {"repo": source.repo, "revision": source.revision, "commit": commit, "files": len(files), "bytes": done}
     if dataset:

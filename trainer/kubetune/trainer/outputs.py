@@ -113,7 +113,6 @@ def model_card(
     )
     if (origin := hub.source_of(base) if base is not None else None) is not None:
         start = f"{origin['repo']}@{origin['commit']} (Hugging Face Hub, revision {origin['revision']})"
-    test, baseline = metrics.get("test", {}), metrics.get("baseline", {})
     lines = [
         f"# {job.name}",
         "",
@@ -124,6 +123,27 @@ def model_card(
         f"Datasets: {', '.join(d.name for d in spec.data.datasets)} (format {spec.data.format}). "
         f"Rows per split: {report.get('splitSizes')}. Dropped: {report.get('dropped') or 'none'}.",
         "",
+        *_training(spec, metrics),
+        *_stages(metrics),
+        *_test_set(metrics),
+        *_lineage(spec, base),
+    ]
+    plots = [name for name in PLOTS if (out / name).exists()]
+    if plots:
+        lines += ["", "## Plots", "", "The whole run in one page: [report.html](report.html).", ""]
+        lines += [f"![{name}]({name})" for name in plots]
+    lines += ["", "## Use", ""]
+    if spec.method.type == MethodType.FULL:
+        lines.append("Load `model/` with `AutoModelForCausalLM.from_pretrained`.")
+    else:
+        lines.append("Load `adapter/` with `PeftModel.from_pretrained(base_model, 'adapter')`; `merged/` (when")
+        lines.append("`output.mergeAdapter` is set) is the base model with the adapter merged in.")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _training(spec: FineTuneJobSpec, metrics: dict[str, Any]) -> list[str]:
+    """The card's Training section: steps, settings, and which step's weights were delivered."""
+    lines = [
         "## Training",
         "",
         f"{metrics.get('steps')} optimizer steps, learning rate {spec.training.learning_rate}, "
@@ -142,16 +162,28 @@ def model_card(
             f"at the last validation (step {last['step']}).",
             "",
         ]
-    if metrics.get("stages"):
-        lines += ["## Stages", "", "Each stage started from the one before it, the first from the base model.", ""]
-        lines += [
-            f"{i}. `{s['name']}`: {s.get('steps')} steps, test {s.get('test')}"
-            for i, s in enumerate(metrics["stages"], start=1)
-        ]
-        lines.append("")
+    return lines
+
+
+def _stages(metrics: dict[str, Any]) -> list[str]:
+    """The card's Stages section (sequential tuning), or nothing."""
+    if not metrics.get("stages"):
+        return []
+    lines = ["## Stages", "", "Each stage started from the one before it, the first from the base model.", ""]
+    lines += [
+        f"{i}. `{s['name']}`: {s.get('steps')} steps, test {s.get('test')}"
+        for i, s in enumerate(metrics["stages"], start=1)
+    ]
+    return [*lines, ""]
+
+
+def _test_set(metrics: dict[str, Any]) -> list[str]:
+    """The card's Test set section: the tuned model against the base model (and few-shot), per task, retention
+    and the overfitting warning."""
+    test, baseline = metrics.get("test", {}), metrics.get("baseline", {})
     few = metrics.get("fewShot") or {}
     shots = f" | base model, {few.get('k')}-shot" if few else ""
-    lines += [
+    lines = [
         "## Test set",
         "",
         f"| metric | fine-tuned | base model{shots} |",
@@ -172,6 +204,12 @@ def model_card(
         ]
     if (metrics.get("overfitting") or {}).get("detected"):
         lines += ["", f"Warning: validation loss rose while training loss fell: {metrics['overfitting']}."]
+    return lines
+
+
+def _lineage(spec: FineTuneJobSpec, base: Path | None) -> list[str]:
+    """The card's Lineage section (continued from earlier jobs) and the datasets' versions, or nothing."""
+    lines: list[str] = []
     ancestors = lineage(base)
     if ancestors:
         lines += ["", "## Lineage", "", "Continued from earlier jobs' outputs (oldest first):", ""]
@@ -183,14 +221,4 @@ def model_card(
     versions = {d.name: d.version for d in spec.data.datasets if d.version}
     if versions:
         lines += ["", f"Dataset versions: {versions}."]
-    plots = [name for name in PLOTS if (out / name).exists()]
-    if plots:
-        lines += ["", "## Plots", "", "The whole run in one page: [report.html](report.html).", ""]
-        lines += [f"![{name}]({name})" for name in plots]
-    lines += ["", "## Use", ""]
-    if spec.method.type == MethodType.FULL:
-        lines.append("Load `model/` with `AutoModelForCausalLM.from_pretrained`.")
-    else:
-        lines.append("Load `adapter/` with `PeftModel.from_pretrained(base_model, 'adapter')`; `merged/` (when")
-        lines.append("`output.mergeAdapter` is set) is the base model with the adapter merged in.")
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return lines
