@@ -83,3 +83,11 @@ def volumes(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     for claim, path in paths.items():
         _volume(cluster, claim, path)
     return paths
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``controlplane`` on every test that needs the control plane through the ``cluster`` fixture (directly or
+    through ``node``, ``volumes``, ``operator``...), so ``-m "not controlplane"`` never starts one."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.controlplane)

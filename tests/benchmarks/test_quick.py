@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.paths import ROOT
+
+pytestmark = pytest.mark.slow  # each trains or runs an operator for a while
 
 
 def run(module: str, timeout: float = 600) -> str:
@@ -38,6 +42,7 @@ def test_gpu_throughput_quick() -> None:
     assert all(r["tokens_per_second_per_gpu"] > 0 for r in results)
 
 
+@pytest.mark.controlplane  # the benchmark starts its own
 def test_operator_scale_quick() -> None:
     """It starts a control plane of its own (with an audit log), from the binaries `make test` built."""
     out = run("operator_scale")

@@ -76,6 +76,7 @@ def hub_job(revision: str = "main") -> dict:  # type: ignore[type-arg]
     return job.set("spec.evaluation.baseline", False).build()
 
 
+@pytest.mark.slow
 def test_a_private_hub_model_trains_with_its_token_once_and_records_the_commit(
     fake_hub: FakeHub, tmp_path: Path
 ) -> None:
@@ -123,6 +124,7 @@ def test_a_listing_with_a_path_outside_the_repo_is_refused_before_any_download(
     assert fake_hub.downloads == 0 and not (tmp_path / "hub" / REPO / fake_hub.repos[REPO].commit).exists()
 
 
+@pytest.mark.slow
 def test_a_truncated_download_fails_after_retries_and_leaves_no_model(fake_hub: FakeHub, tmp_path: Path) -> None:
     fake_hub.repos[REPO].truncate = True
     with pytest.raises(ConfigError, match=f"could not download {REPO} after 4 tries"):
@@ -146,6 +148,7 @@ def test_a_full_disk_is_a_clear_error_before_downloading(
     assert fake_hub.downloads == 0
 
 
+@pytest.mark.slow
 def test_a_hub_dataset_split_with_its_own_token_trains(fake_hub: FakeHub, tmp_path: Path) -> None:
     rows = (DATA / "instructions.jsonl").read_bytes()
     fake_hub.add_dataset(

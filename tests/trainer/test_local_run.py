@@ -24,6 +24,7 @@ def write_manifest(tmp_path: Path, **training: object) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_lora_run_beats_the_base_model_and_saves_a_loadable_adapter(tmp_path: Path, model_cache: Path) -> None:
     out = tmp_path / "out"
     manifest = write_manifest(tmp_path, epochs=4)

@@ -50,12 +50,14 @@ def _close(a: dict[str, list[float]], b: dict[str, list[float]]) -> float:
     return worst
 
 
+@pytest.mark.slow
 def test_accumulation_weighs_every_token_alike(tiny: Path, tmp_path: Path) -> None:
     big = _gradients(tiny, tmp_path / "big.json", groups=1)
     accumulated = _gradients(tiny, tmp_path / "acc.json", groups=4)
     assert _close(accumulated, big) <= 1e-5
 
 
+@pytest.mark.slow
 def test_two_ranks_weigh_every_token_alike(tiny: Path, tmp_path: Path) -> None:
     big = _gradients(tiny, tmp_path / "big.json", groups=1)
     ranks = _gradients(tiny, tmp_path / "ranks.json", groups=2, world=2)

@@ -196,6 +196,7 @@ def _kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
     job = fast_job("resume").set("spec.checkpointing", {"everySteps": 4, "keep": 2})
     job.set("spec.method.lora.dropout", 0.1)  # dropout draws random numbers: the RNG state must be restored too
@@ -224,6 +225,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     assert again.returncode == 0 and "already holds the finished run" in again.stderr
 
 
+@pytest.mark.slow
 def test_two_ranks_on_cpu_with_torchrun(tmp_path: Path) -> None:
     job = fast_job("ddp").set("spec.training.maxSteps", 6).set("spec.checkpointing.everySteps", 3)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.build()))
@@ -243,6 +245,7 @@ def test_two_ranks_on_cpu_with_torchrun(tmp_path: Path) -> None:
     assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2
 
 
+@pytest.mark.slow
 def test_fsdp_on_two_cpu_ranks_shards_trains_like_ddp_and_resumes_after_a_kill(tmp_path: Path) -> None:
     """FSDP2 over gloo: each rank keeps half the optimizer state, the steps are DDP's to float precision, a run
     killed after its checkpoint resumes to the same end, and the saved model is whole."""

@@ -72,6 +72,7 @@ def _run(job: dict, tmp_path: Path, server: S3Server, secret: str | None = None)
     )
 
 
+@pytest.mark.slow
 def test_the_keys_of_a_secret_read_the_model_and_data_and_write_the_outputs(s3: S3Server, tmp_path: Path) -> None:
     result = _run(s3_job(s3), tmp_path, s3)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -100,6 +101,7 @@ def test_a_wrong_secret_is_refused_naming_the_field_and_the_keys_to_check(s3: S3
     assert not (tmp_path / "kubetune" / "model").exists() and not (tmp_path / "kubetune" / "model.partial").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_model_is_named(s3: S3Server, tmp_path: Path) -> None:
     result = _run(s3_job(s3, "missing", model="s3://models/nothing-here"), tmp_path, s3)
     assert result.returncode == EXIT_CONFIG, result.stderr[-3000:]

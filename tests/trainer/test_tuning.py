@@ -137,6 +137,7 @@ def test_context_extension_scales_rope_and_checks_passkeys_at_the_new_length(run
     assert 900 < result["test"]["passkeyPromptTokens"] <= 1024
 
 
+@pytest.mark.slow
 def test_stages_run_in_order_and_a_failed_stage_resumes_from_its_own_checkpoint(split_data: Path) -> None:
     job = fast_job("staged", "words.jsonl").set(
         "spec.data.datasets[1]", {"name": "corpus", "pvc": {"claimName": "data", "path": "corpus.jsonl"}}
