@@ -2,7 +2,8 @@
 ``python -m benchmarks.trainer_arms CONFIG.json`` prints one JSON line of figures.
 
 Arms: ``hf`` (transformers' Trainer + PEFT LoRA, dynamic padding to the longest row of each batch), ``hf-grouped``
-(the same with ``train_sampling_strategy="group_by_length"``) and ``kubetune`` (our trainer's own loop, run through
+(the same with ``train_sampling_strategy="group_by_length"``), ``trl-packed`` (TRL's SFTTrainer with ``packing=True``,
+its default best-fit-decreasing packing with padding-free batches) and ``kubetune`` (our trainer's own loop, run through
 ``kubetune.trainer.loop.train`` on a FineTuneJob, which packs each micro-batch padding-free). Every arm trains the
 same model on the same rows with the same LoRA, optimizer, schedule, batch size and seed. Figures count only the
 steps after the warm-up: real (non-padding) input tokens per second, padding waste (padding / all positions
@@ -122,6 +123,82 @@ def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
     return meter.figures(config["warmup"])
 
 
+def run_trl(config: dict[str, Any]) -> dict[str, Any]:
+    """TRL's SFTTrainer with ``packing=True``: its default best-fit-decreasing packing, which turns padding-free on.
+    Its bins are ``max_length`` tokens; one bin per step, ``max_length`` the epoch's tokens over the steps, so a step
+    holds as many tokens as the other arms' batches of 8 rows. TRL's defaults that the other arms do not share
+    (gradient checkpointing, BF16 autocast) are off: every arm runs the same FP32 computation."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    meter = Meter()
+    tokenizer = AutoTokenizer.from_pretrained(config["model"])
+    texts = [json.loads(line)["text"] for line in Path(config["data"]).read_text().splitlines()]
+    rows = [ids for ids, _ in encode(texts, tokenizer)]  # BOS + text + EOS; TRL masks each sequence's first label
+    bin_tokens = -(-sum(len(r) for r in rows) // config["steps"])
+
+    class Timing(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            meter.ends.append(time.perf_counter())
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                meter.losses.append(float(logs["loss"]))
+
+    torch.manual_seed(config["seed"])
+    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32)
+    lora = LoraConfig(
+        r=config["lora_rank"],
+        lora_alpha=config["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(
+            output_dir=out,
+            packing=True,
+            max_length=max(bin_tokens, config["max_length"]),
+            per_device_train_batch_size=1,
+            max_steps=config["steps"],
+            learning_rate=config["learning_rate"],
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=config["seed"],
+            data_seed=config["seed"],
+            dataloader_num_workers=0,
+            use_cpu=True,
+            disable_tqdm=True,
+            gradient_checkpointing=False,
+            bf16=False,
+        )
+        dataset = Dataset.from_dict({"input_ids": rows})
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timing()]
+        )
+        collate = trainer.data_collator
+
+        def counting(batch: list[dict[str, Any]]) -> dict[str, Any]:
+            out = collate(batch)
+            meter.batches.append((int(out["input_ids"].numel()), int(out["input_ids"].numel())))
+            return dict(out)
+
+        trainer.data_collator = counting  # count what TRL computes; its collator itself is untouched
+        trainer.train()
+    figures = meter.figures(config["warmup"])
+    figures["attention"] = str(model.config._attn_implementation)
+    return figures
+
+
 def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
     from kubetune.api.spec import parse_job
     from kubetune.trainer import loop, step
@@ -149,7 +226,7 @@ def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
         "kind": "FineTuneJob",
         "metadata": {"name": "bench"},
         "spec": {
-            "model": {"pvc": {"claimName": "bench", "path": Path(config["model"]).relative_to(root).as_posix()}},
+            "model": {"pvc": {"claimName": "models", "path": Path(config["model"]).name}},
             "data": {
                 "format": "Completion",
                 "datasets": [{"name": "synthetic", "pvc": {"claimName": "bench", "path": Path(config["data"]).name}}],
@@ -185,7 +262,12 @@ def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
     }
     job = parse_job(doc)
     with tempfile.TemporaryDirectory() as out:
-        loop.train(job, Volumes(claims={"bench": root}), Path(out), Timing(enabled=True))
+        loop.train(
+            job,
+            Volumes(claims={"bench": root, "models": Path(config["model"]).parent}),
+            Path(out),
+            Timing(enabled=True),
+        )
     return meter.figures(config["warmup"])
 
 
@@ -195,7 +277,12 @@ def main() -> None:
 
     torch.set_num_threads(config["threads"])
     arm = config["arm"]
-    figures = run_kubetune(config) if arm == "kubetune" else run_hf(config, grouped=arm == "hf-grouped")
+    if arm == "kubetune":
+        figures = run_kubetune(config)
+    elif arm == "trl-packed":
+        figures = run_trl(config)
+    else:
+        figures = run_hf(config, grouped=arm == "hf-grouped")
     print(json.dumps({"arm": arm, **figures}))
 
 

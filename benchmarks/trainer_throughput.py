@@ -1,14 +1,16 @@
-"""Trainer throughput: kubetune's loop against transformers' Trainer + PEFT, side by side in one run.
+"""Trainer throughput: kubetune's loop against transformers' Trainer + PEFT and TRL's packed SFTTrainer, in one run.
 
     python -m benchmarks.trainer_throughput            # the full run (README.md has the latest figures)
     python -m benchmarks.trainer_throughput --quick    # a small model and a few steps: that it runs and prints
 
-Arms (benchmarks/trainer_arms.py): ``hf`` (dynamic padding), ``hf-grouped`` (``group_by_length``), ``kubetune``
-(padding-free packing). The same Llama-architecture model (random init; hidden 512, 4 layers by default), LoRA
-r=16 on all linear layers, AdamW at a constant 2e-4, batch 8, the same synthetic rows, seed 0. Row lengths are
-log-normal and seeded: a high-variance profile (median 96 tokens, sigma 1.0) and a low-variance one (median 192,
-sigma 0.25), capped at 512. Each (profile, arm) runs ``--repeats`` times in its own process, arms interleaved
-(A B C A B C ...), the first ``--warmup`` steps excluded; the table shows medians, then the ratios and targets.
+Arms (benchmarks/trainer_arms.py): ``hf`` (dynamic padding), ``hf-grouped`` (``group_by_length``), ``trl-packed``
+(``trl.SFTTrainer`` with ``packing=True``: best-fit-decreasing bins, padding-free), ``kubetune`` (padding-free
+packing, attention within each example). LoRA r=16 on all linear layers, AdamW at a constant 2e-4, batch 8, the same
+rows, seed 0. Profiles: a Llama-architecture model (random init; hidden 512, 4 layers by default) on seeded
+log-normal row lengths, high variance (median 96 tokens, sigma 1.0) and low variance (median 192, sigma 0.25),
+capped at 512; and the real pretrained SmolLM2-135M of the model cache on the high-variance lengths (fewer steps and
+repeats: it is 10x the compute). Each (profile, arm) runs ``--repeats`` times in its own process, arms interleaved
+(A B C D A B C D ...), the first ``--warmup`` steps excluded; the table shows medians, then the ratios and targets.
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("hf", "hf-grouped", "kubetune")
-PROFILES = {"high-variance": (96, 1.0), "low-variance": (192, 0.25)}
+REAL_PROFILE = "smollm2-135m"
+ARMS = ("hf", "hf-grouped", "trl-packed", "kubetune")
+PROFILES = {"high-variance": (96, 1.0), "low-variance": (192, 0.25), REAL_PROFILE: (96, 1.0)}
 """Profile -> (median tokens, sigma of the log of the length)."""
+REAL_MODEL = Path(os.environ.get("KUBETUNE_MODEL_CACHE", Path.home() / ".cache" / "kubetune" / "models")) / (
+    "smollm2-135m-instruct"
+)
+"""The real pretrained model of the model cache (hack/model-cache.sh), the third profile's model."""
 
 
 def build_model(path: Path, hidden: int, layers: int, max_length: int) -> Path:
@@ -85,6 +92,26 @@ def synthetic_rows(path: Path, model: Path, rows: int, median: int, sigma: float
     return lengths
 
 
+def plan(profile: str, args: argparse.Namespace, workdir: Path, max_length: int) -> dict[str, Any]:
+    """A profile's model, rows (written to a file), steps, warm-up and repeats."""
+    real = profile == REAL_PROFILE
+    model = REAL_MODEL if real else workdir / "model"
+    if not real and not model.exists():
+        build_model(model, args.hidden, args.layers, max_length)
+    steps = args.real_steps if real else args.steps
+    median, sigma = PROFILES[profile]
+    data = workdir / f"{profile}.jsonl"
+    lengths = synthetic_rows(data, model, steps * args.batch_size, median, sigma, max_length, seed=1)
+    return {
+        "model": model,
+        "data": data,
+        "lengths": lengths,
+        "steps": steps,
+        "warmup": 2 if real else args.warmup,
+        "repeats": args.real_repeats if real else args.repeats,
+    }
+
+
 def run_arm(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     path = workdir / f"config-{config['arm']}-{config['profile']}-{config['repeat']}.json"
     path.write_text(json.dumps(config))
@@ -114,48 +141,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per arm (runs are sequential)")
-    parser.add_argument("--profiles", default=",".join(PROFILES))
+    parser.add_argument("--profiles", help=f"comma-separated, of {', '.join(PROFILES)} (default: all there are)")
+    parser.add_argument("--real-steps", type=int, default=12, help=f"steps of the {REAL_PROFILE} profile")
+    parser.add_argument("--real-repeats", type=int, default=1, help=f"repeats of the {REAL_PROFILE} profile")
     parser.add_argument("--json", type=Path, help="also write all runs and medians here")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.steps, args.warmup, args.hidden, args.layers = 1, 6, 2, 64, 2
         args.profiles = "high-variance"
+    if args.profiles is None:
+        real = (REAL_MODEL / "config.json").exists()
+        args.profiles = ",".join(p for p in PROFILES if real or p != REAL_PROFILE)
+        if not real:
+            print(f"# no {REAL_MODEL} (hack/model-cache.sh makes it): the {REAL_PROFILE} profile is left out")
     profiles = args.profiles.split(",")
     max_length = 512
+    started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        model = build_model(workdir / "model", args.hidden, args.layers, max_length)
-        data, lengths = {}, {}
-        for profile in profiles:
-            median, sigma = PROFILES[profile]
-            data[profile] = workdir / f"{profile}.jsonl"
-            lengths[profile] = synthetic_rows(
-                data[profile], model, args.steps * args.batch_size, median, sigma, max_length, seed=1
-            )
+        plans = {p: plan(p, args, workdir, max_length) for p in profiles}
         print(
             f"# trainer throughput on {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), "
-            f"torch threads {args.threads}; model hidden {args.hidden} x {args.layers} layers, LoRA r=16 all-linear, "
-            f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), {args.repeats} repeats"
+            f"torch threads {args.threads}; LoRA r=16 all-linear, batch {args.batch_size}; model hidden "
+            f"{args.hidden} x {args.layers} layers (random init), {args.steps} steps ({args.warmup} warm-up), "
+            f"{args.repeats} repeats"
+            + (
+                f"; {REAL_PROFILE}: the real model, {args.real_steps} steps (2 warm-up), {args.real_repeats} repeat(s)"
+                if REAL_PROFILE in plans
+                else ""
+            )
         )
-        for profile in profiles:
-            q = statistics.quantiles(lengths[profile], n=10)
+        for profile, p in plans.items():
+            q = statistics.quantiles(p["lengths"], n=10)
             print(
-                f"# {profile}: row tokens p10 {q[0]:.0f}, median {statistics.median(lengths[profile]):.0f}, "
-                f"p90 {q[-1]:.0f}, max {max(lengths[profile])}"
+                f"# {profile}: row tokens p10 {q[0]:.0f}, median {statistics.median(p['lengths']):.0f}, "
+                f"p90 {q[-1]:.0f}, max {max(p['lengths'])}"
             )
         runs: list[dict[str, Any]] = []
-        started = time.monotonic()
-        for repeat in range(args.repeats):
-            for profile in profiles:
-                for arm in ARMS:  # interleaved: A B C A B C ...
+        for repeat in range(max(p["repeats"] for p in plans.values())):
+            for profile, p in plans.items():
+                if repeat >= p["repeats"]:
+                    continue
+                for arm in ARMS:  # interleaved: A B C D A B C D ...
                     config = {
                         "arm": arm,
                         "profile": profile,
                         "repeat": repeat,
-                        "model": str(model),
-                        "data": str(data[profile]),
-                        "steps": args.steps,
-                        "warmup": args.warmup,
+                        "model": str(p["model"]),
+                        "data": str(p["data"]),
+                        "steps": p["steps"],
+                        "warmup": p["warmup"],
                         "batch_size": args.batch_size,
                         "max_length": max_length,
                         "learning_rate": 2e-4,
@@ -167,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append({**config, **run_arm(config, workdir)})
                     r = runs[-1]
                     print(
-                        f"  run {repeat + 1}/{args.repeats} {profile:13} {arm:10} {r['tokens_per_second']:9.1f} "
+                        f"  run {repeat + 1}/{p['repeats']} {profile:13} {arm:10} {r['tokens_per_second']:9.1f} "
                         f"tok/s  waste {r['padding_waste']:6.1%}  loss {r['final_loss']:.4f}  "
                         f"rss {r['peak_rss_bytes'] / 2**20:7.1f} MiB",
                         flush=True,
@@ -198,23 +233,27 @@ def summarize(runs: list[dict[str, Any]], profiles: list[str]) -> dict[str, dict
                 f"{m['peak_rss_bytes'] / 2**20:.1f} |"
             )
     print(
-        "\n| profile | ours / dynamic padding | ours / group_by_length | ours waste | RSS ours / HF | loss ours / HF |"
+        "\n| profile | ours / dynamic padding | ours / group_by_length | ours / TRL packed | ours waste "
+        "| RSS ours / HF | RSS ours / TRL | loss ours / HF | loss ours / TRL |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     targets = {"high-variance": 1.5, "low-variance": 1.2}
+    mark = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
     for p in profiles:
-        ours, hf, grouped = medians[p]["kubetune"], medians[p]["hf"], medians[p]["hf-grouped"]
-        speed = ours["tokens_per_second"] / hf["tokens_per_second"]
-        vs_grouped = ours["tokens_per_second"] / grouped["tokens_per_second"]
-        rss = ours["peak_rss_bytes"] / hf["peak_rss_bytes"]
-        loss = ours["final_loss"] / hf["final_loss"]
-        mark = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
+        ours, hf, grouped, trl = (medians[p][a] for a in ("kubetune", "hf", "hf-grouped", "trl-packed"))
+        speed, vs_grouped, vs_trl = (ours["tokens_per_second"] / m["tokens_per_second"] for m in (hf, grouped, trl))
+        rss, rss_trl = (ours["peak_rss_bytes"] / m["peak_rss_bytes"] for m in (hf, trl))
+        loss, loss_trl = (ours["final_loss"] / m["final_loss"] for m in (hf, trl))
         print(
             f"| {p} | {speed:.2f}x ({mark(speed >= targets.get(p, 1.0))} >= {targets.get(p, 1.0)}x) | "
-            f"{vs_grouped:.2f}x ({mark(vs_grouped >= 1.0)} >= 1.0x) | {ours['padding_waste']:.1%} "
-            f"({mark(ours['padding_waste'] <= 0.02)} <= 2%) | {rss:.2f}x ({mark(rss <= 1.0)} <= 1.0x) | "
-            f"{loss:.3f} ({mark(abs(loss - 1) <= 0.05)} within 5%) |"
+            f"{vs_grouped:.2f}x ({mark(vs_grouped >= 1.0)} >= 1.0x) | {vs_trl:.2f}x ({mark(vs_trl >= 1.0)} >= 1.0x) | "
+            f"{ours['padding_waste']:.1%} ({mark(ours['padding_waste'] <= 0.02)} <= 2%) | "
+            f"{rss:.2f}x ({mark(rss <= 1.0)} <= 1.0x) | {rss_trl:.2f}x | "
+            f"{loss:.3f} ({mark(abs(loss - 1) <= 0.05)} within 5%) | "
+            f"{loss_trl:.3f} ({mark(abs(loss_trl - 1) <= 0.05)} within 5%) |"
         )
+    attention = {r["attention"] for r in runs if r["arm"] == "trl-packed" and "attention" in r}
+    print(f"\nTRL packed ran with attention {', '.join(sorted(attention))} (the model's default on this machine)")
     return medians
 
 

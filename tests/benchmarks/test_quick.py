@@ -30,7 +30,7 @@ def run(module: str, timeout: float = 600) -> str:
 
 def test_trainer_throughput_quick() -> None:
     out = run("trainer_throughput")
-    for arm in ("hf", "hf-grouped", "kubetune"):
+    for arm in ("hf", "hf-grouped", "trl-packed", "kubetune"):
         assert f"| high-variance | {arm} |" in out, out
     assert "ours / dynamic padding" in out and "x (" in out
 
