@@ -18,7 +18,6 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,12 +110,6 @@ class LimitArm:
                 reconcile(self.api, body, self.config)
             except Exception as error:  # reported, never lost in a thread
                 self.errors.append(f"{body['metadata']['name']}: {error}")
-
-
-def apply_all(post: Any, names: list[str], clients: int) -> None:
-    """POST every job from ``clients`` threads (the operator arm applies its batch the same way)."""
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(post, names))
 
 
 # The floor: kopf doing nothing per object. Handlers register only when kopf runs this module; the number of

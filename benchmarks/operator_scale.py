@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,8 @@ def run_batch(
 
     names = [f"job-{i:04d}" for i in range(count)]
     started = time.monotonic()
-    operator_limit.apply_all(apply, names, clients)
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(apply, names))
     deadline = time.monotonic() + max(120, count)
     cpu_after: float | None = None
     while len([n for n in names if n in pods_seen]) < count and time.monotonic() < deadline:

@@ -57,10 +57,62 @@ def encode(texts: list[str], tokenizer: Any) -> list[tuple[list[int], list[int]]
     return rows
 
 
-def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
+def lora_model(config: dict[str, Any]) -> Any:
+    """The benchmark's model in FP32 with LoRA on all linear layers, seeded: the HF and TRL arms' common start."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(config["seed"])
+    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32)
+    lora = LoraConfig(
+        r=config["lora_rank"],
+        lora_alpha=config["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def shared_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingArguments every transformers-based arm shares: optimizer, schedule, seed, logging each step."""
+    return {
+        "max_steps": config["steps"],
+        "learning_rate": config["learning_rate"],
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": config["seed"],
+        "data_seed": config["seed"],
+        "dataloader_num_workers": 0,
+        "use_cpu": True,
+        "disable_tqdm": True,
+    }
+
+
+def timing(meter: Meter) -> Any:
+    """A Trainer callback recording into ``meter`` when each step ended and each step's logged loss."""
+    from transformers import TrainerCallback
+
+    class Timing(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            meter.ends.append(time.perf_counter())
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                meter.losses.append(float(logs["loss"]))
+
+    return Timing()
+
+
+def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
 
     meter = Meter()
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
@@ -79,46 +131,16 @@ def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
         meter.batches.append((int(mask.sum()), ids.numel()))
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-    class Timing(TrainerCallback):  # type: ignore[misc]
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            meter.ends.append(time.perf_counter())
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-            if logs and "loss" in logs:
-                meter.losses.append(float(logs["loss"]))
-
-    torch.manual_seed(config["seed"])
-    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32)
-    lora = LoraConfig(
-        r=config["lora_rank"],
-        lora_alpha=config["lora_alpha"],
-        lora_dropout=0.0,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = lora_model(config)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out,
             per_device_train_batch_size=config["batch_size"],
-            max_steps=config["steps"],
-            learning_rate=config["learning_rate"],
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            seed=config["seed"],
-            data_seed=config["seed"],
-            dataloader_num_workers=0,
-            use_cpu=True,
-            disable_tqdm=True,
+            **shared_arguments(config),
             remove_unused_columns=False,
             train_sampling_strategy="group_by_length" if grouped else "random",
         )
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Timing()])
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[timing(meter)])
         trainer.train()
     return meter.figures(config["warmup"])
 
@@ -128,10 +150,8 @@ def run_trl(config: dict[str, Any]) -> dict[str, Any]:
     Its bins are ``max_length`` tokens; one bin per step, ``max_length`` the epoch's tokens over the steps, so a step
     holds as many tokens as the other arms' batches of 8 rows. TRL's defaults that the other arms do not share
     (gradient checkpointing, BF16 autocast) are off: every arm runs the same FP32 computation."""
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     meter = Meter()
@@ -140,50 +160,20 @@ def run_trl(config: dict[str, Any]) -> dict[str, Any]:
     rows = [ids for ids, _ in encode(texts, tokenizer)]  # BOS + text + EOS; TRL masks each sequence's first label
     bin_tokens = -(-sum(len(r) for r in rows) // config["steps"])
 
-    class Timing(TrainerCallback):  # type: ignore[misc]
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            meter.ends.append(time.perf_counter())
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-            if logs and "loss" in logs:
-                meter.losses.append(float(logs["loss"]))
-
-    torch.manual_seed(config["seed"])
-    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32)
-    lora = LoraConfig(
-        r=config["lora_rank"],
-        lora_alpha=config["lora_alpha"],
-        lora_dropout=0.0,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = lora_model(config)
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
             output_dir=out,
             packing=True,
             max_length=max(bin_tokens, config["max_length"]),
             per_device_train_batch_size=1,
-            max_steps=config["steps"],
-            learning_rate=config["learning_rate"],
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            seed=config["seed"],
-            data_seed=config["seed"],
-            dataloader_num_workers=0,
-            use_cpu=True,
-            disable_tqdm=True,
+            **shared_arguments(config),
             gradient_checkpointing=False,
             bf16=False,
         )
         dataset = Dataset.from_dict({"input_ids": rows})
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timing()]
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[timing(meter)]
         )
         collate = trainer.data_collator
 
