@@ -39,39 +39,44 @@ def _client() -> kubernetes.client.ApiClient:
     return client
 
 
-def _core() -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(_client())
-
-
 def _batch() -> kubernetes.client.BatchV1Api:
     return kubernetes.client.BatchV1Api(_client())
 
 
-def _apps() -> kubernetes.client.AppsV1Api:
-    return kubernetes.client.AppsV1Api(_client())
+COLLECTIONS = {
+    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+    "Service": "/api/v1/namespaces/{namespace}/services",
+    "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
+    "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
+    "FineTuneJob": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}",
+}
+"""Where each kind of child is created (POST) and read (GET …/name)."""
 
 
 def create(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create a child; (the object, created?). An existing child of the same name is returned as is."""
-    kind, ns, name = body["kind"], body["metadata"]["namespace"], body["metadata"]["name"]
-    functions: dict[str, tuple[Any, Any]] = {
-        "ConfigMap": (_core().create_namespaced_config_map, _core().read_namespaced_config_map),
-        "Service": (_core().create_namespaced_service, _core().read_namespaced_service),
-        "Job": (_batch().create_namespaced_job, _batch().read_namespaced_job),
-        "Deployment": (_apps().create_namespaced_deployment, _apps().read_namespaced_deployment),
-        "FineTuneJob": (_create_finetunejob, _read_finetunejob),
-    }
-    create_fn, read_fn = functions[kind]
-    try:  # raw JSON back: the client's model classes cost more CPU than the rest of the handler
-        return _json(create_fn(ns, body, _preload_content=False)), True
+    collection = COLLECTIONS[body["kind"]].format(namespace=body["metadata"]["namespace"])
+    try:
+        return _request("POST", collection, body), True
     except ApiException as error:
         if error.status != 409:
             raise
-    return _json(read_fn(name, ns, _preload_content=False)), False
+    return _request("GET", f"{collection}/{body['metadata']['name']}"), False
 
 
-def _json(response: Any) -> dict[str, Any]:
-    document = json.loads(response.data)
+def _request(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One call with the client's connection pool and credentials, JSON in and out as plain dicts. The client's
+    typed methods validate each body into its model classes and serialize them back (pydantic, per call): for a
+    burst of new jobs that cost more CPU than the rest of the create handler. Errors raise ApiException as the
+    typed methods do (409, 404 ... in ``status``)."""
+    client = _client()
+    headers = {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": USER_AGENT}
+    client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+    response = client.call_api(method, f"{client.configuration.host}{path}", header_params=headers, body=body)
+    data: bytes = response.read() or b""  # type: ignore[no-untyped-call]
+    if not 200 <= response.status < 300:
+        ApiException.from_response(http_resp=response, body=data.decode("utf-8", "replace"), data=None)
+    document = json.loads(data)
     assert isinstance(document, dict)
     return document
 
@@ -81,7 +86,7 @@ def set_suspend(namespace: str, name: str, suspend: bool) -> None:
 
 
 def claim_names(namespace: str) -> set[str]:
-    claims = _json(_core().list_namespaced_persistent_volume_claim(namespace, _preload_content=False))
+    claims = _request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims")
     return {str(c["metadata"]["name"]) for c in claims.get("items") or []}
 
 
@@ -90,21 +95,13 @@ def config_map_keys(namespace: str, names: set[str]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for name in names:
         try:
-            cm = _json(_core().read_namespaced_config_map(name, namespace, _preload_content=False))
+            cm = _request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
         except ApiException as error:
             if error.status == 404:
                 continue
             raise
         found[name] = set(cm.get("data") or {}) | set(cm.get("binaryData") or {})
     return found
-
-
-def _create_finetunejob(namespace: str, body: dict[str, Any], **kwargs: Any) -> Any:
-    return _custom().create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body, **kwargs)
-
-
-def _read_finetunejob(name: str, namespace: str, **kwargs: Any) -> Any:
-    return _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, **kwargs)
 
 
 def _custom() -> kubernetes.client.CustomObjectsApi:
@@ -120,7 +117,7 @@ def stop_trial(namespace: str, name: str, annotation: str) -> None:
 def get_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
     """A FineTuneJob as JSON, or None when there is none of that name."""
     try:
-        return _json(_read_finetunejob(name, namespace, _preload_content=False))
+        return _request("GET", f"{COLLECTIONS['FineTuneJob'].format(namespace=namespace)}/{name}")
     except ApiException as error:
         if error.status == 404:
             return None
