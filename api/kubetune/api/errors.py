@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import ValidationError
+
+UNION_TAG = re.compile(r"^(int|float|str|bool|constrained-\w+|function-.*|json-or-python.*|union\[.*|\w+\[.*\])$")
+"""Parts pydantic adds to an error's location for the member of a union that failed (``spec.resources.memory.int``):
+not fields of the spec (those are camelCase words)."""
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
@@ -11,7 +17,7 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not part.startswith(("function-", "json-or-python", "union[")):
+        elif not UNION_TAG.match(part):
             out += f".{part}" if out else part
     return out
 

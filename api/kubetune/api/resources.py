@@ -31,6 +31,8 @@ IMAGE_RULE = Rule(
 """On any type with an ``image`` field (training workers, the model server)."""
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+MAX_SECONDS = 2**31 - 1
+"""The most seconds a duration field takes (68 years; the Kubernetes int32 limit)."""
 Quantity = int | Annotated[str, Field(max_length=64, pattern=QUANTITY)]
 
 
@@ -130,7 +132,9 @@ class Toleration(ApiModel):
     operator: TolerationOperator = Field(default=TolerationOperator.EQUAL, description="Exists or Equal.")
     value: str | None = Field(default=None, max_length=63, description="Taint value (Equal only).")
     effect: TaintEffect | None = Field(default=None, description="Taint effect to match; all when unset.")
-    toleration_seconds: int | None = Field(default=None, ge=0, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, le=MAX_SECONDS, description="How long a NoExecute taint is tolerated."
+    )
 
     rules = (
         Rule(

@@ -11,7 +11,7 @@ from .base import ApiModel, Resource, Rule, TransitionRule, name_rule
 from .data import Data
 from .enums import DataFormat, DatasetUsage, Distributed, MethodType, TaskType, ValidationMetric
 from .release import Deploy, Promotion
-from .resources import Resources
+from .resources import MAX_SECONDS, Resources
 from .sources import ModelSource, OutputLocation
 from .status import FineTuneJobStatus
 from .training import Checkpointing, Evaluation, Method, Task, Training, Validation
@@ -66,10 +66,13 @@ class FineTuneJobSpec(ApiModel):
         default=False, description="Suspend: running workers are stopped; resuming continues from the last checkpoint."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job when it has run longer than this."
+        default=None, ge=1, le=MAX_SECONDS, description="Fail the job when it has run longer than this."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the FineTuneJob this long after it succeeded or failed."
+        default=None,
+        ge=0,
+        le=MAX_SECONDS,
+        description="Delete the FineTuneJob this long after it succeeded or failed.",
     )
     max_restarts: int = Field(
         default=3, ge=0, le=100, description="Worker failures retried (from the last checkpoint) before the job fails."
