@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.api import parse_job
+from pydantic import ValidationError
+
+from kubetune.api import describe, parse_job
 from kubetune.api.sweep import parse_sweep
 from tests.support.builders import JobBuilder
 
@@ -18,6 +20,15 @@ GENERAL = {"name": "general", "uri": "s3://b/general.jsonl", "usage": "General"}
 def parse(doc: dict[str, Any]) -> Any:
     """A FineTuneJob or FineTuneSweep, as its kind says (pydantic's verdict on a case)."""
     return parse_sweep(doc) if doc.get("kind") == "FineTuneSweep" else parse_job(doc)
+
+
+def pydantic_verdict(doc: dict[str, Any]) -> tuple[bool, str]:
+    """(accepted?, the error message naming each field) of pydantic on a FineTuneJob or FineTuneSweep."""
+    try:
+        parse(doc)
+    except ValidationError as error:
+        return False, describe(error)
+    return True, ""
 
 
 def sweep(name: str = "sweep", **spec: Any) -> dict[str, Any]:

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
-from kubetune.api import describe, parse_job
+from kubetune.api import parse_job
 from kubetune.api.sweep import parse_sweep
-from tests.api.cases import BAD, GOOD, parse
+from tests.api.cases import BAD, GOOD, parse, pydantic_verdict
 from tests.support.builders import JobBuilder
 from tests.support.controlplane import ControlPlane
 from tests.support.paths import ROOT
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.controlplane
 def server_dry_run(cluster: ControlPlane, doc: dict[str, Any]) -> tuple[bool, str]:
     result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(doc), check=False)
     return result.returncode == 0, result.stderr
-
-
-def pydantic_verdict(doc: dict[str, Any]) -> tuple[bool, str]:
-    try:
-        parse(doc)
-    except ValidationError as error:
-        return False, describe(error)
-    return True, ""
 
 
 def test_crd_is_established_with_short_name_and_columns(cluster: ControlPlane) -> None:

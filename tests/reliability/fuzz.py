@@ -5,9 +5,9 @@ cycling through ``KINDS``: wrong types, out-of-range numbers, unknown fields, mi
 unicode, path traversal, shell metacharacters, long names. Each mutant records the field it changed, so a verdict
 can be checked for naming it.
 
-``verdicts(api, mutant)`` sends it through ``kubetune.api.parse_job`` and the server's dry run (``dryRun=All``,
-``fieldValidation=Strict``, as ``kubectl apply --dry-run=server`` sends it). Agreement: both accept, or both reject
-with messages that name the same field (``fields`` pulls the dotted paths out of either message).
+``verdicts(api, mutant)`` sends it through pydantic (``tests.api.cases.pydantic_verdict``) and the server's dry
+run (``dryRun=All``, ``fieldValidation=Strict``, as ``kubectl apply --dry-run=server`` sends it). Agreement: both
+accept, or both reject with messages that name the same field (``fields`` pulls the dotted paths out of either message).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from kubetune.api import describe, parse_job
+from kubetune.api.errors import field_path
 from kubetune.api.spec import GROUP, PLURAL, VERSION
+from tests.api.cases import pydantic_verdict
 from tests.support.paths import ROOT
 
 KINDS = (
@@ -86,13 +86,6 @@ def mutants(seed: int, count: int) -> Iterator[Mutant]:
         yield Mutant(index, kind, field, doc)
 
 
-def dotted(path: Path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
 def _nodes(doc: dict[str, Any]) -> list[tuple[Path, Any]]:
     """Every node under spec, with its path (containers and leaves)."""
     found: list[tuple[Path, Any]] = []
@@ -133,21 +126,21 @@ def _wrong_type(doc: dict[str, Any], rng: random.Random) -> str:
         dict: ["object", [1, 2], 0],
     }
     _set(doc, path, rng.choice(replacements[type(value)]))
-    return dotted(path)
+    return field_path(path)
 
 
 def _out_of_range(doc: dict[str, Any], rng: random.Random) -> str:
     picked = _pick(doc, rng, lambda p, v: isinstance(v, int | float) and not isinstance(v, bool))
     path = picked[0] if picked else ("spec", "training", "epochs")
     _set(doc, path, rng.choice(NUMBERS))
-    return dotted(path)
+    return field_path(path)
 
 
 def _unknown_field(doc: dict[str, Any], rng: random.Random) -> str:
     path, node = _pick(doc, rng, lambda p, v: isinstance(v, dict)) or (("spec",), doc["spec"])
     key = rng.choice(["gpus", "learningRat", "__proto__", "x" * 40, "Model", "apiVersion"])
     node[key] = rng.choice([1, "x", {"a": 1}, [1]])
-    return dotted((*path, key))
+    return field_path((*path, key))
 
 
 def _missing_field(doc: dict[str, Any], rng: random.Random) -> str:
@@ -156,14 +149,14 @@ def _missing_field(doc: dict[str, Any], rng: random.Random) -> str:
     for part in path[:-1]:
         parent = parent[part]
     del parent[path[-1]]
-    return dotted(path)
+    return field_path(path)
 
 
 def _huge_string(doc: dict[str, Any], rng: random.Random) -> str:
     picked = _pick(doc, rng, lambda p, v: isinstance(v, str))
     path = picked[0] if picked else ("spec", "model", "cached")
     _set(doc, path, "a" * rng.choice([300, 5_000, 200_000]))
-    return dotted(path)
+    return field_path(path)
 
 
 def _huge_list(doc: dict[str, Any], rng: random.Random) -> str:
@@ -174,14 +167,14 @@ def _huge_list(doc: dict[str, Any], rng: random.Random) -> str:
     else:
         path, value = picked
     _set(doc, path, [copy.deepcopy(value[0]) for _ in range(rng.choice([100, 2_000, 10_000]))])
-    return dotted(path)
+    return field_path(path)
 
 
 def _unicode(doc: dict[str, Any], rng: random.Random) -> str:
     picked = _pick(doc, rng, lambda p, v: isinstance(v, str))
     path = picked[0] if picked else ("spec", "model", "cached")
     _set(doc, path, rng.choice(UNICODE) + str(picked[1] if picked else ""))
-    return dotted(path)
+    return field_path(path)
 
 
 def _string_field(doc: dict[str, Any], rng: random.Random, names: tuple[str, ...]) -> Path:
@@ -194,13 +187,13 @@ def _string_field(doc: dict[str, Any], rng: random.Random, names: tuple[str, ...
 def _path_traversal(doc: dict[str, Any], rng: random.Random) -> str:
     path = _string_field(doc, rng, ("path", "key", "uri", "cached", "name"))
     _set(doc, path, rng.choice(HOSTILE_STRINGS[:3]))
-    return dotted(path)
+    return field_path(path)
 
 
 def _shell(doc: dict[str, Any], rng: random.Random) -> str:
     path = _string_field(doc, rng, ("path", "name", "claimName", "key", "cached"))
     _set(doc, path, rng.choice(HOSTILE_STRINGS[3:]))
-    return dotted(path)
+    return field_path(path)
 
 
 def _long_name(doc: dict[str, Any], rng: random.Random) -> str:
@@ -228,14 +221,6 @@ FIELD = re.compile(r"(?:spec|metadata)(?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*")
 def fields(text: str) -> set[str]:
     """The dotted field paths a message names (``spec.training.epochs``, ``spec.data.datasets[0].pvc``)."""
     return {m.group(0) for m in FIELD.finditer(text)}
-
-
-def pydantic_verdict(doc: dict[str, Any]) -> tuple[bool, str]:
-    try:
-        parse_job(doc)
-    except ValidationError as error:
-        return False, describe(error)
-    return True, ""
 
 
 class DryRun:
