@@ -49,3 +49,10 @@ def test_operator_scale_quick() -> None:
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["jobs"] == 20 and figures["jobs_per_second"] > 0 and figures["api_writes_per_job"] > 0
     assert "single job: apply -> pods created" in out
+
+
+def test_chaos_quick() -> None:
+    out = run("chaos")
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["hostile_files"] == 14 and figures["specs_mutants"] == 100
+    assert "| **all** |" in out and "Hostile data: seed 20" in out

@@ -6,6 +6,8 @@
   starting one ``worker`` per GPU (one on CPU). Without MANIFEST the job is read from ``$KUBETUNE_JOB`` (JSON).
 - ``kubetune worker [MANIFEST]``: one training process (a torchrun rank).
 - ``kubetune serve [MANIFEST]``: serve a finished job's model with an OpenAI-compatible API (``serve.py``).
+- ``kubetune prepare MANIFEST``: the job's data preparation alone: ``prep_report.json`` and a summary of the rows
+  kept and dropped (``dataprep.py``); bad data exits 78 as training would, without loading the model.
 
 Exit codes: 0 done, 78 bad spec or data (the message names the field or row), 3 training diverged,
 4 retention regressed beyond spec.forgettingGuard.maxRegression (outputs saved), 143 stopped by SIGTERM after
@@ -73,9 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         ("launch", "start torchrun workers for this pod (what training pods run)"),
         ("worker", "one training process (a torchrun rank)"),
         ("serve", "serve a finished job's model (OpenAI-compatible API)"),
+        ("prepare", "prepare a FineTuneJob's data only: prep_report.json and a summary"),
     ):
         command = sub.add_parser(name, help=text)
-        command.add_argument("manifest", type=Path, nargs=None if name == "run" else "?")
+        command.add_argument("manifest", type=Path, nargs=None if name in ("run", "prepare") else "?")
         command.add_argument("--output", type=Path, help="output directory (default: runs/<name> or spec.output)")
         command.add_argument(
             "--volume",
@@ -87,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--metrics-port",
             type=int,
-            default=int(os.environ.get("KUBETUNE_METRICS_PORT", "0" if name == "run" else "9400")),
+            default=int(os.environ.get("KUBETUNE_METRICS_PORT", "0" if name in ("run", "prepare") else "9400")),
             help="serve /metrics and /progress on this port on rank 0 (0: off)",
         )
         if name == "serve":
@@ -123,7 +126,7 @@ def read_manifest(path: Path | None) -> tuple[FineTuneJob, dict[str, dict[str, s
 def output_dir(job: FineTuneJob, args: argparse.Namespace, volumes: Volumes) -> Path:
     if args.output is not None:
         return Path(args.output)
-    if args.command == "run":
+    if args.command in ("run", "prepare"):
         return Path("runs") / job.name
     if job.spec.output is not None and job.spec.output.pvc is not None:
         return volumes.pvc(job.spec.output.pvc)
@@ -166,7 +169,8 @@ def quiet_third_party() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.command != "run" else logging.WARNING, format="%(message)s")
+    local = args.command in ("run", "prepare")
+    logging.basicConfig(level=logging.WARNING if local else logging.INFO, format="%(message)s")
     quiet_third_party()
     code = _exit_code(args)
     record_exit_code(code)
@@ -200,13 +204,18 @@ def _main(args: argparse.Namespace) -> int:
         print(" ".join(command), file=sys.stderr, flush=True)
         return supervise(command)
     claims = {k: Path(v) for k, v in (item.split("=", 1) for item in args.volume)}
-    volumes = Volumes(claims=claims) if args.command == "run" or claims else Volumes.in_pod()
+    volumes = Volumes(claims=claims) if args.command in ("run", "prepare") or claims else Volumes.in_pod()
     volumes.config_maps = config_maps
     volumes.credentials = credentials.slots(job.spec)
     volumes.hub_tokens = credentials.hub_tokens(job.spec)
     out = output_dir(job, args, volumes)
     if args.command == "serve":
         return _serve(job, volumes, out, args)
+    if args.command == "prepare":
+        from .dataprep import prepare_only
+
+        prepare_only(job, volumes, out)
+        return 0
     if outputs.finished(out, job.spec):
         if args.command != "run":
             print(f"{job.name}: {out} already holds the finished run of this spec", file=sys.stderr)

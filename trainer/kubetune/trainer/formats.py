@@ -73,9 +73,34 @@ def to_example(row: Row, data: Data, source: str, number: int, chat: ChatRendere
     return example
 
 
+def required_columns(data: Data) -> dict[str, str]:
+    """The columns a row of the spec's format must have: column name -> the spec field naming it."""
+    fields = data.fields
+    names = {
+        DataFormat.INSTRUCTION: ("instruction", "response"),
+        DataFormat.COMPLETION: ("text",),
+        DataFormat.CLASSIFICATION: ("text", "label"),
+        DataFormat.CHAT: ("messages",),
+    }[data.format]
+    return {getattr(fields, name): f"spec.data.fields.{name}" for name in names}
+
+
+def _text_columns(data: Data) -> tuple[str, ...]:
+    """The columns the format reads as text: a list or an object there is a wrong type, not text."""
+    fields = data.fields
+    return {
+        DataFormat.INSTRUCTION: (fields.instruction, fields.input, fields.response, fields.system),
+        DataFormat.COMPLETION: (fields.text,),
+        DataFormat.CLASSIFICATION: (fields.text, fields.label),
+        DataFormat.CHAT: (),
+    }[data.format]
+
+
 def _to_example(row: Row, data: Data, source: str, number: int, chat: ChatRenderer | None) -> Example | str:
     clean: Callable[[str], str] = normalize if data.cleaning.normalize_whitespace else str.strip
     fields = data.fields
+    if any(isinstance(row.get(column), dict | list | bytes) for column in _text_columns(data)):
+        return "wrongType"
 
     def get(key: str) -> str:
         value = row.get(key)

@@ -7,6 +7,7 @@ report, which is saved with the outputs as ``prep_report.json``.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -20,7 +21,7 @@ from kubetune.api import DatasetUsage, FileFormat
 from kubetune.api.data import Data, DatasetSource
 
 from .errors import ConfigError
-from .formats import ChatRenderer, Example, Row, to_example
+from .formats import ChatRenderer, Example, Row, required_columns, to_example
 from .local import Volumes
 
 
@@ -71,24 +72,23 @@ class PrepReport:
 
 
 def parse_rows(raw: bytes, kind: FileFormat, where: str) -> list[Row]:
-    """Rows of a JSONL, CSV or Parquet file's bytes; a malformed row is a ConfigError naming its number."""
+    """Rows of a JSONL, CSV or Parquet file's bytes; a malformed file or row is a ConfigError naming it."""
+    if not raw.strip():
+        raise ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
     if kind == FileFormat.PARQUET:
-        import pyarrow.parquet as pq
-
-        return list(pq.read_table(io.BytesIO(raw)).to_pylist())
+        return _parquet_rows(raw, where)
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # spreadsheets' UTF-8 exports start with one
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         bad = raw[: error.start].count(b"\n") + 1
         raise ConfigError(f"{where}: line {bad} is not valid UTF-8 (re-encode the file as UTF-8)") from error
     if kind == FileFormat.CSV:
-        rows: list[Row] = list(csv.DictReader(io.StringIO(text, newline="")))
-        for index, cells in enumerate(rows, start=1):
-            if None in cells:
-                raise ConfigError(f"{where}: row {index} has more cells than the header has columns")
-        return rows
+        return _csv_rows(text, where)
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a JSON line: str.splitlines() would also cut at U+2028, U+0085 and \v, which JSON strings
+    # may hold unescaped.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -101,6 +101,56 @@ def parse_rows(raw: bytes, kind: FileFormat, where: str) -> list[Row]:
     return rows
 
 
+CSV_FIELD_LIMIT = 1 << 30
+"""The longest CSV field read; longer rows are the token-length filters' to drop or truncate, not the reader's."""
+
+
+def _parquet_rows(raw: bytes, where: str) -> list[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_table(io.BytesIO(raw)).to_pylist())
+    except (pa.ArrowException, OSError) as error:
+        raise ConfigError(f"{where}: not a readable Parquet file: {error}") from error
+
+
+def _csv_rows(text: str, where: str) -> list[Row]:
+    """The rows of a CSV file; a quoted field that never closes (it would swallow every row after it) and a row
+    with more cells than the header are ConfigErrors naming the row."""
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))  # the default, 128 KiB, fails long rows
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows: list[Row] = []
+    ends = [1]  # the physical line each row ends on; the header's first
+    try:
+        for cells in reader:
+            rows.append(cells)
+            ends.append(reader.line_num)
+    except csv.Error as error:
+        raise ConfigError(f"{where}: row {len(rows) + 1} (line {reader.line_num}): {error}") from error
+    for index, cells in enumerate(rows, start=1):
+        if None in cells:
+            raise ConfigError(f"{where}: row {index} has more cells than the header has columns")
+    if rows and _unclosed_quote(text):
+        start = ends[-2] + 1
+        raise ConfigError(
+            f"{where}: row {len(rows)} (line {start}): a quoted field opens and never closes, so it would take in "
+            f'every line after it ({ends[-1] - start + 1} lines); close or escape the quote ("")'
+        )
+    return rows
+
+
+_SENTINEL = "kubetune-end-of-file"
+
+
+def _unclosed_quote(text: str) -> bool:
+    """Whether the file ends inside a quoted field. The lenient reader takes such a field to the end of the file
+    without a word; a quote and a sentinel line after the text tell: inside a field, the quote closes it and the
+    sentinel is a row of its own; outside, the quote opens a field that takes the sentinel in."""
+    rows = list(csv.reader(io.StringIO(f'{text}\n"\n{_SENTINEL}\n', newline="")))
+    return bool(rows) and rows[-1] == [_SENTINEL]
+
+
 def file_format(source: DatasetSource, name: str) -> FileFormat:
     """The declared format, or the one the file name's extension implies (JSONL otherwise)."""
     if source.file_format is not None:
@@ -109,9 +159,12 @@ def file_format(source: DatasetSource, name: str) -> FileFormat:
     return {"csv": FileFormat.CSV, "parquet": FileFormat.PARQUET}.get(suffix, FileFormat.JSONL)
 
 
-def load(source: DatasetSource, volumes: Volumes, where: str, report: PrepReport) -> tuple[list[Row], set[int]]:
+def load(
+    source: DatasetSource, volumes: Volumes, where: str, report: PrepReport, columns: dict[str, str] | None = None
+) -> tuple[list[Row], set[int]]:
     """Every row of one dataset source (a directory is read file by file, in name order), and the numbers
-    (from 1) of CSV rows with a quoted field that spans lines."""
+    (from 1) of CSV rows with a quoted field that spans lines. A file none of whose rows has one of ``columns``
+    (column -> the spec field naming it) is a ConfigError: the wrong file, or a field mapping to fix."""
     rows: list[Row] = []
     multiline: set[int] = set()
     digest = hashlib.sha256()
@@ -119,6 +172,7 @@ def load(source: DatasetSource, volumes: Volumes, where: str, report: PrepReport
         digest.update(raw)
         kind = file_format(source, name)
         parsed = parse_rows(raw, kind, f"{where} ({name})")
+        _check_columns(parsed, columns or {}, f"{where} ({name})")
         if kind == FileFormat.CSV:
             multiline |= {len(rows) + number for number, row in enumerate(parsed, start=1) if _spans_lines(row)}
         rows.extend(parsed)
@@ -128,6 +182,17 @@ def load(source: DatasetSource, volumes: Volumes, where: str, report: PrepReport
     report.rows_read[source.name] = len(rows)
     report.multiline_fields += len(multiline)
     return rows, multiline
+
+
+def _check_columns(rows: list[Row], columns: dict[str, str], where: str) -> None:
+    present = set().union(*(row.keys() for row in rows)) if rows else set()
+    for column, spec_field in columns.items():
+        if rows and column not in present:
+            found = ", ".join(sorted(map(str, present))[:20]) or "none"
+            raise ConfigError(
+                f"{where}: row 1 has no column {column!r} ({spec_field}), nor does any other row; "
+                f"the file's columns are: {found}"
+            )
 
 
 def _spans_lines(row: Row) -> bool:
@@ -165,7 +230,9 @@ def _pools(data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer 
         target = {DatasetUsage.SPLIT: "pool", DatasetUsage.TRAIN: "train"}.get(source.usage, source.usage.lower())
         # Split and Train rows end up together in training, so they share one duplicate set.
         scope = seen["train" if target in ("pool", "train") else target]
-        rows, multiline = load(source, volumes, f"spec.data.datasets[{index}]", report)
+        # General rows may be of another stage's format; the ones not of this one are dropped, not an error.
+        columns = required_columns(data) if source.usage != DatasetUsage.GENERAL else None
+        rows, multiline = load(source, volumes, f"spec.data.datasets[{index}]", report, columns)
         for number, row in enumerate(rows, start=1):
             example = _clean(row, number, number in multiline, source.name, data, chat, scope)
             if isinstance(example, str):
