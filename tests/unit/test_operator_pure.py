@@ -98,6 +98,39 @@ def test_volumes_mount_each_claim_once_and_only_the_output_writable() -> None:
     assert sorted(claims) == ["data", "kubetune-models", "out"]
 
 
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@pytest.mark.parametrize("engine", ["Transformers", "VLLM", None])
+def test_every_child_pod_runs_restricted_non_root_and_read_only_where_the_image_allows(engine: str | None) -> None:
+    from kubetune.operator import serving
+
+    b = two_workers().set("spec.resources.image", "example.com/custom-trainer:1")
+    if engine is None:
+        pod = builders.worker_job(job(b), SETTINGS)["spec"]["template"]["spec"]
+    else:
+        b.set("spec.deploy", {"engine": engine, "gpus": 1}).set("spec.method", {"type": "Full"})
+        pod = serving.children(job(b), SETTINGS)[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"] == RESTRICTED_POD and pod["automountServiceAccountToken"] is False
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": engine != "VLLM",  # vLLM's image writes outside /tmp
+        "capabilities": {"drop": ["ALL"]},
+    }
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["HOME"] == "/tmp" and {"/tmp", "/scratch"} <= mounts  # writable places on a read-only root
+    empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    assert {m["name"] for m in container["volumeMounts"] if m["mountPath"] in ("/tmp", "/scratch")} <= empty
+
+
 def test_spec_config_map_holds_the_resolved_spec() -> None:
     data = json.loads(builders.spec_config_map(job())["data"]["job.json"])
     assert data["metadata"] == {"name": "demo", "namespace": "team"}

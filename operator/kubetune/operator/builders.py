@@ -10,7 +10,10 @@ Children (deterministic names from ``naming``; the handler adds owner references
                      job at once, disruptions are not counted, anything else restarts from the last checkpoint up
                      to ``spec.maxRestarts`` times.
 
-Training pods get no Kubernetes API token: the operator reads their progress from rank 0's ``/progress``.
+Training pods get no Kubernetes API token: the operator reads their progress from rank 0's ``/progress``. Every
+child pod runs as the Pod Security Standards' ``restricted`` profile asks (``security_contexts``): non-root (uid
+65532, the images' user), no privilege escalation, every capability dropped, the RuntimeDefault seccomp profile,
+and a read-only root filesystem: what the trainer writes goes to emptyDirs (``/tmp``, ``/scratch``) and claims.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ MODEL_CACHE = "/mnt/models"
 TERMINATION_LOG = "/dev/termination-log"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU = "nvidia.com/gpu"
+NON_ROOT_ID = 65532
+"""The user and group child pods run as: the trainer and operator images' own (``USER 65532:65532``)."""
 _SUFFIXES = {
     "m": Decimal("0.001"),
     "": Decimal(1),
@@ -109,6 +114,24 @@ def service(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
     }
 
 
+def security_contexts(read_only_root: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod securityContext, container securityContext) of the restricted profile. ``fsGroup`` makes claims
+    writable by the non-root user; ``read_only_root=False`` for images that write outside /tmp (vLLM's)."""
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": NON_ROOT_ID,
+        "runAsGroup": NON_ROOT_ID,
+        "fsGroup": NON_ROOT_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": read_only_root,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return pod, container
+
+
 def volumes_and_mounts(
     job: FineTuneJob, settings: Settings, writable_output: bool = True
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -138,6 +161,8 @@ def volumes_and_mounts(
     mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     volumes.append({"name": "scratch", "emptyDir": {}})
     mounts.append({"name": "scratch", "mountPath": "/scratch"})
+    volumes.append({"name": "tmp", "emptyDir": {}})  # HOME (caches of torch, triton, HF) on a read-only root
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
     return volumes, mounts
 
 
@@ -154,6 +179,7 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
         "KUBETUNE_CONFIGMAP_ROOT": CONFIGMAP_ROOT,
         "KUBETUNE_MODEL_CACHE": MODEL_CACHE,
         "TMPDIR": "/scratch",
+        "HOME": "/tmp",  # an image of the user's may have a HOME the non-root user cannot write
         "HF_HUB_OFFLINE": "0" if credentials.uses_hub(job.spec) else "1",  # only Hub jobs may reach the network
         "OMP_NUM_THREADS": "1" if r.gpus_per_worker else str(threads(r.cpu)),
     }
@@ -181,6 +207,7 @@ def _env(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
 def worker_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
     spec, r = job.spec, job.spec.resources
     volumes, mounts = volumes_and_mounts(job, settings)
+    pod_security, container_security = security_contexts()
     quantities: dict[str, Any] = {"cpu": str(r.cpu), "memory": str(r.memory)}
     if r.gpus_per_worker:
         quantities[GPU] = str(r.gpus_per_worker)
@@ -198,6 +225,7 @@ def worker_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
         ],
         "resources": {"requests": quantities, "limits": quantities},
         "volumeMounts": mounts,
+        "securityContext": container_security,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",  # a crash without a summary shows its last log lines
     }
@@ -206,6 +234,7 @@ def worker_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
         "subdomain": workers_name(job),
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 120,  # SIGTERM: the step finishes and a checkpoint is written
+        "securityContext": pod_security,
         "containers": [container],
         "volumes": volumes,
     }

@@ -16,7 +16,7 @@ from kubetune.api.reasons import Reason, message
 from kubetune.api.spec import FineTuneJob
 from kubetune.api.status import DeploymentStatus, FineTuneJobStatus
 
-from .builders import GPU, MODEL_CACHE, PVC_ROOT, SPEC_DIR, SPEC_KEY, threads, volumes_and_mounts
+from .builders import GPU, MODEL_CACHE, PVC_ROOT, SPEC_DIR, SPEC_KEY, security_contexts, threads, volumes_and_mounts
 from .conditions import Conditions, Transition, is_true
 from .naming import LABEL_COMPONENT, LABEL_JOB, child_name, labels
 from .settings import Settings
@@ -64,6 +64,7 @@ def _container(job: FineTuneJob, settings: Settings, mounts: list[dict[str, Any]
         "KUBETUNE_PVC_ROOT": PVC_ROOT,
         "KUBETUNE_MODEL_CACHE": MODEL_CACHE,
         "TMPDIR": "/scratch",
+        "HOME": "/tmp",
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1" if d.gpus else str(threads(d.cpu)),
     }
@@ -79,6 +80,8 @@ def _container(job: FineTuneJob, settings: Settings, mounts: list[dict[str, Any]
         "ports": [{"name": "http", "containerPort": d.port}],
         "resources": {"requests": quantities, "limits": quantities},
         "volumeMounts": mounts,
+        # vLLM's image writes outside /tmp at start (not verified here): its root filesystem stays writable.
+        "securityContext": security_contexts(read_only_root=d.engine != ServingEngine.VLLM)[1],
         "readinessProbe": {**probe, "initialDelaySeconds": 5},
         "startupProbe": {**probe, "failureThreshold": 60},
     }
@@ -90,7 +93,12 @@ def children(job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
     assert d is not None
     volumes, mounts = volumes_and_mounts(job, settings, writable_output=False)
     selector = {LABEL_JOB: job.name, LABEL_COMPONENT: COMPONENT}
-    pod = {"automountServiceAccountToken": False, "containers": [_container(job, settings, mounts)], "volumes": volumes}
+    pod = {
+        "automountServiceAccountToken": False,
+        "securityContext": security_contexts()[0],
+        "containers": [_container(job, settings, mounts)],
+        "volumes": volumes,
+    }
     name, meta_labels = serve_name(job), labels(job.name, COMPONENT)
     deployment = {
         "apiVersion": "apps/v1",
