@@ -1,6 +1,7 @@
 """Faults a test installs into the trainer through its hooks (``kubetune.trainer.hooks``): ``kill_after(step)`` is
 the environment of a trainer process that SIGKILLs itself, like an OOM kill, right after optimizer step ``step``
-(and that step's checkpoint, when one is due)."""
+(and that step's checkpoint, when one is due); ``stop_after(step, rank)`` makes one torchrun rank SIGSTOP itself
+there instead: a hung rank, for the step-time watchdog."""
 
 from __future__ import annotations
 
@@ -26,3 +27,22 @@ def install(hooks: Hooks) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     hooks.after_step.append(kill)
+
+
+STOP_STEP, STOP_RANK = "KUBETUNE_FAULT_STOP_AFTER_STEP", "KUBETUNE_FAULT_STOP_RANK"
+
+
+def stop_after(step: int, rank: int) -> dict[str, str]:
+    """The environment that makes torchrun rank ``rank`` SIGSTOP itself after ``step``: a hung rank, alive but
+    silent, that holds every other rank in its next all-reduce."""
+    return {ENV: "tests.support.faults:install_stop", STOP_STEP: str(step), STOP_RANK: str(rank)}
+
+
+def install_stop(hooks: Hooks) -> None:
+    step, rank = int(os.environ[STOP_STEP]), os.environ[STOP_RANK]
+
+    def stop(state: TrainerState) -> None:
+        if state.step == step and os.environ.get("RANK", "0") == rank:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    hooks.after_step.append(stop)

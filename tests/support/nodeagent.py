@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kubetune.trainer.runtime import process_tree
 from tests.support import podrun
 from tests.support.paths import ROOT
 
@@ -433,7 +434,7 @@ class NodeAgent:
             return
         if self.runtime == "podman":
             podrun.kill(pod.pod, sig)
-        pids = [pod.process.pid] if leader_only else _tree(pod.process.pid)
+        pids = [pod.process.pid] if leader_only else process_tree(pod.process.pid)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -676,23 +677,6 @@ class NodeAgent:
         if found is None or found["spec"].get("clusterIP") != "None":
             return value
         return pod_ip(ns, host, service)
-
-
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants (from /proc), children first."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found[::-1]
 
 
 def _deleting(pod: dict[str, Any]) -> bool:

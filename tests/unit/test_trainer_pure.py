@@ -4,6 +4,7 @@ task mixing and replay, the overfitting and retention verdicts, augmentation noi
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,3 +188,41 @@ def test_s3_storage_options_come_from_the_slot_of_the_locations_secret() -> None
     options = volumes.storage_options(spec.data.datasets[1], env)
     assert options == {"key": "AKID", "secret": "s3cr", "endpoint_url": "http://127.0.0.1:9000"}
     assert volumes.storage_options(spec.data.datasets[0], env) == {}, "a PVC location has none"
+
+
+def _beat(rank: int, time: float, step: int | None = None, started: float | None = None) -> dict[str, Any]:
+    return {"rank": rank, "time": time, "step": step, "stepStarted": started}
+
+
+@pytest.mark.parametrize(
+    ("beats", "rank", "words"),
+    [
+        ([_beat(0, 99, 5, 95), _beat(1, 98, 5, None)], None, None),  # healthy: beating, steps short
+        ([_beat(0, 99, 5, 95), _beat(1, 50, 4, None)], 1, "rank 1 hung after step 4: no heartbeat for 50 s"),
+        ([_beat(0, 99, 5, 80), _beat(1, 60, 5, 59)], 1, "rank 1 hung in step 5: no heartbeat for 40 s"),
+        ([_beat(0, 99, 6, 70), _beat(1, 99, 5, 65)], 1, "rank 1 hung in step 5: the step has run 35 s"),
+        ([_beat(0, 99, 6, 70), _beat(1, 99, 6, 65)], 0, "rank 0 hung in step 6: the step has run 30 s"),
+        ([], None, None),
+    ],
+)
+def test_the_watchdog_names_the_silent_rank_first_then_the_longest_stuck_step(
+    beats: list[dict[str, Any]], rank: int | None, words: str | None
+) -> None:
+    from kubetune.trainer.watchdog import hung
+
+    verdict = hung(beats, now=100.0, timeout=20)
+    assert (verdict.rank if verdict else None) == rank
+    if verdict is not None:
+        assert verdict.message.startswith(words or "") and "spec.training.stepTimeoutSeconds (20 s)" in verdict.message
+
+
+def test_heartbeats_are_written_whole_and_read_back(tmp_path: Path) -> None:
+    from kubetune.trainer.watchdog import Heartbeat, hung, read_beats
+
+    beat = Heartbeat(tmp_path, rank=3, interval=0.05).start()
+    beat.begin(7)
+    (tmp_path / "rank-9.json").write_text("{half")  # a file mid-write is skipped, not an error
+    beats = read_beats(tmp_path)
+    beat.stop()
+    assert [(b["rank"], b["step"]) for b in beats] == [(3, 7)] and beats[0]["stepStarted"] is not None
+    assert hung(beats, now=beats[0]["time"] + 1, timeout=20) is None

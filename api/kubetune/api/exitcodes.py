@@ -12,6 +12,9 @@ EXIT_DIVERGED = 3
 EXIT_REGRESSED = 4
 """The forgetting guard's retention loss rose beyond spec.forgettingGuard.maxRegression (onRegression Fail);
 the outputs are saved, and a retry would train the same model."""
+EXIT_HUNG = 5
+"""A rank hung: the step-time watchdog (spec.training.stepTimeoutSeconds) stopped the round; retried from the last
+checkpoint."""
 EXIT_CONFIG = 78
 """EX_CONFIG: the spec or the data is wrong; retrying cannot help."""
 EXIT_PREEMPTED = 143

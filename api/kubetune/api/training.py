@@ -127,6 +127,15 @@ class Training(ApiModel):
     precision: Precision = Field(default=Precision.AUTO, description="Numeric precision.")
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed of initialisation, dropout and data order.")
+    step_timeout_seconds: int | None = Field(
+        default=600,
+        ge=10,
+        le=86400,
+        description="The step-time watchdog: a rank whose training step runs longer than this, or that stops "
+        "responding for as long, is hung; the round stops with a message naming the rank and the workers restart "
+        "from the last checkpoint (counted against maxRestarts), instead of waiting out the 30-minute timeout of "
+        "NCCL and gloo. Unset (null) turns it off.",
+    )
     distributed: Distributed = Field(
         default=Distributed.DDP,
         description="DDP: every process holds the whole model (gloo on CPU, nccl on GPU). FSDP: parameters, "

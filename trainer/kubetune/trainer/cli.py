@@ -202,7 +202,7 @@ def _main(args: argparse.Namespace) -> int:
         worker_args += [f"--output={args.output}"] if args.output else []
         command = torchrun_command(worker_args)
         print(" ".join(command), file=sys.stderr, flush=True)
-        return supervise(command)
+        return supervise(command, job.spec.training.step_timeout_seconds)
     claims = {k: Path(v) for k, v in (item.split("=", 1) for item in args.volume)}
     volumes = Volumes(claims=claims) if args.command in ("run", "prepare") or claims else Volumes.in_pod()
     volumes.config_maps = config_maps

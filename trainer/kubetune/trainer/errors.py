@@ -6,6 +6,7 @@ from __future__ import annotations
 from kubetune.api.exitcodes import EXIT_CONFIG as EXIT_CONFIG
 from kubetune.api.exitcodes import EXIT_DIVERGED as EXIT_DIVERGED
 from kubetune.api.exitcodes import EXIT_FAILED as EXIT_FAILED
+from kubetune.api.exitcodes import EXIT_HUNG as EXIT_HUNG
 from kubetune.api.exitcodes import EXIT_OK as EXIT_OK
 from kubetune.api.exitcodes import EXIT_PREEMPTED as EXIT_PREEMPTED
 from kubetune.api.exitcodes import EXIT_REGRESSED as EXIT_REGRESSED

@@ -38,6 +38,7 @@ from .runtime import make_accelerator
 from .saving import gathered_state, save, save_weights
 from .step import accumulate, micro_batch
 from .tiny import ensure_model
+from .watchdog import Heartbeat
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = {ValidationMetric.LOSS: "loss", ValidationMetric.ACCURACY: "accuracy", ValidationMetric.F1: "f1"}
@@ -204,8 +205,13 @@ class Recipe:
         # Throughput and ETA count only what this process did (a resumed run starts from a checkpoint's totals).
         self.started, self.first_step, self.first_tokens = time.monotonic(), state.step, state.tokens_seen
         self.model.train()
+        heartbeat = Heartbeat.from_env(self.accelerator.process_index)  # the launcher's step-time watchdog
         for epoch, first, batches in self.steps():
+            if heartbeat is not None:
+                heartbeat.begin(state.step + 1)
             loss, tokens, stopping = self.optimizer_step(batches, stop_requested())
+            if heartbeat is not None:
+                heartbeat.end()
             state.micro_batches_done = first + self.hp.gradient_accumulation_steps
             validation_loss = self.maybe_validate()
             self.report(epoch, loss, tokens, validation_loss)

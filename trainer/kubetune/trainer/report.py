@@ -180,19 +180,8 @@ class Reporter:
         if not self.enabled:
             return
         self._update(phase=summary.phase)
-        document = summary.to_wire()
-        log.info(json.dumps({"event": "finished", **document}))
-        target = path or _termination_log()
-        if target is None:
-            return
-        text = json.dumps(document, separators=(",", ":"))
-        for key in SUMMARY_OPTIONAL:  # too long: the least needed parts go first
-            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
-                break
-            document.pop(key, None)
-            text = json.dumps(document, separators=(",", ":"))
-        with contextlib.suppress(OSError):
-            target.write_text(text[:TERMINATION_MESSAGE_LIMIT])
+        log.info(json.dumps({"event": "finished", **summary.to_wire()}))
+        write_summary(summary, path)
 
     def _update(self, **fields: Any) -> None:
         """Set ``fields`` (camelCase) of the /progress document; a name the document does not have is a bug."""
@@ -214,6 +203,22 @@ def _peak_memory() -> dict[str, int]:
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         peaks["gpu"] = int(torch.cuda.max_memory_allocated())
     return peaks
+
+
+def write_summary(summary: TrainerSummary, path: Path | None = None) -> None:
+    """``summary`` as the container's termination message (kept under 4 KiB: the least needed parts go first)."""
+    target = path or _termination_log()
+    if target is None:
+        return
+    document = summary.to_wire()
+    text = json.dumps(document, separators=(",", ":"))
+    for key in SUMMARY_OPTIONAL:
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            break
+        document.pop(key, None)
+        text = json.dumps(document, separators=(",", ":"))
+    with contextlib.suppress(OSError):
+        target.write_text(text[:TERMINATION_MESSAGE_LIMIT])
 
 
 def _termination_log() -> Path | None:

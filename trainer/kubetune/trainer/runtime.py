@@ -9,18 +9,23 @@ pods run ``torchrun`` directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from kubetune.api import Distributed, Precision
 from kubetune.api.spec import FineTuneJobSpec
+from kubetune.api.wire import TrainerSummary
 
-from .errors import EXIT_PREEMPTED, NON_RETRYABLE, ConfigError
+from . import watchdog
+from .errors import EXIT_HUNG, EXIT_PREEMPTED, NON_RETRYABLE, ConfigError
+from .report import write_summary
 
 
 def mixed_precision(precision: Precision, cuda: bool, bf16_ok: bool) -> str:
@@ -113,23 +118,72 @@ def record_exit_code(code: int) -> None:
         Path(directory, os.environ.get("RANK", "0")).write_text(str(code))
 
 
-def supervise(command: list[str]) -> int:
+def supervise(command: list[str], step_timeout: float | None = None) -> int:
     """Run torchrun and exit as the workers did: a non-retryable code of any local worker (78 bad spec or
     data, 3 diverged) becomes the pod's exit code, so the Job's pod failure policy can act on it. SIGTERM and
-    SIGINT are passed on to torchrun, which passes them to the workers."""
+    SIGINT are passed on to torchrun, which passes them to the workers. With ``step_timeout``, the step-time
+    watchdog (``watchdog``) ends the round when a local rank hangs: torchrun and its workers are killed, the
+    termination message names the rank, and the pod exits ``EXIT_HUNG`` (retried from the last checkpoint)."""
     with tempfile.TemporaryDirectory(prefix="kubetune-exit-") as directory:
-        child = subprocess.Popen(command, env={**os.environ, EXIT_CODES_DIR: directory})
+        codes, beats = Path(directory, "codes"), Path(directory, "heartbeats")
+        codes.mkdir()
+        beats.mkdir()
+        env = {**os.environ, EXIT_CODES_DIR: str(codes)}
+        if step_timeout:
+            env[watchdog.HEARTBEAT_DIR] = str(beats)
+        child = subprocess.Popen(command, env=env)
         forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            verdict = _watch(child, beats, step_timeout)
             code = child.wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        workers = [int(p.read_text()) for p in Path(directory).iterdir()]
+        workers = [int(p.read_text()) for p in codes.iterdir()]
+    if verdict is not None:
+        print(f"error: {verdict.message}", file=sys.stderr, flush=True)
+        write_summary(TrainerSummary(phase="Failed", reason="RankHung", message=verdict.message))
+        return EXIT_HUNG
     for worker in sorted(workers):
         if worker in NON_RETRYABLE:
             return worker
     if code != 0 and EXIT_PREEMPTED in workers:
         return EXIT_PREEMPTED
     return code if code >= 0 else 128 - code
+
+
+def _watch(child: subprocess.Popen[bytes], beats: Path, step_timeout: float | None) -> watchdog.Hung | None:
+    """Wait for ``child``; with ``step_timeout``, check the heartbeats every beat and kill the tree on a hang."""
+    while child.poll() is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=watchdog.BEAT_SECONDS)
+        verdict = watchdog.hung(watchdog.read_beats(beats), time.time(), step_timeout) if step_timeout else None
+        if verdict is not None and child.poll() is None:
+            _kill_tree(child.pid)
+            return verdict
+    return None
+
+
+def _kill_tree(root: int) -> None:
+    for pid in process_tree(root):  # SIGKILL ends a stopped process too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, children first, from /proc: torchrun starts each worker in a session of its
+    own, so killing torchrun's process group would leave the workers running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found[::-1]
