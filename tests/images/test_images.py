@@ -56,7 +56,7 @@ def test_both_images_run_as_65532_on_a_read_only_root(images: containers.Images,
 
 def test_entry_points_answer(images: containers.Images) -> None:
     assert "Start an operator process" in run(images.operator, "--help")  # kopf run ... --help
-    assert "usage: kubetune [-h] {run,launch,worker,serve}" in run(images.trainer, "--help")  # its ENTRYPOINT
+    assert "usage: kubetune [-h] {run,launch,worker,serve,prepare}" in run(images.trainer, "--help")  # its ENTRYPOINT
 
 
 def test_trainer_image_fine_tunes_an_example_with_the_repository_read_only(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import ROOT, wait_for
+from tests.support import faults
 from tests.support.builders import JobBuilder
 from tests.support.controlplane import ControlPlane
 from tests.support.nodeagent import NodeAgent
@@ -164,6 +165,28 @@ def test_killed_worker_restarts_and_resumes_from_checkpoint(k: Cluster) -> None:
     assert status["checkpoint"]["location"].startswith("pvc://kubetune-outputs/killed/checkpoints/step-")
     assert status["restarts"] >= 1 and status["workers"]["failed"] >= 1
     assert _resumed_from(k, "killed") > 0
+
+
+@pytest.mark.reliability
+def test_a_worker_over_its_memory_limit_is_out_of_memory_naming_the_limit(k: Cluster) -> None:
+    """A trainer that allocates without end after step 2 is killed at spec.resources.memory (the node agent's
+    OOM killer, as a cgroup's): Running=False OutOfMemory while it restarts, then Failed OutOfMemory."""
+    k.node.faults["oom-workers-"] = faults.grow_after(2)
+    try:
+        k.apply(e2e_job("oom", workers=1).set("spec.maxRestarts", 1).build())
+        restarting = wait_for("OutOfMemory while restarting", lambda: _oom_running(k), 300, lambda: k.diagnose("oom"))
+        failed = k.wait_condition("oom", "Failed", timeout=300)
+    finally:
+        k.node.faults.pop("oom-workers-")
+    assert restarting["message"].startswith("Worker 0 was killed for using more memory than its limit")
+    assert failed["reason"] == "OutOfMemory" and "spec.resources.memory (2Gi) (OOMKilled)" in failed["message"]
+    terminated = [p["status"]["containerStatuses"][0]["state"]["terminated"] for p in k.pods("oom")]
+    assert [(t["reason"], t["exitCode"]) for t in terminated] == [("OOMKilled", 137)] * 2
+
+
+def _oom_running(k: Cluster) -> dict[str, Any] | None:
+    running = k.condition("oom", "Running")
+    return running if running.get("reason") == "OutOfMemory" or k.condition("oom", "Failed") else None
 
 
 def test_invalid_spec_is_not_accepted_and_creates_nothing(k: Cluster) -> None:

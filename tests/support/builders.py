@@ -77,13 +77,14 @@ def worker_job(*conditions: str, suspend: bool = False, **counts: int) -> dict[s
     }
 
 
-def pod(index: int, phase: str, code: int | None = None, message: str = "") -> dict[str, Any]:
-    """An observed worker pod of completion index ``index``; ``code``: its trainer container terminated with it
-    and ``message`` (the termination message)."""
+def pod(index: int, phase: str, code: int | None = None, message: str = "", reason: str = "") -> dict[str, Any]:
+    """An observed worker pod of completion index ``index``; ``code``: its trainer container terminated with it,
+    ``message`` (the termination message) and the kubelet's ``reason`` (``OOMKilled``, ``Error``)."""
     container: dict[str, Any] = {"name": "trainer"}
     if code is not None:
         finished = f"2026-11-25T11:30:0{index}Z"
-        container["state"] = {"terminated": {"exitCode": code, "message": message, "finishedAt": finished}}
+        terminated = {"exitCode": code, "message": message, "finishedAt": finished}
+        container["state"] = {"terminated": {**terminated, **({"reason": reason} if reason else {})}}
     return {
         "metadata": {
             "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},

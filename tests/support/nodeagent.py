@@ -24,7 +24,9 @@ at the API server, as kube-proxy would make the ``kubernetes`` Service do. An in
 installed by the Helm chart) thus talks to the API server as its own ServiceAccount, under the chart's RBAC.
 
 By default the "image" is this repository's virtualenv: ``python`` is the venv's interpreter, its ``bin`` (kopf,
-torchrun) is on PATH and the packages are on PYTHONPATH; readOnly mounts and resource limits are not enforced.
+torchrun) is on PATH and the packages are on PYTHONPATH; readOnly mounts and CPU limits are not enforced. The memory
+limit is, as the cgroup's OOM killer would: a pod whose processes use more (their summed proportional set size,
+checked every second) is SIGKILLed whole and reported ``OOMKilled`` with exit code 137.
 ``runtime="podman"`` runs each pod's container in its real image instead (``podrun``: the locally built images of
 hack/images.sh, with the pod's env, mounts, user and limits), at the same paths and addresses.
 """
@@ -66,6 +68,9 @@ class UnresolvedError(Exception):
     CreateContainerConfigError, retried until it appears."""
 
 
+MEMORY_CHECK_SECONDS = 1.0
+
+
 def pod_ip(namespace: str, hostname: str, subdomain: str) -> str:
     """The loopback address of the pod with this hostname under this headless Service (or of this uid)."""
     digest = hashlib.sha256(f"{namespace}/{hostname}.{subdomain}".encode()).digest()
@@ -100,8 +105,20 @@ class Api:
                 return None
             raise
 
-    def merge(self, path: str, body: Any) -> Any:
-        return self.request("PATCH", path, body, "application/merge-patch+json")
+    def merge(self, path: str, body: Any, patience: float = 90) -> Any:
+        """A merge patch, retried for ``patience`` seconds while the API server is away or not ready (a kubelet
+        keeps a pod's final status until it can report it)."""
+        end = time.monotonic() + patience
+        while True:
+            try:
+                return self.request("PATCH", path, body, "application/merge-patch+json")
+            except urllib.error.HTTPError as error:
+                if error.code not in (429, 500, 503) or time.monotonic() > end:
+                    raise
+            except OSError:
+                if time.monotonic() > end:
+                    raise
+            time.sleep(1)
 
     def watch(self, path: str, stop: threading.Event, types: tuple[str, ...] = ()) -> Any:
         """Yield watch events of ``path`` (a list URL with a query), reconnecting until ``stop`` is set; with
@@ -169,6 +186,9 @@ class NodeAgent:
         self.workdir = workdir
         self.cpu, self.memory = cpu, memory
         self.pods: dict[str, PodProcess] = {}
+        self.faults: dict[str, dict[str, str]] = {}
+        """Pod name prefix -> variables added to those pods' environment: a test's faults (``tests.support.faults``)
+        reach a trainer this way, since a spec may not set KUBETUNE_ variables."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="node-agent", daemon=True)
@@ -335,6 +355,8 @@ class NodeAgent:
                 }
             },
         )
+        limit = self._memory_limit(container)
+        oom_killed, checked = False, time.monotonic()
         while pod.process.poll() is None:
             if pod.deleting.wait(0.2):
                 grace = int(pod.pod["spec"].get("terminationGracePeriodSeconds", 30))
@@ -342,6 +364,11 @@ class NodeAgent:
                 try:
                     pod.process.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
+                    self._kill(pod, signal.SIGKILL)
+            elif limit and time.monotonic() - checked >= MEMORY_CHECK_SECONDS:
+                checked = time.monotonic()
+                if memory_used(pod.process.pid) > limit:  # the cgroup's OOM killer: the whole container goes
+                    oom_killed = True
                     self._kill(pod, signal.SIGKILL)
         code = pod.process.wait()
         code = 128 + -code if code < 0 else code
@@ -352,7 +379,7 @@ class NodeAgent:
             lines = pod.log.read_text(errors="replace").splitlines()[-LOG_FALLBACK_LINES:]
             text = "\n".join(lines)[-LOG_FALLBACK_BYTES:]
         try:
-            self._report_exit(pod, path, container, code, text, started)
+            self._report_exit(pod, path, container, code, text, started, "OOMKilled" if oom_killed else None)
         except OSError:
             if not self._stop.is_set():  # the API server is gone when the agent stops: nothing to report to
                 raise
@@ -370,13 +397,25 @@ class NodeAgent:
         with contextlib.suppress(urllib.error.HTTPError):
             self.api.merge(f"{path}/status", {"status": {"phase": "Pending", "containerStatuses": [status]}})
 
+    def _memory_limit(self, container: dict[str, Any]) -> int | None:
+        """The container's memory limit in bytes, enforced here in process mode (podman's cgroup does it there)."""
+        limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        return podrun.memory_bytes(str(limit)) if limit and self.runtime == "process" else None
+
     def _report_exit(
-        self, pod: PodProcess, path: str, container: dict[str, Any], code: int, text: str, started: str
+        self,
+        pod: PodProcess,
+        path: str,
+        container: dict[str, Any],
+        code: int,
+        text: str,
+        started: str,
+        reason: str | None = None,
     ) -> None:
         pod.exit_code = code
         terminated = {
             "exitCode": code,
-            "reason": "Completed" if code == 0 else "Error",
+            "reason": reason or ("Completed" if code == 0 else "Error"),
             "message": text,
             "startedAt": started,
             "finishedAt": _now(),
@@ -489,6 +528,10 @@ class NodeAgent:
                 value = self._value_from(pod.pod, var["valueFrom"])
             env[var["name"]] = translate(value)
         env["OMP_NUM_THREADS"] = "1"  # two cores shared by every pod and the control plane
+        for prefix, extra in list(self.faults.items()):
+            if meta["name"].startswith(prefix):
+                env.update(extra)
+                env["PYTHONPATH"] += f":{ROOT}"  # where the faults' module is
         if self.runtime == "podman":
             return self._in_container(pod, env, paths, binds, termination, termination_path)
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
@@ -677,6 +720,19 @@ class NodeAgent:
         if found is None or found["spec"].get("clusterIP") != "None":
             return value
         return pod_ip(ns, host, service)
+
+
+def memory_used(root: int) -> int:
+    """Bytes the process tree of ``root`` uses, as a memory cgroup counts them: the sum of the processes'
+    proportional set sizes (a page shared by several processes counts once in all, not once in each)."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total
 
 
 def _deleting(pod: dict[str, Any]) -> bool:

@@ -390,6 +390,22 @@ def test_worker_failure_while_restarting_counts_restarts() -> None:
     assert s.restarts == 1 and conditions(s)["Running"] == ("False", "WorkerFailed")
 
 
+def test_a_worker_killed_at_its_memory_limit_is_out_of_memory_naming_the_limit() -> None:
+    b = JobBuilder("demo").set("spec.resources", {"workers": 2, "cpu": "1", "memory": "3Gi"})
+    oom = [pod(0, "Failed", 1, "peer went away"), pod(1, "Failed", 137, "", reason="OOMKilled")]
+    s, _ = status.compute(accepted_job(b), worker_job(active=0, failed=2), [*oom, pod(0, "Pending")], None, NOW)
+    running = next(c for c in s.conditions if c.type == "Running")
+    assert (running.status, running.reason) == ("False", "OutOfMemory")
+    assert running.message.startswith("Worker 1 was killed for using more memory than its limit, ")
+    assert "spec.resources.memory (3Gi) (OOMKilled)" in running.message and "1 of 3 restarts used" in running.message
+    s, _ = status.compute(accepted_job(b), worker_job("Failed", failed=8), oom, None, NOW)
+    assert conditions(s)["Failed"] == ("True", "OutOfMemory")
+    assert "failed 8 times" in next(c for c in s.conditions if c.type == "Failed").message
+    plain = [pod(0, "Failed", 137, "killed", reason="Error"), pod(1, "Pending")]
+    s, _ = status.compute(accepted_job(b), worker_job(active=1, failed=1), plain, None, NOW)
+    assert conditions(s)["Running"] == ("False", "WorkerFailed")  # a SIGKILL that is not the OOM killer's
+
+
 def test_suspend_keeps_progress_then_resume_clears_suspended() -> None:
     report = {"step": 10, "totalSteps": 100}
     running, _ = status.compute(

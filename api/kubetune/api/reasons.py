@@ -19,6 +19,7 @@ class Reason(StrEnum):
     COMPLETED = "Completed"
     WORKER_FAILED = "WorkerFailed"
     RESTARTS_EXHAUSTED = "RestartsExhausted"
+    OUT_OF_MEMORY = "OutOfMemory"
     CONFIGURATION_ERROR = "ConfigurationError"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
@@ -52,6 +53,8 @@ MESSAGES: dict[Reason, str] = {
     Reason.COMPLETED: "Training finished; outputs are at {}.",
     Reason.WORKER_FAILED: "A worker failed; restarting from the last checkpoint ({} of {} restarts used).",
     Reason.RESTARTS_EXHAUSTED: "Worker pods failed {} times, more than spec.maxRestarts allows.",
+    Reason.OUT_OF_MEMORY: "Worker {} was killed for using more memory than its limit, spec.resources.memory ({}) "
+    "(OOMKilled); raise spec.resources.memory, or lower spec.training.perDeviceBatchSize or maxSeqLength. {}",
     Reason.CONFIGURATION_ERROR: "The trainer rejected the spec or data: {}",
     Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.activeDeadlineSeconds ({}s).",
     Reason.SUSPENDED: "The job is suspended; workers are stopped.",

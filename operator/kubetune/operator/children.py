@@ -58,6 +58,17 @@ def termination(pod: dict[str, Any]) -> tuple[int | None, str, TrainerSummary | 
     return None, "", None
 
 
+def oom_killed(pods: list[dict[str, Any]], workers: int) -> dict[str, Any] | None:
+    """The pod of the latest round of failures whose container the kernel killed at its memory limit (the
+    kubelet's ``OOMKilled``), if one was: the others usually died of losing that peer."""
+    for pod in sorted(failed(pods), key=finished_at)[-workers:]:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if container.get("name") == CONTAINER and terminated.get("reason") == "OOMKilled":
+                return pod
+    return None
+
+
 def last_failure(pods: list[dict[str, Any]], workers: int) -> tuple[int | None, str, TrainerSummary | None]:
     """The termination that explains the latest failure: one that left a summary (rank 0 does) if any, else
     the first to end among the latest round of failures (the others usually died of losing that peer)."""

@@ -13,11 +13,12 @@ not created yet                Pending      (none new)
 Complete=True                  Succeeded    Succeeded=True, Running=False (Completed); Promotable (gate)
 Failed=True                    Failed       Failed=True, Running=False; the reason from the exit code:
                                             ConfigurationError, Diverged, RetentionRegressed, else
-                                            DeadlineExceeded or RestartsExhausted
+                                            DeadlineExceeded, OutOfMemory (the last failure was an
+                                            OOMKilled worker) or RestartsExhausted
 spec.suspend                   Suspended    Suspended=True, Running=False (Suspended)
 otherwise, all workers Running Running      Running=True (Training or Evaluating)
-otherwise                      Pending      Running=False: WorkerFailed (restarting), MissingReference,
-                                            or WorkersPending
+otherwise                      Pending      Running=False: WorkerFailed (restarting), OutOfMemory
+                                            (restarting), MissingReference, or WorkersPending
 =============================  ===========  ===========================================================
 """
 
@@ -180,7 +181,10 @@ def _active(
         _, text, summary = children.last_failure(pods, workers)
         detail = ((summary.message if summary else None) or text).strip()[-MESSAGE_LIMIT:]
         used = message(Reason.WORKER_FAILED, status.restarts, job.spec.max_restarts)
-        conditions.set(ConditionType.RUNNING, False, Reason.WORKER_FAILED, f"{used} {detail}".strip())
+        if oom := _out_of_memory(job, pods, used):
+            conditions.set(ConditionType.RUNNING, False, Reason.OUT_OF_MEMORY, oom)
+        else:
+            conditions.set(ConditionType.RUNNING, False, Reason.WORKER_FAILED, f"{used} {detail}".strip())
     elif unresolved := children.unresolved(pods):  # a Secret or key the kubelet cannot find: wait, naming it
         text = message(Reason.MISSING_REFERENCE, unresolved)[:MESSAGE_LIMIT]
         conditions.set(ConditionType.RUNNING, False, Reason.MISSING_REFERENCE, text)
@@ -215,7 +219,17 @@ def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTu
     if condition.get("reason") == "DeadlineExceeded":
         return Reason.DEADLINE_EXCEEDED, message(Reason.DEADLINE_EXCEEDED, job.spec.active_deadline_seconds)
     failures = (worker_job.get("status") or {}).get("failed", 0)
+    if oom := _out_of_memory(job, pods, message(Reason.RESTARTS_EXHAUSTED, failures)):
+        return Reason.OUT_OF_MEMORY, oom
     return Reason.RESTARTS_EXHAUSTED, f"{message(Reason.RESTARTS_EXHAUSTED, failures)} Last worker output: {detail}"
+
+
+def _out_of_memory(job: FineTuneJob, pods: list[dict[str, Any]], then: str) -> str:
+    """The OutOfMemory message when the latest failure was a worker killed at its memory limit, else ""."""
+    pod = children.oom_killed(pods, job.spec.resources.workers)
+    if pod is None:
+        return ""
+    return message(Reason.OUT_OF_MEMORY, children.index(pod), job.spec.resources.memory, then)[:MESSAGE_LIMIT]
 
 
 def _progress(
