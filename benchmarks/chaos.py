@@ -6,6 +6,9 @@
 - Fuzzed specs: seeded mutations of the examples (``tests/reliability/fuzz.py``) through pydantic: accepted and
   rejected, and how many rejections name a field. With ``--server`` (needs ``KUBETUNE_BIN_DIR``, as ``make test``
   sets it) each also goes to a real API server's dry run, and the figure is the disagreements.
+- Repeated kills (not with ``--quick``): a two-rank job SIGKILLed at 5 seeded steps, relaunched after each
+  (``tests/reliability/runs.py``): the steps each kill cost and the final metrics' distance from an uninterrupted
+  run.
 
     python -m benchmarks.chaos [--quick] [--seed N] [--server]
 
@@ -104,6 +107,21 @@ def fuzzed_specs(seed: int, count: int, server: bool) -> dict[str, Any]:
     return {"specs_" + c.replace(" ", "_"): total[c] for c in columns} | {"specs_seconds": round(seconds, 1)}
 
 
+def kills(seed: int) -> dict[str, Any]:
+    from tests.reliability.runs import repeated_kills
+
+    with tempfile.TemporaryDirectory(prefix="kubetune-chaos-") as tmp:
+        result = repeated_kills(Path(tmp), seed)
+    print(f"\nRepeated kills: seed {seed}, a two-rank job of 24 steps, checkpoints every 4, {result.seconds:.0f} s\n")
+    print("| kill | at step | resumed from | steps recomputed |")
+    print("|---:|---:|---:|---:|")
+    rows = zip(result.kill_steps, result.resumed_from, result.recomputed, strict=True)
+    for index, (step, start, lost) in enumerate(rows, start=1):
+        print(f"| {index} | {step} | {start} | {lost} |")
+    print(f"\nfinal train/test loss, uninterrupted vs killed 5 times: max |delta| {result.max_delta:.2e}")
+    return {"kills_" + key: value for key, value in result.figures().items()}
+
+
 def table(first: str, rows: dict[str, Counter[str]], columns: list[str]) -> Counter[str]:
     """Print ``rows`` as a Markdown table with a total row; return the totals."""
     print(f"| {first} | " + " | ".join(columns) + " |")
@@ -125,6 +143,8 @@ def main() -> None:
     figures = {"seed": args.seed}
     figures |= hostile_data(args.seed, 1 if args.quick else 5)
     figures |= fuzzed_specs(args.seed, 100 if args.quick else 1000, args.server)
+    if not args.quick:
+        figures |= kills(args.seed)
     print(json.dumps(figures))
 
 
