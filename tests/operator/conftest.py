@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.operator.cluster import Cluster
 from tests.support.controlplane import ControlPlane
 from tests.support.nodeagent import NodeAgent
 from tests.support.operator import Operator
@@ -25,3 +26,9 @@ def operator(
     running = Operator(cluster, tmp_path_factory.mktemp("operator")).start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def k(cluster: ControlPlane, node: NodeAgent, operator: Operator) -> Cluster:
+    """kubectl helpers for one test, with the operator running."""
+    return Cluster(cluster, node, operator)

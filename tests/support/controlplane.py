@@ -53,6 +53,7 @@ class ControlPlane:
     token: str
     kubeconfig: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
     keep: bool = False
     """Leave ``workdir`` (etcd's data, certificates, keys, token) on stop, for the next start (``make up``)."""
 
@@ -81,6 +82,23 @@ class ControlPlane:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
+    def restart(self, names: tuple[str, ...] = ("etcd", "kube-apiserver")) -> float:
+        """Stop ``names`` (SIGTERM, SIGKILL after 15 s; the API server before etcd), start them again on the same
+        ports and data, and return when the API server is ready again; returns the seconds it was away."""
+        stopped = time.monotonic()
+        for name in sorted(names, key=lambda n: n != "kube-apiserver"):
+            self.processes[name].terminate()
+            try:
+                self.processes[name].wait(timeout=15)
+            except subprocess.TimeoutExpired:  # kube-apiserver drains its watches for longer: a crash, then
+                self.processes[name].kill()
+                self.processes[name].wait(timeout=30)
+        for name in ("etcd", "kube-apiserver"):  # start order
+            if name in names:
+                _spawn(self, name, self.commands[name])
+        _wait(self, "kube-apiserver", _healthz(self), 120)
+        return time.monotonic() - stopped
+
     def stop(self) -> None:
         for proc in reversed(list(self.processes.values())):
             if proc.poll() is None:
@@ -95,8 +113,9 @@ class ControlPlane:
 
 
 def _spawn(cp: ControlPlane, name: str, args: list[str]) -> None:
-    log = open(cp.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed by the process's exit
+    log = open(cp.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed by the process's exit
     cp.processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=cp.workdir)
+    cp.commands[name] = args
 
 
 def _wait(cp: ControlPlane, name: str, ready: Callable[[], bool], deadline_s: float) -> None:

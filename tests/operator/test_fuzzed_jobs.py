@@ -1,0 +1,71 @@
+"""The fuzzed specs the API server and pydantic both accept (``tests/reliability/fuzz.py``), created for real and
+handed to the running operator (issue 20, item 1): it settles every one (Accepted True, or False with a reason)
+without an exception other than the expected rejection, and creates no child for any job it does not accept.
+
+Each is created suspended, so that an accepted one gets its children (the worker Job suspended) but starts no pod.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.api.cases import pydantic_verdict
+from tests.operator.cluster import Cluster
+from tests.reliability import fuzz
+from tests.support.wait import wait_for
+
+pytestmark = [pytest.mark.usefixtures("operator"), pytest.mark.reliability, pytest.mark.slow]
+SEED, COUNT = 20, 1000
+CHILD_KINDS = "jobs,services,configmaps,deployments"
+
+
+def accepted_mutants() -> list[dict[str, Any]]:
+    """The mutants pydantic accepts (the fuzz test shows the API server accepts the same), suspended."""
+    docs = []
+    for mutant in fuzz.mutants(SEED, COUNT):
+        if pydantic_verdict(mutant.doc)[0]:
+            doc = json.loads(json.dumps(mutant.doc))
+            doc["spec"]["suspend"] = True
+            doc["metadata"]["labels"] = {"kubetune.dev/fuzzed": "true"}
+            docs.append(doc)
+    return docs
+
+
+def accepted_condition(job: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == "Accepted"), None)
+
+
+def test_the_operator_settles_every_accepted_mutant_without_an_exception(k: Cluster) -> None:
+    docs = accepted_mutants()
+    names = {d["metadata"]["name"] for d in docs}
+    k.cp.kubectl("apply", "-f", "-", input="\n".join(json.dumps(d) for d in docs))
+    try:
+
+        def settled() -> dict[str, dict[str, Any]] | None:
+            listed = json.loads(k.cp.kubectl("get", "ftj", "-l", "kubetune.dev/fuzzed", "-o", "json").stdout)
+            jobs = {j["metadata"]["name"]: j for j in listed["items"]}
+            done = {n: j for n, j in jobs.items() if accepted_condition(j) is not None}
+            return done if set(done) == names else None
+
+        jobs = wait_for(f"the operator to settle {len(names)} jobs", settled, 600)
+        children = json.loads(k.cp.kubectl("get", CHILD_KINDS, "-l", "kubetune.dev/finetunejob", "-o", "json").stdout)
+        owners = Counter(c["metadata"]["labels"]["kubetune.dev/finetunejob"] for c in children["items"])
+        verdicts: Counter[str] = Counter()
+        for name, job in jobs.items():
+            condition = accepted_condition(job) or {}
+            verdicts[f"{condition['status']} {condition['reason']}"] += 1
+            if condition["status"] == "True":
+                assert owners[name] == 3, (name, owners[name])  # spec ConfigMap, Service, worker Job
+            else:
+                assert owners[name] == 0, (name, condition)
+                assert condition["reason"] in ("InvalidSpec", "MissingReference") and condition["message"], condition
+        log = k.operator.log()
+        assert "failed with an exception" not in log, log[-3000:]
+        print(f"{len(names)} accepted mutants: {dict(verdicts)}")
+        assert verdicts["True SpecValid"] > 0
+    finally:
+        k.cp.kubectl("delete", "ftj", "-l", "kubetune.dev/fuzzed", "--wait=false")
