@@ -88,3 +88,81 @@ def test_packed_attention_keeps_the_loss_and_its_gradients(tmp_path: Path) -> No
         del batch[key]
     with torch.no_grad():
         assert abs(float(packed(**batch).loss) - float(packed_loss)) > 1e-3
+
+
+HEADLINES = [
+    ("Stocks rallied after the central bank held rates", 0),
+    ("The striker scored twice in the final", 1),
+    ("A new chip doubles battery life in phones", 2),
+    ("Parliament passed the budget late on Friday night after a long and heated debate", 3),
+    ("Rain", 1),
+]
+CLASSES = 4
+
+
+def classification_parity(path: Path, lora: bool) -> dict[str, float]:
+    """Class logits, loss and gradients of one padded and one packed batch of the same headlines, through the
+    trainer's own step (``summed_loss``) and model loading (packed attention, PEFT's head copy when ``lora``);
+    returns the largest absolute differences."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from kubetune.trainer.packing import register_packed_attention
+    from kubetune.trainer.pooling import packed_class_logits, packs_classification
+    from kubetune.trainer.step import summed_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = [(tokenizer(text)["input_ids"], [label]) for text, label in HEADLINES]
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=CLASSES, pad_token_id=pad, dtype=torch.float32, attn_implementation=register_packed_attention()
+    )
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="SEQ_CLS"))
+    assert packs_classification(model)
+    model.eval()  # no dropout: the two passes must see the same network
+    figures, grads = {}, []
+    padded, packed = collate(rows, pad, classification=True), collate_packed(rows, pad, classification=True)
+    for batch in (padded, packed):
+        model.zero_grad()
+        loss = summed_loss(model, batch, 0.0, classification=True)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        figures["loss_padded" if batch is padded else "loss_packed"] = float(loss.detach())
+    with torch.no_grad():
+        by_padding = model(**{k: v for k, v in padded.items() if k != "labels"}).logits
+        by_packing = packed_class_logits(model, packed)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    return {
+        "logits": float((by_padding - by_packing).abs().max()),
+        "loss": abs(figures["loss_padded"] - figures["loss_packed"]),
+        "gradients": max(float((grads[0][n] - grads[1][n]).abs().max()) for n in grads[0]),
+    }
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_packed_classification_equals_padded_in_logits_loss_and_gradients(tmp_path: Path, lora: bool) -> None:
+    deltas = classification_parity(build_tiny_llama(tmp_path / "tiny", seed=5), lora)
+    print(deltas)
+    assert max(deltas.values()) <= 1e-4, deltas
+
+
+def test_packed_classification_on_the_real_model_when_cached() -> None:
+    from tests.trainer.test_real_model import CACHE, MODEL
+
+    if not (CACHE / MODEL / "config.json").is_file():
+        pytest.skip(f"{CACHE / MODEL} is not built (hack/model-cache.sh)")
+    deltas = classification_parity(CACHE / MODEL, lora=True)
+    print(deltas)
+    assert max(deltas.values()) <= 1e-4, deltas
+
+
+def test_a_head_that_does_not_pool_per_token_outputs_is_not_packed() -> None:
+    import torch
+
+    from kubetune.trainer.pooling import packs_classification
+
+    assert not packs_classification(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -31,6 +31,7 @@ from .hooks import HOOKS
 from .local import Volumes
 from .mixing import EpochPlan
 from .model import load, load_tokenizer
+from .pooling import packs_classification
 from .prepare import PreparedData, prepare_data
 from .report import ProgressEvent, Reporter
 from .rows import PrepReport
@@ -167,6 +168,9 @@ class Recipe:
         hp = self.hp
         set_seed(hp.seed)
         model = load(self.model_path, self.spec, self.tokenizer, self.data.labels)
+        self.pack_classification = self.classification and self.spec.training.packing and packs_classification(model)
+        if self.classification and self.spec.training.packing and not self.pack_classification:
+            self.note_padded_classification(model)
         if hp.neftune_noise_alpha is not None:
             add_neftune(model, hp.neftune_noise_alpha)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -178,6 +182,17 @@ class Recipe:
             num_training_steps=self.plan.total_steps,
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    def note_padded_classification(self, model: Any) -> None:
+        """The prep report says why spec.training.packing does not pack this model's classification rows."""
+        note = (
+            f"spec.training.packing: classification rows are padded, not packed: {type(model).__name__}'s head "
+            "does not pool per-token outputs (kubetune packs decoder classifiers: Llama, Mistral, Qwen2, ...)"
+        )
+        self.prep.warnings.append(note)
+        if self.main:
+            log.warning("data: %s", note)
+            (self.out / "prep_report.json").write_text(json.dumps(self.prep.to_dict(), indent=2))
 
     def resume_or_baseline(self) -> None:
         """Resume from the newest checkpoint of this spec, or evaluate the base model first (saved for a resume)."""
@@ -237,7 +252,10 @@ class Recipe:
             start = state.micro_batches_done if epoch == state.epoch else 0
             state.epoch = epoch
             for first in range(start, self.plan.steps_per_epoch * accumulation, accumulation):
-                batches = [micro_batch(chunks[first + i], self.spec, pad, device) for i in range(accumulation)]
+                batches = [
+                    micro_batch(chunks[first + i], self.spec, pad, device, self.pack_classification)
+                    for i in range(accumulation)
+                ]
                 yield epoch, first, batches
             state.micro_batches_done = 0
 

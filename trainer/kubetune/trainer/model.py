@@ -35,11 +35,11 @@ def load(path: Path, spec: FineTuneJobSpec, tokenizer: Any, labels: list[str] | 
     kwargs = _config_kwargs(path, spec, labels, tokenizer.pad_token_id)
     if spec.method.type == MethodType.QLORA:
         kwargs["quantization_config"] = bnb_config(spec.method)
+    if spec.training.packing:  # plain SDPA for batches without example boundaries (evaluation, padded rows)
+        kwargs["attn_implementation"] = register_packed_attention()
     if spec.task.type == TaskType.CLASSIFICATION:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     else:
-        if spec.training.packing:
-            kwargs["attn_implementation"] = register_packed_attention()
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if spec.training.dropout is not None:
         set_dropout(model, spec.training.dropout)

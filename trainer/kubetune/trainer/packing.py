@@ -36,21 +36,28 @@ def pack(rows: list[Tokenized], max_tokens: int) -> list[list[Tokenized]]:
     return groups
 
 
-def collate_packed(group: list[Tokenized]) -> dict[str, Any]:
-    """One packed row: concatenated ids and labels, position ids restarting per example, no attention mask."""
+def collate_packed(group: list[Tokenized], pad_id: int | None = None, classification: bool = False) -> dict[str, Any]:
+    """One packed row: concatenated ids and labels, position ids restarting per example, no attention mask.
+
+    Classification: the labels are the examples' classes, and ``pool_at`` holds each example's last token that is
+    not ``pad_id`` (the one a padded batch's ``*ForSequenceClassification`` pools; ``pooling`` reads it)."""
     import torch
 
     ids = [t for row in group for t in row[0]]
     labels = [t for row in group for t in row[1]]
     positions = [p for row in group for p in range(len(row[0]))]
+    if classification:
+        labels = [row[1][0] for row in group]
     bounds = [0]
     for row in group:
         bounds.append(bounds[-1] + len(row[0]))
     cu = torch.tensor(bounds, dtype=torch.int32)
     longest = max(len(row[0]) for row in group)
+    extra = {"pool_at": torch.tensor(last_tokens(group, bounds, pad_id))} if classification else {}
     return {
+        **extra,
         "input_ids": torch.tensor([ids]),
-        "labels": torch.tensor([labels]),
+        "labels": torch.tensor(labels if classification else [labels]),
         "position_ids": torch.tensor([positions]),
         "cu_seq_lens_q": cu,
         "cu_seq_lens_k": cu,
@@ -58,6 +65,17 @@ def collate_packed(group: list[Tokenized]) -> dict[str, Any]:
         "max_length_k": longest,
         "use_cache": False,
     }
+
+
+def last_tokens(group: list[Tokenized], bounds: list[int], pad_id: int | None) -> list[int]:
+    """Each example's last position in the packed row whose token is not ``pad_id`` (its first when all are)."""
+    found = []
+    for row, start in zip(group, bounds, strict=False):
+        at = len(row[0]) - 1
+        while at > 0 and row[0][at] == pad_id:
+            at -= 1
+        found.append(start + at)
+    return found
 
 
 def packed_attention(

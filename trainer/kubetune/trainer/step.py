@@ -1,6 +1,6 @@
-"""One optimizer step's arithmetic: a micro-batch collated (packed or padded), its summed cross-entropy (shifted
-tokens or classes, label smoothing), and forward/backward over the step's micro-batches with every target weighing
-the same across micro-batches and ranks."""
+"""One optimizer step's arithmetic: a micro-batch collated (packed or padded, Classification too), its summed
+cross-entropy (shifted tokens or classes, label smoothing), and forward/backward over the step's micro-batches
+with every target weighing the same across micro-batches and ranks."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from kubetune.api.spec import FineTuneJobSpec
 
 from .batches import IGNORE, Tokenized, collate
 from .packing import collate_packed
+from .pooling import packed_class_logits
 
 
 def target_count(batch: dict[str, Any], classification: bool) -> int:
@@ -26,7 +27,10 @@ def summed_loss(model: Any, batch: dict[str, Any], smoothing: float, classificat
     import torch
 
     labels = batch["labels"]
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+    if "pool_at" in batch:  # a packed classification row: the examples' logits from the head's per-token output
+        logits = packed_class_logits(model, batch).float()
+    else:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
     if classification:
         return torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="sum")
     return torch.nn.functional.cross_entropy(
@@ -63,10 +67,14 @@ def accumulate(
     return step_loss, tokens
 
 
-def micro_batch(chunk: list[Tokenized], spec: FineTuneJobSpec, pad: int, device: Any) -> dict[str, Any]:
+def micro_batch(
+    chunk: list[Tokenized], spec: FineTuneJobSpec, pad: int, device: Any, pack_classification: bool = True
+) -> dict[str, Any]:
+    """The chunk's micro-batch: packed when spec.training.packing is on (Classification too, unless the model's
+    head cannot pool packed rows: ``pooling.packs_classification``), else right-padded."""
     classification = spec.task.type == TaskType.CLASSIFICATION
-    if spec.training.packing and not classification:
-        batch = collate_packed(chunk)
+    if spec.training.packing and (pack_classification or not classification):
+        batch = collate_packed(chunk, pad, classification)
     else:
         batch = collate(chunk, pad, classification)
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
