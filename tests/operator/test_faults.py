@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.operator.cluster import Cluster, e2e_job, resumed_from, running_with_checkpoint
+from tests.operator.cluster import Cluster, e2e_job, running_with_checkpoint
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.usefixtures("operator"), pytest.mark.reliability, pytest.mark.slow]
@@ -98,4 +98,5 @@ def test_api_server_and_etcd_restart_mid_run_and_the_status_catches_up(k: Cluste
     print(f"API server and etcd away {away:.1f} s; status at step {step} (was {before}) {catch_up:.1f} s after")
     assert catch_up < 30
     assert status["restarts"] == 0 and sorted(p["metadata"]["name"] for p in k.pods("outage")) == pods
-    assert resumed_from(k, "outage") == 0  # training went on through the outage: nothing restarted
+    logs = "".join(k.node.logs("default", name) for name in pods)
+    assert "resumedFromStep" not in logs  # training went on through the outage: no worker started over
