@@ -24,11 +24,17 @@ CHILD_KINDS = "jobs,services,configmaps,deployments"
 
 
 def accepted_mutants() -> list[dict[str, Any]]:
-    """The mutants pydantic accepts (the fuzz test shows the API server accepts the same), suspended."""
-    docs = []
+    """The mutants pydantic accepts (the fuzz test shows the API server accepts the same), suspended. Long-name
+    mutants share one name of up to 253 characters: each gets its index at the end instead of its last ones, so
+    that every mutant is a job of its own."""
+    docs, names = [], set()
     for mutant in fuzz.mutants(SEED, COUNT):
         if pydantic_verdict(mutant.doc)[0]:
             doc = json.loads(json.dumps(mutant.doc))
+            name, tag = doc["metadata"]["name"], f"-{mutant.index}"
+            if name in names:
+                doc["metadata"]["name"] = name[: len(name) - len(tag)] + tag
+            names.add(doc["metadata"]["name"])
             doc["spec"]["suspend"] = True
             doc["metadata"]["labels"] = {"kubetune.dev/fuzzed": "true"}
             docs.append(doc)
@@ -42,6 +48,7 @@ def accepted_condition(job: dict[str, Any]) -> dict[str, Any] | None:
 def test_the_operator_settles_every_accepted_mutant_without_an_exception(k: Cluster) -> None:
     docs = accepted_mutants()
     names = {d["metadata"]["name"] for d in docs}
+    assert len(names) == len(docs)
     k.cp.kubectl("apply", "-f", "-", input="\n".join(json.dumps(d) for d in docs))
     try:
 
