@@ -198,8 +198,8 @@ def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
     meter = Meter()
     packed = step.collate_packed
 
-    def counting(group: Any) -> dict[str, Any]:
-        batch = packed(group)
+    def counting(group: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        batch = packed(group, *args, **kwargs)
         meter.batches.append((int(batch["input_ids"].numel()), int(batch["input_ids"].numel())))
         return batch
 
