@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.operator.cluster import Cluster, e2e_job, resumed_from, running_with_checkpoint
 from tests.operator.conftest import wait_for
-from tests.operator.test_e2e import Cluster, _resumed_from, _running_with_checkpoint, e2e_job
 from tests.support import containers
 from tests.support.controlplane import ControlPlane
 from tests.support.nodeagent import NodeAgent
@@ -42,7 +42,7 @@ def test_two_workers_in_the_trainer_image_rendezvous_checkpoint_and_resume_after
     name = "in-image"
     k.apply(e2e_job(name).set("spec.training.epochs", 8).build())
 
-    wait_for("a checkpoint", lambda: _running_with_checkpoint(k, name), 600, lambda: k.diagnose(name))
+    wait_for("a checkpoint", lambda: running_with_checkpoint(k, name), 600, lambda: k.diagnose(name))
     worker = next(p for p in k.pods(name) if p["metadata"]["name"].startswith(f"{name}-workers-1-"))
     k.node.kill("default", worker["metadata"]["name"])
     k.wait_condition(name, "Succeeded", timeout=600)
@@ -53,4 +53,4 @@ def test_two_workers_in_the_trainer_image_rendezvous_checkpoint_and_resume_after
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["worldSize"] == 2  # torchrun's two ranks, one per container
     assert (out / "manifest.json").stat().st_uid == IMAGE_USER  # written inside the image, by its user
-    assert _resumed_from(k, name) > 0
+    assert resumed_from(k, name) > 0
