@@ -31,7 +31,8 @@ def accepted_mutants() -> list[dict[str, Any]]:
     for mutant in fuzz.mutants(SEED, COUNT):
         if pydantic_verdict(mutant.doc)[0]:
             doc = json.loads(json.dumps(mutant.doc))
-            name, tag = doc["metadata"]["name"], f"-{mutant.index}"
+            name, tag = own_name(doc["metadata"]["name"]), f"-{mutant.index}"
+            doc["metadata"]["name"] = name
             if name in names:
                 doc["metadata"]["name"] = name[: len(name) - len(tag)] + tag
             names.add(doc["metadata"]["name"])
@@ -41,6 +42,13 @@ def accepted_mutants() -> list[dict[str, Any]]:
     return docs
 
 
+def own_name(name: str) -> str:
+    """The mutant's name with ``opfuzz`` in front of its first characters (``fuzz-7`` -> ``opfuzz-7``, a long
+    name keeps its length): the API-server fuzz test dry-runs the same mutants by their own names, which a job
+    of this test still being deleted would hold."""
+    return f"op{name}" if name.startswith("fuzz-") else "opfuzz" + name[6:]
+
+
 def accepted_condition(job: dict[str, Any]) -> dict[str, Any] | None:
     return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == "Accepted"), None)
 
@@ -48,6 +56,7 @@ def accepted_condition(job: dict[str, Any]) -> dict[str, Any] | None:
 def test_the_operator_settles_every_accepted_mutant_without_an_exception(k: Cluster) -> None:
     docs = accepted_mutants()
     names = {d["metadata"]["name"] for d in docs}
+    mark = k.operator.log_mark()
     assert len(names) == len(docs)
     k.cp.kubectl("apply", "-f", "-", input="\n".join(json.dumps(d) for d in docs))
     try:
@@ -70,9 +79,9 @@ def test_the_operator_settles_every_accepted_mutant_without_an_exception(k: Clus
             else:
                 assert owners[name] == 0, (name, condition)
                 assert condition["reason"] in ("InvalidSpec", "MissingReference") and condition["message"], condition
-        log = k.operator.log()
+        log = k.operator.log_since(mark)
         assert "failed with an exception" not in log, log[-3000:]
         print(f"{len(names)} accepted mutants: {dict(verdicts)}")
         assert verdicts["True SpecValid"] > 0
-    finally:
-        k.cp.kubectl("delete", "ftj", "-l", "kubetune.dev/fuzzed", "--wait=false")
+    finally:  # the operator's finalizers go first: wait, so that later tests find none of these
+        k.cp.kubectl("delete", "ftj", "-l", "kubetune.dev/fuzzed", "--timeout=300s", check=False)

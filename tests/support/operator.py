@@ -94,6 +94,19 @@ class Operator:
                 return float(line.split()[-1])
         return 0.0
 
+    def log_mark(self) -> dict[Path, int]:
+        """Where each of this operator's log files ends now (``log_since`` reads what comes after)."""
+        return {p: p.stat().st_size for p in self.logdir.glob(f"operator-{self.metrics_port}-*")}
+
+    def log_since(self, mark: dict[Path, int]) -> str:
+        """Everything this operator logged after ``mark``, in every process it has run since."""
+        parts = []
+        for path in sorted(self.logdir.glob(f"operator-{self.metrics_port}-*")):
+            with open(path, "rb") as log:
+                log.seek(mark.get(path, 0))
+                parts.append(log.read().decode(errors="replace"))
+        return "\n".join(parts)
+
     def log(self) -> str:
         return "\n".join(
             p.read_text(errors="replace")[-6000:] for p in sorted(self.logdir.glob(f"operator-{self.metrics_port}-*"))
