@@ -28,8 +28,10 @@ REQUIRED_STATUS = {
 
 
 def quick_job(name: str) -> dict[str, Any]:
-    """One worker, two steps, no evaluation: a batch job that costs little more than its process start."""
-    job = e2e_job(name, workers=1).set("spec.training.maxSteps", 2)
+    """One worker, two steps, no evaluation, no checkpoint: a batch job that costs little more than its process
+    start. (A checkpoint would reach status.checkpoint only when the operator reads /progress between it and the
+    job's end: a race, not a field the kills could lose.)"""
+    job = e2e_job(name, workers=1).set("spec.training.maxSteps", 2).set("spec.checkpointing.everySteps", 1000)
     return job.set("spec.evaluation", {"enabled": False, "baseline": False}).build()
 
 
