@@ -8,6 +8,10 @@ its default best-fit-decreasing packing with padding-free batches) and ``kubetun
 same model on the same rows with the same LoRA, optimizer, schedule, batch size and seed. Figures count only the
 steps after the warm-up: real (non-padding) input tokens per second, padding waste (padding / all positions
 computed), the mean loss of the last steps, and the process's peak RSS.
+
+The classification profile (``config["task"] == "classification"``) trains a sequence classifier (LoRA, the
+``score`` head trained in full) on labelled rows: ``hf`` and ``hf-grouped`` with padded batches, ``kubetune`` with
+packed ones (``kubetune.trainer.pooling``); each then reports its accuracy on the same held-out rows.
 """
 
 from __future__ import annotations
@@ -57,22 +61,27 @@ def encode(texts: list[str], tokenizer: Any) -> list[tuple[list[int], list[int]]
     return rows
 
 
-def lora_model(config: dict[str, Any]) -> Any:
-    """The benchmark's model in FP32 with LoRA on all linear layers, seeded: the HF and TRL arms' common start."""
-    import torch
+def with_lora(config: dict[str, Any], model: Any, task_type: str) -> Any:
+    """``model`` with the benchmark's LoRA on all linear layers (PEFT trains a classifier's head in full)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(config["seed"])
-    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32)
     lora = LoraConfig(
         r=config["lora_rank"],
         lora_alpha=config["lora_alpha"],
         lora_dropout=0.0,
         target_modules="all-linear",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, lora)
+
+
+def lora_model(config: dict[str, Any]) -> Any:
+    """The benchmark's model in FP32 with LoRA on all linear layers, seeded: the HF and TRL arms' common start."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(config["seed"])
+    return with_lora(config, AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.float32), "CAUSAL_LM")
 
 
 def shared_arguments(config: dict[str, Any]) -> dict[str, Any]:
@@ -110,9 +119,97 @@ def timing(meter: Meter) -> Any:
     return Timing()
 
 
+def labelled(config: dict[str, Any], key: str, tokenizer: Any) -> list[tuple[list[int], int]]:
+    """(input ids, class index) of the rows of ``config[key]``, encoded as kubetune encodes Classification rows:
+    BOS (when the tokenizer has one) and the text, no EOS."""
+    start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    rows = []
+    for line in Path(config[key]).read_text().splitlines():
+        row = json.loads(line)
+        ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+        rows.append((start + ids, config["labels"].index(row["label"])))
+    return rows
+
+
+def classifier(config: dict[str, Any], pad: int) -> Any:
+    """The benchmark's model as a sequence classifier in FP32, LoRA on all linear layers, seeded."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(config["seed"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        config["model"], num_labels=len(config["labels"]), pad_token_id=pad, dtype=torch.float32
+    )
+    return with_lora(config, model, "SEQ_CLS")
+
+
+def padded(rows: list[tuple[list[int], int]], pad: int) -> dict[str, Any]:
+    """A right-padded classification batch with its attention mask."""
+    import torch
+
+    longest = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), longest), pad)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, (ids, _) in enumerate(rows):
+        input_ids[i, : len(ids)], mask[i, : len(ids)] = torch.tensor(ids), 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": torch.tensor([label for _, label in rows])}
+
+
+def accuracy(model: Any, rows: list[tuple[list[int], int]], pad: int) -> float:
+    """Share of ``rows`` whose argmax class is their label (padded batches of 16, no dropout)."""
+    import torch
+
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for start in range(0, len(rows), 16):
+            batch = padded(rows[start : start + 16], pad)
+            labels = batch.pop("labels")
+            right += int((model(**batch).logits.argmax(-1) == labels).sum())
+    return right / len(rows)
+
+
+def train_with_trainer(
+    config: dict[str, Any], model: Any, rows: list[dict[str, Any]], collate: Any, meter: Meter, grouped: bool
+) -> None:
+    """transformers' Trainer over ``rows`` with the shared arguments, in random or length-grouped order."""
+    from transformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=config["batch_size"],
+            **shared_arguments(config),
+            remove_unused_columns=False,
+            train_sampling_strategy="group_by_length" if grouped else "random",
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[timing(meter)])
+        trainer.train()
+
+
+def run_hf_classification(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    meter = Meter()
+    tokenizer = AutoTokenizer.from_pretrained(config["model"])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = [{"input_ids": ids, "labels": label} for ids, label in labelled(config, "data", tokenizer)]
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        out = padded([(r["input_ids"], r["labels"]) for r in batch], pad)
+        meter.batches.append((int(out["attention_mask"].sum()), out["input_ids"].numel()))
+        return out
+
+    model = classifier(config, pad)
+    train_with_trainer(config, model, rows, collate, meter, grouped)
+    figures = meter.figures(config["warmup"])
+    figures["accuracy"] = accuracy(model, labelled(config, "test_data", tokenizer), pad)
+    return figures
+
+
 def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import torch
-    from transformers import AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoTokenizer
 
     meter = Meter()
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
@@ -132,16 +229,7 @@ def run_hf(config: dict[str, Any], grouped: bool) -> dict[str, Any]:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
     model = lora_model(config)
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out,
-            per_device_train_batch_size=config["batch_size"],
-            **shared_arguments(config),
-            remove_unused_columns=False,
-            train_sampling_strategy="group_by_length" if grouped else "random",
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[timing(meter)])
-        trainer.train()
+    train_with_trainer(config, model, rows, collate, meter, grouped)
     return meter.figures(config["warmup"])
 
 
@@ -211,6 +299,7 @@ def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
             meter.losses.append(event.loss)
 
     root = Path(config["data"]).parent
+    classification = config.get("task") == "classification"
     doc = {
         "apiVersion": "kubetune.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -250,15 +339,25 @@ def run_kubetune(config: dict[str, Any]) -> dict[str, Any]:
             "checkpointing": {"everySteps": 10**6},
         },
     }
+    if classification:
+        test = {"name": "test", "pvc": {"claimName": "bench", "path": Path(config["test_data"]).name}, "usage": "Test"}
+        doc["spec"]["data"]["datasets"][0]["usage"] = "Train"
+        doc["spec"]["data"] |= {"format": "Classification", "datasets": [doc["spec"]["data"]["datasets"][0], test]}
+        doc["spec"]["data"]["split"] = {"seed": config["seed"]}  # every row is Train or Test: nothing to split
+        doc["spec"]["task"] = {"type": "Classification", "labels": config["labels"]}
+        doc["spec"]["evaluation"] = {"enabled": True, "baseline": False}
     job = parse_job(doc)
     with tempfile.TemporaryDirectory() as out:
-        loop.train(
+        metrics = loop.train(
             job,
             Volumes(claims={"bench": root, "models": Path(config["model"]).parent}),
             Path(out),
             Timing(enabled=True),
         )
-    return meter.figures(config["warmup"])
+    figures = meter.figures(config["warmup"])
+    if classification:
+        figures["accuracy"] = metrics["test"]["accuracy"]
+    return figures
 
 
 def main() -> None:
@@ -271,6 +370,8 @@ def main() -> None:
         figures = run_kubetune(config)
     elif arm == "trl-packed":
         figures = run_trl(config)
+    elif config.get("task") == "classification":
+        figures = run_hf_classification(config, grouped=arm == "hf-grouped")
     else:
         figures = run_hf(config, grouped=arm == "hf-grouped")
     print(json.dumps({"arm": arm, **figures}))
