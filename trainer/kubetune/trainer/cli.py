@@ -51,6 +51,8 @@ from .remote import upload
 from .report import ProgressEvent, Reporter
 from .runtime import record_exit_code, supervise, torchrun_command
 
+LOCAL_COMMANDS = ("run", "prepare")
+"""Commands run by hand on this machine (quiet logs, no metrics port, claims from --volume), not in a pod."""
 RUN_FILES: tuple[str, ...] = (
     "checkpoints",
     "best",
@@ -78,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         ("prepare", "prepare a FineTuneJob's data only: prep_report.json and a summary"),
     ):
         command = sub.add_parser(name, help=text)
-        command.add_argument("manifest", type=Path, nargs=None if name in ("run", "prepare") else "?")
+        command.add_argument("manifest", type=Path, nargs=None if name in LOCAL_COMMANDS else "?")
         command.add_argument("--output", type=Path, help="output directory (default: runs/<name> or spec.output)")
         command.add_argument(
             "--volume",
@@ -90,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--metrics-port",
             type=int,
-            default=int(os.environ.get("KUBETUNE_METRICS_PORT", "0" if name in ("run", "prepare") else "9400")),
+            default=int(os.environ.get("KUBETUNE_METRICS_PORT", "0" if name in LOCAL_COMMANDS else "9400")),
             help="serve /metrics and /progress on this port on rank 0 (0: off)",
         )
         if name == "serve":
@@ -126,7 +128,7 @@ def read_manifest(path: Path | None) -> tuple[FineTuneJob, dict[str, dict[str, s
 def output_dir(job: FineTuneJob, args: argparse.Namespace, volumes: Volumes) -> Path:
     if args.output is not None:
         return Path(args.output)
-    if args.command in ("run", "prepare"):
+    if args.command in LOCAL_COMMANDS:
         return Path("runs") / job.name
     if job.spec.output is not None and job.spec.output.pvc is not None:
         return volumes.pvc(job.spec.output.pvc)
@@ -169,7 +171,7 @@ def quiet_third_party() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    local = args.command in ("run", "prepare")
+    local = args.command in LOCAL_COMMANDS
     logging.basicConfig(level=logging.WARNING if local else logging.INFO, format="%(message)s")
     quiet_third_party()
     code = _exit_code(args)
@@ -204,7 +206,7 @@ def _main(args: argparse.Namespace) -> int:
         print(" ".join(command), file=sys.stderr, flush=True)
         return supervise(command, job.spec.training.step_timeout_seconds)
     claims = {k: Path(v) for k, v in (item.split("=", 1) for item in args.volume)}
-    volumes = Volumes(claims=claims) if args.command in ("run", "prepare") or claims else Volumes.in_pod()
+    volumes = Volumes(claims=claims) if args.command in LOCAL_COMMANDS or claims else Volumes.in_pod()
     volumes.config_maps = config_maps
     volumes.credentials = credentials.slots(job.spec)
     volumes.hub_tokens = credentials.hub_tokens(job.spec)

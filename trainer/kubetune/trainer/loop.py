@@ -168,8 +168,9 @@ class Recipe:
         hp = self.hp
         set_seed(hp.seed)
         model = load(self.model_path, self.spec, self.tokenizer, self.data.labels)
-        self.pack_classification = self.classification and self.spec.training.packing and packs_classification(model)
-        if self.classification and self.spec.training.packing and not self.pack_classification:
+        packing_classes = self.classification and self.spec.training.packing
+        self.pack_classification = packing_classes and packs_classification(model)
+        if packing_classes and not self.pack_classification:
             self.note_padded_classification(model)
         if hp.neftune_noise_alpha is not None:
             add_neftune(model, hp.neftune_noise_alpha)
