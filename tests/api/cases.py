@@ -89,6 +89,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("name-too-long", JobBuilder(name="x" * 60).build(), "metadata.name must be at most 52"),
     ("cpu-not-a-quantity", JobBuilder().set("spec.resources.cpu", "two").build(), "spec.resources.cpu"),
+    ("negative-integer-cpu", JobBuilder().set("spec.resources.cpu", -1).build(), "spec.resources.cpu"),
+    ("negative-integer-memory", JobBuilder().set("spec.resources.memory", -2).build(), "spec.resources.memory"),
     (
         "duplicate-dataset-names",
         JobBuilder().set("spec.data.datasets[1]", {"name": "train", "uri": "s3://b/x"}).build(),

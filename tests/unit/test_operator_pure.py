@@ -247,6 +247,8 @@ def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
         "bestStep": 30,
         "lastValidationMetric": 1.1,
         "deliveredStep": 30,
+        "checkpointStep": 40,
+        "checkpointTime": 1_700_000_000.0,
     }
     summary = json.dumps(
         {"phase": "Succeeded", "steps": 40, "test": {"loss": 1.2}, "baseline": {"loss": 3.4}, "final": final}
@@ -262,6 +264,9 @@ def test_success_reads_test_metrics_from_rank_0s_termination_message() -> None:
         1.1,
     )
     assert (s.metrics.best_step, s.metrics.delivered_step, s.metrics.last_validation_metric) == (30, 30, 1.1)
+    # the last checkpoint, though no /progress read came between it and the end
+    assert s.checkpoint is not None and (s.checkpoint.step, s.checkpoint.time.timestamp()) == (40, 1_700_000_000.0)
+    assert s.checkpoint.location == "pvc://out/demo/checkpoints/step-00000040"
     assert s.output_location == "pvc://out/demo" and s.completion_time is not None
     assert ("Succeeded", "Completed") in [(t.type, t.reason) for t in transitions]
 

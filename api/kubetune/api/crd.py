@@ -61,13 +61,13 @@ class _Converter:
                 return {**self.node(branches[0]), **self._plain(node)}
             types = sorted(b.get("type", "") for b in branches)
             if types == ["integer", "string"]:
-                # Structural schemas allow exactly this anyOf; value validations of the string branch
-                # (pattern, maxLength) move up a level, where they apply to strings only.
-                string = next(b for b in branches if b.get("type") == "string")
+                # Structural schemas allow exactly this anyOf; value validations of the branches (the string's
+                # pattern and maxLength, the integer's minimum) move up a level, where each applies to its own type.
+                moved = {k: v for b in branches for k, v in self._plain(b).items() if k != "type"}
                 return {
                     "x-kubernetes-int-or-string": True,
                     "anyOf": [{"type": "integer"}, {"type": "string"}],
-                    **{k: v for k, v in self._plain(string).items() if k != "type"},
+                    **moved,
                     **self._plain(node),
                 }
             raise ValueError(f"unsupported union in CRD schema: {node}")

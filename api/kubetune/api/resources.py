@@ -33,7 +33,8 @@ IMAGE_RULE = Rule(
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 MAX_SECONDS = 2**31 - 1
 """The most seconds a duration field takes (68 years; the Kubernetes int32 limit)."""
-Quantity = int | Annotated[str, Field(max_length=64, pattern=QUANTITY)]
+Quantity = Annotated[int, Field(ge=0)] | Annotated[str, Field(max_length=64, pattern=QUANTITY)]
+"""A Kubernetes quantity: a non-negative integer, or a string such as "500m", "1.5" or "8Gi"."""
 
 
 RESERVED_ENV = (

@@ -126,6 +126,10 @@ class FinalFigures(WireModel):
     best_step: int | None = None
     last_validation_metric: float | None = None
     delivered_step: int | None = None
+    checkpoint_step: int | None = None
+    """The last checkpoint written, so ``status.checkpoint`` does not depend on the operator reading
+    ``/progress`` between that checkpoint and the run's end."""
+    checkpoint_time: float | None = None
 
 
 class TrainerSummary(Verdicts):

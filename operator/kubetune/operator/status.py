@@ -127,6 +127,8 @@ def _succeeded(
         )
     if summary.final is not None:
         status.metrics = _final_metrics(status.metrics, summary.final)
+        written = _checkpoint(job, final.checkpoint_step, final.checkpoint_time, now)
+        status.checkpoint = written or status.checkpoint
     finished = children.time(counts.get("completionTime")) or children.time(done.get("lastTransitionTime"))
     status.completion_time = finished or now
     text = message(Reason.COMPLETED, status.output_location)
@@ -259,21 +261,25 @@ def _progress(
         best_validation_metric=report.best_validation_metric,
         best_step=report.best_step,
     )
-    checkpoint = previous.checkpoint
-    out = job.spec.output
-    if report.checkpoint_step and out is not None and out.pvc is not None:
-        written = report.checkpoint_time
-        checkpoint = CheckpointStatus(
-            step=report.checkpoint_step,
-            location=f"{output_location(job)}/checkpoints/step-{report.checkpoint_step:08d}",
-            time=datetime.fromtimestamp(written, now.tzinfo) if written else now,
-        )
+    checkpoint = _checkpoint(job, report.checkpoint_step, report.checkpoint_time, now) or previous.checkpoint
     return progress, metrics, checkpoint
+
+
+def _checkpoint(job: FineTuneJob, step: int | None, written: float | None, now: datetime) -> CheckpointStatus | None:
+    """The checkpoint of ``step`` (written at Unix time ``written``) when the run keeps its output on a claim."""
+    out = job.spec.output
+    if not step or out is None or out.pvc is None:
+        return None
+    return CheckpointStatus(
+        step=step,
+        location=f"{output_location(job)}/checkpoints/step-{step:08d}",
+        time=datetime.fromtimestamp(written, now.tzinfo) if written else now,
+    )
 
 
 def _final_metrics(previous: LatestMetrics | None, final: FinalFigures) -> LatestMetrics:
     """The latest metrics updated with the last step's figures from rank 0's final summary."""
-    update = final.model_dump(exclude_none=True, exclude={"epoch"})
+    update = final.model_dump(exclude_none=True, exclude={"epoch", "checkpoint_step", "checkpoint_time"})
     return (previous or LatestMetrics()).model_copy(update=update)
 
 
