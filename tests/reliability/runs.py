@@ -5,11 +5,9 @@ checkpoint) measured against an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import yaml
 
 from tests.support import faults
 from tests.support.builders import JobBuilder
+from tests.support.cli import kubetune
 from tests.support.paths import ROOT
 
 DATA = ROOT / "examples" / "data"
@@ -40,18 +39,9 @@ def two_rank_job(name: str, max_steps: int, checkpoint_every: int) -> JobBuilder
 
 def launch(manifest: Path, out: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """``kubetune launch`` with two ranks (NPROC_PER_NODE=2); the finished process and its seconds."""
-    path = os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer", ""))
     argv = ["launch", str(manifest), f"--volume=data={DATA}", f"--output={out}", "--metrics-port=0"]
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "kubetune.trainer", *argv],
-        env={**os.environ, "PYTHONPATH": path, "NPROC_PER_NODE": "2", **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        check=False,
-    )
+    done = kubetune(*argv, env={"NPROC_PER_NODE": "2", **env})
     return done, time.monotonic() - started
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import traceback
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ import pytest
 
 from kubetune.trainer.cli import main
 from tests.reliability import hostile
-from tests.support.paths import ROOT
+from tests.support.cli import kubetune
 
 pytestmark = pytest.mark.reliability
 SEED, PER_KIND = 20, 3
@@ -64,17 +62,8 @@ def test_every_corrupted_file_trains_naming_dropped_rows_or_fails_with_78(
 
 def test_a_real_process_exits_78_naming_the_row_without_a_traceback(model_cache: Path, tmp_path: Path) -> None:
     item = next(i for i in hostile.corrupted(SEED, 1) if i.kind == "truncatedJson")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))}
     manifest = hostile.manifest(item, tmp_path)
-    command = ["prepare", str(manifest), "--output", str(tmp_path / "out"), f"--volume=data={tmp_path}"]
-    done = subprocess.run(
-        [sys.executable, "-m", "kubetune.trainer", *command],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    done = kubetune("prepare", str(manifest), "--output", str(tmp_path / "out"), f"--volume=data={tmp_path}")
     verdict = hostile.judge(item, done.returncode, done.stderr, None)
     assert verdict.ok, verdict.problems
     assert done.stderr.startswith("error: spec.data.datasets[0] (truncatedJson-0.jsonl): row ")

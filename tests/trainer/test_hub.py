@@ -5,10 +5,8 @@ listings, truncated downloads and a full disk leave no half-written model behind
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +17,9 @@ from kubetune.api.sources import HuggingFaceModel
 from kubetune.trainer import hub
 from kubetune.trainer.errors import EXIT_CONFIG, ConfigError
 from kubetune.trainer.tiny import build_tiny_llama
+from tests.support.cli import kubetune
 from tests.support.fakehub import FakeHub, serving
-from tests.trainer.conftest import DATA, ROOT, fast_job
+from tests.trainer.conftest import DATA, fast_job
 
 REPO, TOKEN = "kubetune/tiny-private", "hf_right_token"
 
@@ -48,24 +47,9 @@ def fake_hub(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
 def _run(job: dict, tmp_path: Path, env: dict[str, str], out: str = "out") -> subprocess.CompletedProcess[str]:  # type: ignore[type-arg]
     """A worker (JSON events on stderr) on ``job`` with the test's Hub, the model cache under ``tmp_path``."""
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    paths = os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kubetune.trainer",
-            "worker",
-            str(tmp_path / "job.yaml"),
-            f"--volume=data={DATA}",
-            f"--output={tmp_path / out}",
-            "--metrics-port=0",
-        ],
-        env={**os.environ, "PYTHONPATH": paths, "KUBETUNE_MODEL_CACHE": str(tmp_path / "cache"), **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    job_file, output = str(tmp_path / "job.yaml"), f"--output={tmp_path / out}"
+    cache = {"KUBETUNE_MODEL_CACHE": str(tmp_path / "cache"), **env}
+    return kubetune("worker", job_file, f"--volume=data={DATA}", output, "--metrics-port=0", env=cache)
 
 
 def hub_job(revision: str = "main") -> dict:  # type: ignore[type-arg]

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import ROOT
+from tests.support.cli import PYTHONPATH
 
 WORKER = Path(__file__).with_name("loss_weighting_worker.py")
 
 
 def _gradients(model_dir: Path, out: Path, groups: int, world: int = 1) -> dict[str, list[float]]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     if world == 1:
         command = [sys.executable, str(WORKER)]
     else:

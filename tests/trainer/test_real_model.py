@@ -15,16 +15,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.support import faults
+from tests.support import cli, faults
 from tests.support.builders import JobBuilder
-from tests.trainer.conftest import DATA, ROOT
+from tests.trainer.conftest import DATA
 
 MODEL = "smollm2-135m-instruct"
 CACHE = Path(os.environ.get("KUBETUNE_REAL_MODEL_CACHE", Path.home() / ".cache" / "kubetune" / "models"))
@@ -93,19 +92,7 @@ def real_job(name: str, path: str = "instructions.jsonl") -> JobBuilder:
 
 
 def kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        **os.environ,
-        "KUBETUNE_MODEL_CACHE": str(CACHE),
-        "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer", "")),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "kubetune.trainer", *args],
-        env={**full_env, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        cwd=ROOT,
-    )
+    return cli.kubetune(*args, env={"KUBETUNE_MODEL_CACHE": str(CACHE), **(env or {})}, timeout=1200)
 
 
 def run(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from kubetune.api.wire import TrainerSummary
 from kubetune.trainer.errors import EXIT_CONFIG, EXIT_DIVERGED
 from kubetune.trainer.report import ProgressEvent, Reporter
 from tests.support import faults
+from tests.support.cli import kubetune
 from tests.trainer.conftest import DATA, ROOT, Runner, fast_job
 
 
@@ -188,18 +187,6 @@ def test_an_exploding_loss_stops_the_run_as_diverged(run_job: Runner, capsys: py
     assert "training diverged" in err and "spec.training.learningRate" in err
 
 
-def _kubetune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer", ""))}
-    return subprocess.run(
-        [sys.executable, "-m", "kubetune.trainer", *args],
-        env={**full_env, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-
-
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
     job = fast_job("resume").set("spec.checkpointing", {"everySteps": 4, "keep": 2})
@@ -208,16 +195,16 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.build()))
     common = [str(tmp_path / "job.yaml"), f"--volume=data={DATA}"]
 
-    straight = _kubetune("worker", *common, f"--output={tmp_path / 'straight'}", "--metrics-port=0")
+    straight = kubetune("worker", *common, f"--output={tmp_path / 'straight'}", "--metrics-port=0")
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    killed = _kubetune(
+    killed = kubetune(
         "worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0", env=faults.kill_after(10)
     )
     assert killed.returncode == -signal.SIGKILL
     checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert checkpoints == ["step-00000004", "step-00000008"], "kept 2, none half-written"
-    resumed = _kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0")
+    resumed = kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert '"resumedFromStep": 8' in resumed.stderr
 
@@ -225,7 +212,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     assert [r["step"] for r in b["history"]["train"]] == list(range(1, 21))
     assert abs(a["history"]["train"][-1]["loss"] - b["history"]["train"][-1]["loss"]) < 1e-4
     assert abs(a["test"]["loss"] - b["test"]["loss"]) < 1e-4
-    again = _kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0")
+    again = kubetune("worker", *common, f"--output={tmp_path / 'killed'}", "--metrics-port=0")
     assert again.returncode == 0 and "already holds the finished run" in again.stderr
 
 
@@ -233,7 +220,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
 def test_two_ranks_on_cpu_with_torchrun(tmp_path: Path) -> None:
     job = fast_job("ddp").set("spec.training.maxSteps", 6).set("spec.checkpointing.everySteps", 3)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.build()))
-    result = _kubetune(
+    result = kubetune(
         "launch",
         str(tmp_path / "job.yaml"),
         f"--volume=data={DATA}",
@@ -262,7 +249,7 @@ def test_fsdp_on_two_cpu_ranks_shards_trains_like_ddp_and_resumes_after_a_kill(t
 
     def launch(name: str, out: str, **env: str) -> subprocess.CompletedProcess[str]:
         manifest, output = tmp_path / f"{name}.yaml", tmp_path / out
-        return _kubetune(
+        return kubetune(
             "launch",
             str(manifest),
             f"--volume=data={DATA}",

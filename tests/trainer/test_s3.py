@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +17,9 @@ from kubetune.trainer import remote
 from kubetune.trainer.errors import EXIT_CONFIG
 from kubetune.trainer.tiny import build_tiny_llama
 from tests.support import s3server
+from tests.support.cli import kubetune
 from tests.support.s3server import S3Server
-from tests.trainer.conftest import DATA, ROOT, fast_job
+from tests.trainer.conftest import DATA, fast_job
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +48,17 @@ def s3_job(server: S3Server, name: str = "s3", model: str = "s3://models/tiny") 
 def _run(job: dict, tmp_path: Path, server: S3Server, secret: str | None = None) -> subprocess.CompletedProcess[str]:  # type: ignore[type-arg]
     """A worker on ``job`` with the Secret's keys where the operator puts them (slot 0)."""
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    paths = os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))
     keys = {
         "KUBETUNE_CREDENTIALS_0_AWS_ACCESS_KEY_ID": server.key_id,
         "KUBETUNE_CREDENTIALS_0_AWS_SECRET_ACCESS_KEY": secret or server.secret,
     }
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kubetune.trainer",
-            "worker",
-            str(tmp_path / "job.yaml"),
-            f"--output={tmp_path / 'out'}",
-            "--metrics-port=0",
-        ],
-        env={**os.environ, "PYTHONPATH": paths, "TMPDIR": str(tmp_path), **keys},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
+    out = tmp_path / "out"
+    return kubetune(
+        "worker",
+        str(tmp_path / "job.yaml"),
+        f"--output={out}",
+        "--metrics-port=0",
+        env={"TMPDIR": str(tmp_path), **keys},
     )
 
 
