@@ -14,8 +14,9 @@ import yaml
 
 from kubetune.trainer.errors import EXIT_REGRESSED
 from tests.support import faults
+from tests.support.cli import kubetune
 from tests.trainer.conftest import DATA, ROOT, Runner, fast_job
-from tests.trainer.test_runs import _kubetune, metrics
+from tests.trainer.test_runs import metrics
 
 WORD_TASKS = ("How many letters", "Spell the word", "Give the opposite", "Write the word")
 
@@ -155,10 +156,10 @@ def test_stages_run_in_order_and_a_failed_stage_resumes_from_its_own_checkpoint(
     manifest.write_text(yaml.safe_dump(job.build()))
     common = [str(manifest), f"--volume=data={split_data}", f"--output={split_data / 'o'}", "--metrics-port=0"]
 
-    killed = _kubetune("worker", *common, env=faults.kill_after(5))
+    killed = kubetune("worker", *common, env=faults.kill_after(5))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (split_data / "o" / "stages" / "domain" / "manifest.json").exists(), "the first stage finished"
-    resumed = _kubetune("worker", *common)
+    resumed = kubetune("worker", *common)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert '"resumedFromStep": 4' in resumed.stderr, "the second stage resumed from its own checkpoint"
 
