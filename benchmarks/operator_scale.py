@@ -223,7 +223,8 @@ def run_batch(
         list(pool.map(apply, names))
     deadline = time.monotonic() + max(120, count)
     cpu_after: float | None = None
-    while len([n for n in names if n in pods_seen]) < count and time.monotonic() < deadline:
+    # Both watches must have seen a job's children: they are two threads, and the pods' may run ahead of the Jobs'.
+    while not all(n in pods_seen and n in jobs_seen for n in names) and time.monotonic() < deadline:
         if cpu_after is None and all(n in jobs_seen for n in names):
             cpu_after, _ = process_figures(apiserver)
         time.sleep(0.1)
@@ -313,10 +314,11 @@ def singles(api: Api, count: int) -> tuple[list[float], list[float]]:
         api.post(f"/apis/kubetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs", job(name))
         applied = time.monotonic()
         deadline = applied + 60
-        while name not in pods_seen and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while (name not in pods_seen or name not in jobs_seen) and time.monotonic() < deadline:
+            time.sleep(0.01)  # both watches: the pods' thread may see the pods before the Jobs' sees the Job
         if name not in pods_seen or name not in jobs_seen:
-            raise SystemExit(f"{name} got no pods within 60 s")
+            missing = " and ".join(k for k, seen in (("Job", jobs_seen), ("pods", pods_seen)) if name not in seen)
+            raise SystemExit(f"{name}: no {missing} seen within 60 s")
         to_job.append(jobs_seen[name] - applied)
         to_pods.append(pods_seen[name] - applied)
         time.sleep(0.2)
