@@ -278,8 +278,9 @@ def _checkpoint(job: FineTuneJob, step: int | None, written: float | None, now: 
 
 
 def _final_metrics(previous: LatestMetrics | None, final: FinalFigures) -> LatestMetrics:
-    """The latest metrics updated with the last step's figures from rank 0's final summary."""
-    update = final.model_dump(exclude_none=True, exclude={"epoch", "checkpoint_step", "checkpoint_time"})
+    """The latest metrics updated with the last step's figures from rank 0's final summary (those the metrics
+    have: the epoch and the checkpoint go to status.progress and status.checkpoint)."""
+    update = final.model_dump(exclude_none=True, include=set(LatestMetrics.model_fields))
     return (previous or LatestMetrics()).model_copy(update=update)
 
 
