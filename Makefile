@@ -83,17 +83,23 @@ lint: venv ## ruff, mypy (strict on api and operator), import-linter
 .PHONY: test
 test: ## Everything: set-up, lint, the whole pytest suite on the real control plane
 	# The control-plane build (CPU-bound, ~20 min once) runs beside the venv install (download-bound).
-	bash hack/build-control-plane.sh > .control-plane-build.log 2>&1 & build=$$!
-	bash hack/build-helm.sh > .helm-build.log 2>&1 & helm=$$!
-	bash hack/venv.sh >/dev/null
-	bash hack/moto.sh >/dev/null  # the loopback S3 server of the tests, its own small venv
-	bash hack/model-cache.sh >/dev/null
-	bash hack/images.sh >/dev/null  # both images, built once per tree (tests/images, the podman e2e test)
+	# Each phase says its cost ([phase] lines); docs/dev.md records them for a fresh and a warm machine.
+	start=$$(date +%s)
+	bash hack/phase.sh control-plane bash hack/build-control-plane.sh > .control-plane-build.log 2>&1 & build=$$!
+	bash hack/phase.sh helm bash hack/build-helm.sh > .helm-build.log 2>&1 & helm=$$!
+	bash hack/phase.sh venv bash hack/venv.sh >/dev/null
+	bash hack/phase.sh moto bash hack/moto.sh >/dev/null  # the loopback S3 server of the tests, its own small venv
+	bash hack/phase.sh models bash hack/model-cache.sh >/dev/null
+	bash hack/phase.sh images bash hack/images.sh >/dev/null  # both images, once per tree (tests/images, podman e2e)
 	wait $$build || { cat .control-plane-build.log; exit 1; }
 	wait $$helm || { cat .helm-build.log; exit 1; }
-	export KUBETUNE_BIN_DIR="$$(tail -n 1 .control-plane-build.log)"
-	export KUBETUNE_HELM="$$(tail -n 1 .helm-build.log)"
-	set -a; eval "$$(bash hack/install-tools.sh)"; set +a  # prometheus, promtool, hadolint
-	$(MAKE) --no-print-directory lint
+	grep -h '^\[phase\]' .control-plane-build.log .helm-build.log >&2
+	export KUBETUNE_BIN_DIR="$$(grep -v '^\[phase\]' .control-plane-build.log | tail -n 1)"
+	export KUBETUNE_HELM="$$(grep -v '^\[phase\]' .helm-build.log | tail -n 1)"
+	set -a; eval "$$(bash hack/phase.sh tools bash hack/install-tools.sh)"; set +a  # prometheus, promtool, hadolint
+	bash hack/phase.sh lint $(MAKE) --no-print-directory lint
 	$(PY) -c "import enum, operator; assert operator.add(1, 2) == 3"
-	$(PY) -m pytest $(PYTEST_ARGS)
+	echo "[phase] set-up and lint: $$(( $$(date +%s) - start )) s" >&2
+	# --durations: the 25 slowest; tests/conftest.py fails the run when a test used over half its time limit.
+	bash hack/phase.sh pytest $(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+	echo "[phase] make test: $$(( $$(date +%s) - start )) s" >&2

@@ -15,6 +15,8 @@ from tests.support.controlplane import ControlPlane
 from tests.support.nodeagent import NodeAgent
 from tests.support.paths import ROOT
 
+pytest_plugins = ["tests.support.timebudget"]
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
