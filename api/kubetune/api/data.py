@@ -217,6 +217,12 @@ class Data(ApiModel):
     augmentation: Augmentation | None = Field(
         default=None, description="Augmentation of the training rows (scarce data); off when unset."
     )
+    cache: PVCLocation | None = Field(
+        default=None,
+        description="A directory on a claim where the prepared data (tokenized, split, memory-mapped Arrow) is kept "
+        "and shared by every job that prepares the same data the same way (sweep trials, continuous tuning); "
+        "<output>/.prepared when unset (scratch space for an output.uri).",
+    )
 
     rules = (
         Rule(

@@ -93,6 +93,9 @@ class TrainerProgress(Verdicts):
     phase: str = "Preparing"
     """Preparing, Downloading, EvaluatingBaseModel, Training, Evaluating, Saving, Succeeded or Failed."""
     download: dict[str, Any] | None = None
+    preparation: dict[str, Any] | None = None
+    """While Preparing: ``waitingSeconds`` (another process prepares the data), then ``fingerprint`` and
+    ``reused`` (whether the prepared-data cache already held it)."""
     resumed_from_step: int | None = None
     step: int | None = None
     total_steps: int | None = None

@@ -141,6 +141,8 @@ def volumes_and_mounts(
     volumes: list[dict[str, Any]] = [{"name": "spec", "configMap": {"name": spec_name(job)}}]
     mounts: list[dict[str, Any]] = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}]
     output = {spec.output.pvc.claim_name} if spec.output is not None and spec.output.pvc is not None else set()
+    if spec.data.cache is not None and writable_output:  # the prepared-data cache is written by the workers
+        output.add(spec.data.cache.claim_name)
     writable = output if writable_output else set()
     claims = [spec.model.pvc.claim_name] if spec.model.pvc is not None else []
     claims += [d.pvc.claim_name for d in spec.data.datasets if d.pvc is not None and writable_output]

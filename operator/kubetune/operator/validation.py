@@ -63,6 +63,7 @@ def claims(spec: FineTuneJobSpec, model_cache_claim: str) -> dict[str, str]:
     locations: list[tuple[str, PVCLocation | None]] = [("spec.model.pvc", spec.model.pvc)]
     locations += [(f"spec.data.datasets[{i}].pvc", d.pvc) for i, d in enumerate(spec.data.datasets)]
     locations.append(("spec.output.pvc", spec.output.pvc if spec.output else None))
+    locations.append(("spec.data.cache", spec.data.cache))
     for where, loc in locations:
         if loc is not None:
             named.setdefault(loc.claim_name, f"{where}.claimName")

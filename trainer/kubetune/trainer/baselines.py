@@ -8,6 +8,7 @@ tokens, never the answer.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from kubetune.api.training import FewShot
@@ -18,7 +19,7 @@ from .formats import Example
 SEPARATOR = "\n\n"
 
 
-def shots(train: list[Example], few_shot: FewShot) -> list[Example]:
+def shots(train: Sequence[Example], few_shot: FewShot) -> list[Example]:
     """The k training examples every prompt gets (seeded), in a fixed order."""
     return random.Random(few_shot.seed).sample(train, min(few_shot.k, len(train)))
 

@@ -9,12 +9,13 @@ records token-length percentiles per split.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 from kubetune.api.data import Cleaning
 from kubetune.api.enums import OverLength
 
+from .datacache import TokenRows
 from .formats import Example
 from .rows import PrepReport
 
@@ -33,10 +34,19 @@ def bos(tokenizer: Any, text: str) -> list[int]:
 
 def encode(example: Example, tokenizer: Any, labels: list[str] | None = None) -> Tokenized:
     """Token ids of one example (BOS first, EOS last where the example asks for it) and their labels."""
+    return assemble(example, _encode_texts(tokenizer, [text for text, _ in example.parts]), tokenizer, labels)
+
+
+def _encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids without special tokens, in one batched call (fast tokenizers encode it in Rust)."""
+    return list(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
+
+
+def assemble(example: Example, parts: list[list[int]], tokenizer: Any, labels: list[str] | None = None) -> Tokenized:
+    """One example's ids and labels from its parts' token ids."""
     ids = bos(tokenizer, example.parts[0][0] if example.parts else "")
     targets: list[int] = [IGNORE] * len(ids)
-    for text, trained in example.parts:
-        part = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for (_, trained), part in zip(example.parts, parts, strict=True):
         ids += part
         targets += part if trained else [IGNORE] * len(part)
     if example.eos and tokenizer.eos_token_id is not None:
@@ -47,7 +57,16 @@ def encode(example: Example, tokenizer: Any, labels: list[str] | None = None) ->
     return ids, targets
 
 
-def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> list[Tokenized]:
+def encoded(examples: list[Example], tokenizer: Any, labels: list[str] | None, batch: int = 512) -> Iterator[Tokenized]:
+    """``encode`` of each example, the texts of ``batch`` examples at a time in one tokenizer call."""
+    for start in range(0, len(examples), batch):
+        chunk = examples[start : start + batch]
+        parts = iter(_encode_texts(tokenizer, [text for example in chunk for text, _ in example.parts]))
+        for example in chunk:
+            yield assemble(example, [next(parts) for _ in example.parts], tokenizer, labels)
+
+
+def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> Sequence[Tokenized]:
     """Encoded rows truncated to ``max_len`` (no filters, no report)."""
     return tokenize_split(examples, tokenizer, max_len)[0]
 
@@ -71,13 +90,12 @@ def tokenize_split(
     report: PrepReport | None = None,
     split: str = "",
     labels: list[str] | None = None,
-) -> tuple[list[Tokenized], list[Example]]:
+) -> tuple[Sequence[Tokenized], list[Example]]:
     """Encoded, filtered and truncated rows, and the examples they came from; drops and truncations are counted
     in ``report``."""
     cleaning = cleaning or Cleaning()
-    out, kept, lengths = [], [], []
-    for example in examples:
-        ids, targets = encode(example, tokenizer, labels)
+    out, kept, lengths = ArrowRowsBuilder(), [], []
+    for example, (ids, targets) in zip(examples, encoded(examples, tokenizer, labels), strict=True):
         lengths.append(len(ids))
         reason = _dropped(ids, targets, max_len, cleaning, labels is not None)
         if reason:
@@ -89,13 +107,48 @@ def tokenize_split(
                 report.truncated += 1
             ids = ids[:max_len]
             targets = targets if labels is not None else targets[:max_len]
-        out.append((ids, targets))
+        out.append(ids, targets)
         kept.append(example)
+    rows = out.finish()
     if report is not None and split:
         report.token_lengths[split] = percentiles(lengths)
         report.lengths[split] = lengths
-        report.split_sizes[split] = len(out)
-    return out, kept
+        report.split_sizes[split] = len(rows)
+    return rows, kept
+
+
+class ArrowRowsBuilder:
+    """Tokenized rows gathered as int32 Arrow arrays, ``batch`` rows at a time: 4 bytes a token instead of a
+    Python list's 36, so a split of millions of rows fits where its lists would not."""
+
+    def __init__(self, batch: int = 1024) -> None:
+        self.batch = batch
+        self.ids: list[list[int]] = []
+        self.labels: list[list[int]] = []
+        self.chunks: tuple[list[Any], list[Any]] = ([], [])
+
+    def append(self, ids: list[int], labels: list[int]) -> None:
+        self.ids.append(ids)
+        self.labels.append(labels)
+        if len(self.ids) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.ids:
+            self.chunks[0].append(pa.array(self.ids, type=pa.list_(pa.int32())))
+            self.chunks[1].append(pa.array(self.labels, type=pa.list_(pa.int32())))
+            self.ids, self.labels = [], []
+
+    def finish(self) -> TokenRows:
+        import pyarrow as pa
+
+        self._flush()
+        kind = pa.list_(pa.int32())
+        ids, labels = (pa.concat_arrays(c) if c else pa.array([], type=kind) for c in self.chunks)
+        self.chunks = ([], [])  # one array each, so a row is read from two numpy views
+        return TokenRows(pa.table({"input_ids": ids, "labels": labels}))
 
 
 def percentiles(lengths: list[int]) -> dict[str, int]:
@@ -137,19 +190,18 @@ def order(n: int, seed: int | None) -> list[int]:
 
 
 def batches(
-    rows: list[Tokenized], batch_size: int, pad_id: int, seed: int | None, classification: bool = False
+    rows: Sequence[Tokenized], batch_size: int, pad_id: int, seed: int | None, classification: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Padded batches in a seeded shuffled order (seed None: in order)."""
     for chunk in shard_chunks(rows, batch_size, seed):
         yield collate(chunk, pad_id, classification)
 
 
-def shard_chunks(
-    rows: list[Tokenized], batch_size: int, seed: int | None, rank: int = 0, world: int = 1
-) -> list[list[Tokenized]]:
+def shard_chunks(rows: Sequence[Tokenized], batch_size: int, seed: int | None, rank: int = 0, world: int = 1) -> Chunks:
     """This rank's micro-batches of an epoch: the seeded order cut into global batches of ``batch_size * world``
     rows, each rank taking its slice. Every rank gets the same number of micro-batches (a trailing global batch
-    too small to give each rank a row is left out), so no rank waits forever on the others' gradients.
+    too small to give each rank a row is left out), so no rank waits forever on the others' gradients. The
+    micro-batches hold row indices; a micro-batch's rows are read when it is asked for.
     """
     indices = order(len(rows), seed)
     step = batch_size * world
@@ -159,6 +211,24 @@ def shard_chunks(
         if len(batch) < world:
             break
         share = -(-len(batch) // world)
-        mine = batch[rank * share : (rank + 1) * share] or batch[-1:]
-        out.append([rows[i] for i in mine])
-    return out
+        out.append(batch[rank * share : (rank + 1) * share] or batch[-1:])
+    return Chunks(rows, out)
+
+
+class Chunks(Sequence[list[Tokenized]]):
+    """Micro-batches as lists of row indices into ``rows``; indexing one reads its rows."""
+
+    def __init__(self, rows: Sequence[Tokenized], chunks: list[list[int]]) -> None:
+        self.rows, self.chunks = rows, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @overload
+    def __getitem__(self, index: int) -> list[Tokenized]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[list[Tokenized]]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return [self.rows[i] for i in self.chunks[index]]

@@ -135,6 +135,16 @@ def output_dir(job: FineTuneJob, args: argparse.Namespace, volumes: Volumes) -> 
     return volumes.scratch / "output" / job.name
 
 
+def prepared_root(job: FineTuneJob, volumes: Volumes, out: Path) -> Path:
+    """Where the job's prepared data is cached: spec.data.cache, else beside the outputs (``<out>/.prepared``),
+    in scratch space when the outputs go to a URI (they are uploaded whole)."""
+    if job.spec.data.cache is not None:
+        return volumes.pvc(job.spec.data.cache)
+    if job.spec.output is not None and job.spec.output.uri is not None:
+        return volumes.scratch / "prepared"
+    return out / ".prepared"
+
+
 THIRD_PARTY = ("bitsandbytes", "transformers", "peft", "accelerate", "torch", "huggingface_hub")
 
 
@@ -211,6 +221,7 @@ def _main(args: argparse.Namespace) -> int:
     volumes.credentials = credentials.slots(job.spec)
     volumes.hub_tokens = credentials.hub_tokens(job.spec)
     out = output_dir(job, args, volumes)
+    volumes.prepared = prepared_root(job, volumes, out)
     if args.command == "serve":
         return _serve(job, volumes, out, args)
     if args.command == "prepare":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from kubetune.api.wire import HEADLINE
@@ -74,13 +75,13 @@ def _sum(values: list[float], accelerator: Any) -> list[float]:
     return [float(v) for v in accelerator.reduce(torch.tensor(values, device=accelerator.device), "sum")]
 
 
-def _share(rows: list[Any], accelerator: Any) -> list[Any]:
+def _share(rows: Sequence[Any], accelerator: Any) -> Sequence[Any]:
     if accelerator is None:
         return rows
     return rows[accelerator.process_index :: accelerator.num_processes]
 
 
-def causal_loss(model: Any, rows: list[Tokenized], batch_size: int, pad_id: int, accelerator: Any = None) -> float:
+def causal_loss(model: Any, rows: Sequence[Tokenized], batch_size: int, pad_id: int, accelerator: Any = None) -> float:
     """Mean per-token loss over ``rows`` (no gradients)."""
     import torch
 
@@ -103,7 +104,7 @@ def loss_metrics(loss: float) -> dict[str, float]:
 
 
 def classification(
-    model: Any, rows: list[Tokenized], batch_size: int, pad_id: int, labels: list[str], accelerator: Any = None
+    model: Any, rows: Sequence[Tokenized], batch_size: int, pad_id: int, labels: list[str], accelerator: Any = None
 ) -> dict[str, Any]:
     """Loss, accuracy, macro precision/recall/F1 and the confusion matrix (rows: true label, columns: predicted)."""
     import torch
@@ -225,7 +226,7 @@ def _score(tokenizer: Any, example: Example, new: list[int]) -> tuple[float, flo
 def generation(
     model: Any,
     tokenizer: Any,
-    examples: list[Example],
+    examples: Sequence[Example],
     max_new_tokens: int,
     samples_kept: int = 5,
     max_prompt_tokens: int | None = None,

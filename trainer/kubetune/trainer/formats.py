@@ -7,6 +7,7 @@ which the prep report counts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -42,6 +43,11 @@ class Example:
     def key(self) -> str:
         """What deduplication and the overlap check compare: the lower-cased text and the label."""
         return "\x00".join(text for text, _ in self.parts).lower() + "\x00" + (self.label or "")
+
+    @property
+    def digest(self) -> bytes:
+        """A 16-byte hash of ``key``: what deduplication keeps and what the row's split is drawn from."""
+        return hashlib.blake2b(self.key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
     @classmethod
     def pair(cls, prompt: str, target: str, source: str = "", row: int = 0) -> Example:

@@ -10,11 +10,12 @@ clear error.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kubetune.api import credentials
 from kubetune.api.data import DatasetSource
@@ -48,6 +49,8 @@ class Volumes:
     """Dataset name -> what its Hub download came from (repo, revision, commit), for the manifest."""
     hub_models: dict[str, Path] = field(default_factory=dict)
     """Each Hub model source already resolved and downloaded in this process -> its directory."""
+    prepared: Path | None = None
+    """Where prepared data is cached (``datacache``); None: prepared in memory each time."""
     hub_root: Path | None = None
     """Where Hub models are downloaded: ``<model cache>/hub`` locally, scratch space in a pod (the cache is
     read-only there)."""
@@ -114,17 +117,8 @@ class Volumes:
                 yield chosen.rsplit("/", 1)[-1], (local / chosen).read_bytes()
             return
         if source.pvc is not None:
-            path = self.pvc(source.pvc)
-            if path.is_dir():
-                files = sorted(p for p in path.iterdir() if p.suffix in DATA_SUFFIXES)
-                if not files:
-                    raise ConfigError(f"{where}.pvc.path: directory {path} has no {'/'.join(DATA_SUFFIXES)} files")
-                for file in files:
-                    yield file.name, file.read_bytes()
-                return
-            if not path.exists():
-                raise ConfigError(f"{where}.pvc.path: file {path} does not exist")
-            yield path.name, path.read_bytes()
+            for file in self.dataset_paths(source.pvc, where):
+                yield file.name, file.read_bytes()
             return
         assert source.uri is not None
         fs, key = remote.filesystem(source.uri, f"{where}.uri", self.storage_options(source))
@@ -138,6 +132,28 @@ class Volumes:
                 raise ConfigError(f"{where}.uri: {source.uri} has no {'/'.join(DATA_SUFFIXES)} files")
             for name in names:
                 yield name.rsplit("/", 1)[-1], fs.cat_file(name)
+
+    def dataset_streams(self, source: DatasetSource, where: str) -> Iterator[tuple[str, BinaryIO]]:
+        """(name, open binary file) of each file of a dataset source: files on a claim are opened, not read, so a
+        reader can take them a line at a time; other sources' bytes are read as ``dataset_files`` reads them."""
+        if source.pvc is not None:
+            for file in self.dataset_paths(source.pvc, where):
+                yield file.name, file.open("rb")
+            return
+        for name, raw in self.dataset_files(source, where):
+            yield name, io.BytesIO(raw)
+
+    def dataset_paths(self, location: PVCLocation, where: str) -> list[Path]:
+        """The data files of a claim location: the file, or a directory's data files in name order."""
+        path = self.pvc(location)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in DATA_SUFFIXES)
+            if not files:
+                raise ConfigError(f"{where}.pvc.path: directory {path} has no {'/'.join(DATA_SUFFIXES)} files")
+            return files
+        if not path.exists():
+            raise ConfigError(f"{where}.pvc.path: file {path} does not exist")
+        return [path]
 
     def storage_options(self, location: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
         """fsspec options of an s3:// location: the keys of its credentialsSecretRef (the variables the operator

@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from . import checkpoint, guards, measure, outputs
 from .augment import add_neftune
 from .batches import Tokenized, shard_chunks
 from .checkpoint import TrainerState
+from .datacache import Chain
 from .errors import ConfigError, PreemptedError, RegressedError
 from .hooks import HOOKS
 from .local import Volumes
@@ -52,7 +53,7 @@ class StageContext:
 
     model_path: Path | None = None
     """The previous stage's output, to start from instead of spec.model."""
-    replay: list[Tokenized] = field(default_factory=list)
+    replay: Sequence[Tokenized] = field(default_factory=list)
     """Earlier stages' training rows, mixed in against forgetting."""
     on_data: Callable[[PreparedData], None] | None = None
     """Receives this stage's prepared data (the next stages replay it)."""
@@ -127,7 +128,12 @@ class Recipe:
         self.model_path: Path = model_path
         self.tokenizer = load_tokenizer(self.model_path, spec.model.trust_remote_code)
         self.prep = PrepReport()
-        self.data = prepare_data(spec, self.volumes, self.tokenizer, self.prep)
+        waiting = lambda seconds: reporter.phase("Preparing", preparation={"waitingSeconds": round(seconds)})  # noqa: E731
+        self.data = prepare_data(spec, self.volumes, self.tokenizer, self.prep, waiting)
+        if self.prep.fingerprint:
+            reporter.phase(
+                "Preparing", preparation={"fingerprint": self.prep.fingerprint, "reused": bool(self.prep.reused)}
+            )
         for warning in self.prep.warnings if self.main else []:
             log.warning("data: %s", warning)
         if self.stage.on_data is not None:
@@ -141,7 +147,7 @@ class Recipe:
     def make_plan(self) -> Plan:
         """The epochs' row order (task mixing, replay) and the step counts; the prep report gets the task mix."""
         hp, data, accelerator = self.hp, self.data, self.accelerator
-        replay = data.rows.get("replay", []) + self.stage.replay
+        replay = Chain(data.rows.get("replay", []), self.stage.replay)
         epochs = EpochPlan(self.spec, data.rows["train"], data.tasks["train"], replay, hp.seed)
         self.prep.tasks = epochs.report({name: data.tasks[name] for name in ("train", "validation", "test")})
         if self.main:
@@ -296,7 +302,7 @@ class Recipe:
             save_weights(self.accelerator, self.model, self.out / "best")
         return float(values["loss"])
 
-    def scores(self, rows: list[Tokenized]) -> dict[str, float]:
+    def scores(self, rows: Sequence[Tokenized]) -> dict[str, float]:
         """The validation loss and metric on ``rows``."""
         values = measure.scores(self.spec, self.model, self.tokenizer, rows, self.data, self.accelerator)
         return {key: values[key] for key in ("loss", self.metric_key)}

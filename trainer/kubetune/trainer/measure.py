@@ -6,6 +6,7 @@ run on every rank's share (in lockstep under FSDP); the passkey check runs on ra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kubetune.api import TaskType
@@ -18,7 +19,7 @@ from .prepare import PreparedData
 
 
 def scores(
-    spec: FineTuneJobSpec, model: Any, tokenizer: Any, rows: list[Tokenized], data: PreparedData, accelerator: Any
+    spec: FineTuneJobSpec, model: Any, tokenizer: Any, rows: Sequence[Tokenized], data: PreparedData, accelerator: Any
 ) -> dict[str, Any]:
     """Classification metrics of ``rows``, or their loss (CausalLM); what validation watches."""
     batch, pad = spec.training.per_device_batch_size, tokenizer.pad_token_id
@@ -33,7 +34,7 @@ def test_metrics(
     tokenizer: Any,
     data: PreparedData,
     accelerator: Any,
-    split: tuple[list[Tokenized], list[Example]] | None = None,
+    split: tuple[Sequence[Tokenized], Sequence[Example]] | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics (or those of ``split``'s rows and examples): loss and perplexity plus exact match and
     ROUGE-L, or classification metrics."""

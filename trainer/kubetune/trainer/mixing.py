@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from kubetune.api import DatasetUsage
@@ -19,6 +20,7 @@ from kubetune.api.enums import Mixing
 from kubetune.api.spec import FineTuneJobSpec
 
 from .batches import Tokenized
+from .datacache import Chain, Picked
 from .formats import Example
 
 
@@ -64,9 +66,9 @@ class EpochPlan:
     def __init__(
         self,
         spec: FineTuneJobSpec,
-        rows: list[Tokenized],
+        rows: Sequence[Tokenized],
         tasks: list[str],
-        replay: list[Tokenized],
+        replay: Sequence[Tokenized],
         seed: int,
     ) -> None:
         self.rows, self.tasks, self.replay, self.seed = rows, tasks, replay, seed
@@ -89,16 +91,19 @@ class EpochPlan:
     def __len__(self) -> int:
         return len(self.rows) + self.replay_rows
 
-    def epoch(self, epoch: int) -> list[Tokenized]:
+    def epoch(self, epoch: int) -> Sequence[Tokenized]:
+        """The epoch's rows in draw order, as indices into the training and replay rows (nothing is copied)."""
         rng = random.Random(f"{self.seed}-{epoch}")
+        picked: Sequence[int]
         if self.identity:
-            rows = list(self.rows)
+            picked = range(len(self.rows))
         else:
             by_task: dict[str, list[int]] = {}
             for i, task in enumerate(self.tasks):
                 by_task.setdefault(task, []).append(i)
-            rows = [self.rows[i] for task in sorted(by_task) for i in _draw(by_task[task], self.counts[task], rng)]
-        return rows + [self.replay[i] for i in _draw(list(range(len(self.replay))), self.replay_rows, rng)]
+            picked = [i for task in sorted(by_task) for i in _draw(by_task[task], self.counts[task], rng)]
+        replayed = _draw(list(range(len(self.replay))), self.replay_rows, rng)
+        return Chain(Picked(self.rows, picked), Picked(self.replay, replayed))
 
     def report(self, splits: dict[str, list[str]]) -> dict[str, Any]:
         """The prep report's view of the tasks: rows per split, natural and sampled shares, imbalance."""

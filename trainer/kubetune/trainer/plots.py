@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ SCORES = ("exactMatch", "rougeL", "accuracy", "f1", "passkeyAccuracy")
 
 
 def write(
-    out: Path, name: str, metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, list[int]]
+    out: Path, name: str, metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, Sequence[int]]
 ) -> list[str]:
     """Write the plots and report.html under ``out``; return the plot file names written."""
     import matplotlib
@@ -50,7 +51,7 @@ def _figure(width: float = 6.4, height: float = 3.6, columns: int = 1) -> tuple[
     return plt.subplots(1, columns, figsize=(width, height))
 
 
-def _loss(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, list[int]]) -> Any:
+def _loss(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, Sequence[int]]) -> Any:
     train, validation = metrics["history"]["train"], metrics["history"]["validation"]
     if not train:
         return None
@@ -66,7 +67,7 @@ def _loss(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, li
     return figure
 
 
-def _learning_rate(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, list[int]]) -> Any:
+def _learning_rate(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, Sequence[int]]) -> Any:
     train = metrics["history"]["train"]
     if not train:
         return None
@@ -86,7 +87,7 @@ def columns(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [*found, ("tuned", metrics.get("test") or {})]
 
 
-def _test_metrics(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, list[int]]) -> Any:
+def _test_metrics(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, Sequence[int]]) -> Any:
     import numpy as np
 
     compared = columns(metrics)
@@ -109,7 +110,7 @@ def _test_metrics(metrics: dict[str, Any], report: dict[str, Any], lengths: dict
     return figure
 
 
-def _prep(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, list[int]]) -> Any:
+def _prep(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, Sequence[int]]) -> Any:
     figure, (rows, hist) = _figure(width=10, columns=2)
     kept = {f"kept: {k}": v for k, v in (report.get("splitSizes") or {}).items()}
     dropped = {f"dropped: {k}": v for k, v in (report.get("dropped") or {}).items()}
@@ -118,7 +119,7 @@ def _prep(metrics: dict[str, Any], report: dict[str, Any], lengths: dict[str, li
     rows.invert_yaxis()
     rows.set(xlabel="rows", title="Rows kept and dropped")
     for split, values in lengths.items():
-        if values:
+        if len(values):
             hist.hist(values, bins=30, alpha=0.6, label=split)
     hist.set(xlabel="tokens per row", ylabel="rows", title="Token lengths")
     if lengths:

@@ -12,10 +12,10 @@ import csv
 import hashlib
 import io
 import json
-import random
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from kubetune.api import DatasetUsage, FileFormat
 from kubetune.api.data import Data, DatasetSource
@@ -45,16 +45,33 @@ class PrepReport:
     tasks: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     """Splits too small to measure with, and what to change (``prepare.split_warnings``)."""
-    lengths: dict[str, list[int]] = field(default_factory=dict)
+    lengths: dict[str, Sequence[int]] = field(default_factory=dict)
     """Every row's token count per split, for the report's histogram (not saved in prep_report.json)."""
+    fingerprint: str | None = None
+    """The prepared-data cache's key (``datacache.fingerprint``); None when prepared in memory only."""
+    reused: str | None = None
+    """The key, when this process found the data prepared (by another process, an earlier run or job)."""
 
     def drop(self, reason: str, source: str, row: int) -> None:
         self.dropped[reason] += 1
         if len(self.first_dropped_rows[reason]) < 5:
             self.first_dropped_rows[reason].append(f"{source}:{row}")
 
+    def restore(self, saved: dict[str, Any], lengths: dict[str, Sequence[int]], reused: str | None) -> None:
+        """Take what a prepared-data cache's report says (``to_dict``'s keys), and its token lengths."""
+        self.rows_read, self.dropped = saved["rowsRead"], Counter(saved["dropped"])
+        self.first_dropped_rows = defaultdict(list, saved["firstDroppedRows"])
+        self.truncated, self.multiline_fields = saved["truncated"], saved["multilineFields"]
+        self.split_sizes, self.token_lengths, self.labels = saved["splitSizes"], saved["tokenLengths"], saved["labels"]
+        self.sha256, self.hub, self.augmented = saved["sha256"], saved["hubDatasets"], saved["augmented"]
+        self.warnings, self.lengths = list(saved["warnings"]), lengths
+        self.fingerprint, self.reused = saved.get("fingerprint"), reused
+
     def to_dict(self) -> dict[str, Any]:
+        cache = {"fingerprint": self.fingerprint} if self.fingerprint else {}
         return {
+            **cache,
+            **({"reused": self.reused} if self.reused else {}),
             "rowsRead": self.rows_read,
             "dropped": dict(self.dropped),
             "firstDroppedRows": dict(self.first_dropped_rows),
@@ -77,28 +94,15 @@ def parse_rows(raw: bytes, kind: FileFormat, where: str) -> list[Row]:
         raise ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
     if kind == FileFormat.PARQUET:
         return _parquet_rows(raw, where)
+    if kind == FileFormat.JSONL:
+        return list(_file_rows(io.BytesIO(raw), kind, where, hashlib.sha256()))
     raw = raw.removeprefix(codecs.BOM_UTF8)  # spreadsheets' UTF-8 exports start with one
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         bad = raw[: error.start].count(b"\n") + 1
         raise ConfigError(f"{where}: line {bad} is not valid UTF-8 (re-encode the file as UTF-8)") from error
-    if kind == FileFormat.CSV:
-        return _csv_rows(text, where)
-    rows = []
-    # Only "\n" ends a JSON line: str.splitlines() would also cut at U+2028, U+0085 and \v, which JSON strings
-    # may hold unescaped.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{where}: row {number} is not valid JSON: {error.msg}") from error
-        if not isinstance(row, dict):
-            raise ConfigError(f"{where}: row {number} is not a JSON object")
-        rows.append(row)
-    return rows
+    return _csv_rows(text, where)
 
 
 CSV_FIELD_LIMIT = 1 << 30
@@ -161,33 +165,69 @@ def file_format(source: DatasetSource, name: str) -> FileFormat:
 
 def load(
     source: DatasetSource, volumes: Volumes, where: str, report: PrepReport, columns: dict[str, str] | None = None
-) -> tuple[list[Row], set[int]]:
-    """Every row of one dataset source (a directory is read file by file, in name order), and the numbers
-    (from 1) of CSV rows with a quoted field that spans lines. A file none of whose rows has one of ``columns``
-    (column -> the spec field naming it) is a ConfigError: the wrong file, or a field mapping to fix."""
-    rows: list[Row] = []
-    multiline: set[int] = set()
+) -> Iterator[tuple[Row, bool]]:
+    """Every row of one dataset source (a directory is read file by file, in name order), and whether it is a CSV
+    row with a quoted field that spans lines. JSONL files on a claim are read a line at a time, so a row is held
+    only while it is cleaned. A file none of whose rows has one of ``columns`` (column -> the spec field naming
+    it) is a ConfigError: the wrong file, or a field mapping to fix."""
     digest = hashlib.sha256()
-    for name, raw in volumes.dataset_files(source, where):
-        digest.update(raw)
-        kind = file_format(source, name)
-        parsed = parse_rows(raw, kind, f"{where} ({name})")
-        _check_columns(parsed, columns or {}, f"{where} ({name})")
-        if kind == FileFormat.CSV:
-            multiline |= {len(rows) + number for number, row in enumerate(parsed, start=1) if _spans_lines(row)}
-        rows.extend(parsed)
+    count = 0
+    for name, handle in volumes.dataset_streams(source, where):
+        kind, label = file_format(source, name), f"{where} ({name})"
+        present: set[str] = set()
+        with handle:
+            for row in _file_rows(handle, kind, label, digest):
+                present.update(row)
+                spans = kind == FileFormat.CSV and _spans_lines(row)
+                report.multiline_fields += spans
+                count += 1
+                yield row, spans
+        _check_columns(present, columns or {}, label)
     report.sha256[source.name] = digest.hexdigest()
     if source.name in volumes.hub_datasets:
         report.hub[source.name] = volumes.hub_datasets[source.name]
-    report.rows_read[source.name] = len(rows)
-    report.multiline_fields += len(multiline)
-    return rows, multiline
+    report.rows_read[source.name] = count
 
 
-def _check_columns(rows: list[Row], columns: dict[str, str], where: str) -> None:
-    present = set().union(*(row.keys() for row in rows)) if rows else set()
+def _file_rows(handle: BinaryIO, kind: FileFormat, where: str, digest: Any) -> Iterator[Row]:
+    """The rows of one open file: JSONL line by line, CSV and Parquet whole (``parse_rows``)."""
+    if kind != FileFormat.JSONL:
+        raw = handle.read()
+        digest.update(raw)
+        yield from parse_rows(raw, kind, where)
+        return
+    blank = True
+    for number, line in enumerate(handle, start=1):  # a binary file's lines end at b"\n" only, as JSON lines do
+        digest.update(line)
+        blank = blank and not line.strip()
+        # spreadsheets' UTF-8 exports start with a BOM
+        row = _json_row(line.removeprefix(codecs.BOM_UTF8) if number == 1 else line, number, where)
+        if row is not None:
+            yield row
+    if blank:
+        raise ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
+
+
+def _json_row(line: bytes, number: int, where: str) -> Row | None:
+    """One JSONL line's row (None for a blank line); bad UTF-8, bad JSON or a non-object is a ConfigError."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{where}: line {number} is not valid UTF-8 (re-encode the file as UTF-8)") from error
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{where}: row {number} is not valid JSON: {error.msg}") from error
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: row {number} is not a JSON object")
+    return row
+
+
+def _check_columns(present: set[str], columns: dict[str, str], where: str) -> None:
     for column, spec_field in columns.items():
-        if rows and column not in present:
+        if present and column not in present:
             found = ", ".join(sorted(map(str, present))[:20]) or "none"
             raise ConfigError(
                 f"{where}: row 1 has no column {column!r} ({spec_field}), nor does any other row; "
@@ -204,8 +244,10 @@ def examples_by_split(
 ) -> dict[str, list[Example]]:
     """Load, clean, deduplicate and split every dataset; returns examples by split name.
 
-    Rows of General datasets (the forgetting guard's) become two more splits: ``retention`` (a seeded
-    ``retention_ratio`` of them, held out) and ``replay`` (the rest, mixed into training).
+    A row's split is drawn from a seeded hash of its content (``split_of``), so a dataset with rows added keeps
+    every earlier row in its split. Rows of General datasets (the forgetting guard's) become two more splits:
+    ``retention`` (held out, a ``retention_ratio`` share by the same kind of draw) and ``replay`` (the rest, mixed
+    into training).
     """
     pools = _pools(data, volumes, report, chat)
     splits = _split(pools.pop("pool"), pools, data)
@@ -213,67 +255,92 @@ def examples_by_split(
         _drop_overlap(splits, report)
     if not splits["train"]:
         raise ConfigError("spec.data: no training rows are left after cleaning and the split")
-    if pools["general"]:
-        general = pools["general"]
-        random.Random(data.split.seed).shuffle(general)
-        held_out = max(1, round(len(general) * retention_ratio))
-        splits["retention"], splits["replay"] = general[:held_out], general[held_out:]
+    if general := pools["general"]:
+        draws = [draw(example.digest, data.split.seed, "retention") for example in general]
+        held = [d < retention_ratio for d in draws]
+        if not any(held):  # at least one retention row, as a shuffled cut gave
+            held[draws.index(min(draws))] = True
+        splits["retention"] = [e for e, h in zip(general, held, strict=True) if h]
+        splits["replay"] = [e for e, h in zip(general, held, strict=True) if not h]
     report.split_sizes = {name: len(rows) for name, rows in splits.items()}
     return splits
 
 
 def _pools(data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer | None) -> dict[str, list[Example]]:
-    """Every dataset's clean, deduplicated examples, by where they go: the pool to split, or a fixed split."""
+    """Every dataset's clean, deduplicated examples, by where they go: the pool to split, or a fixed split.
+    Duplicates are found by a 16-byte hash of the row's text, not by keeping the texts."""
     pools: dict[str, list[Example]] = {"pool": [], "train": [], "validation": [], "test": [], "general": []}
-    seen: dict[str, set[str]] = defaultdict(set)
+    seen: dict[str, set[bytes]] = defaultdict(set)
     for index, source in enumerate(data.datasets):
         target = {DatasetUsage.SPLIT: "pool", DatasetUsage.TRAIN: "train"}.get(source.usage, source.usage.lower())
         # Split and Train rows end up together in training, so they share one duplicate set.
         scope = seen["train" if target in ("pool", "train") else target]
         # General rows may be of another stage's format; the ones not of this one are dropped, not an error.
         columns = required_columns(data) if source.usage != DatasetUsage.GENERAL else None
-        rows, multiline = load(source, volumes, f"spec.data.datasets[{index}]", report, columns)
-        for number, row in enumerate(rows, start=1):
-            example = _clean(row, number, number in multiline, source.name, data, chat, scope)
+        rows = load(source, volumes, f"spec.data.datasets[{index}]", report, columns)
+        keep_raw = data.augmentation is not None and target in ("pool", "train")  # augmentation reformats rows
+        for number, (row, multiline) in enumerate(rows, start=1):
+            example = _clean(row, number, multiline, source.name, data, chat, scope)
             if isinstance(example, str):
                 report.drop(example, source.name, number)
                 continue
-            scope.add(example.key)
+            scope.add(example.digest)
+            if not keep_raw:
+                example.raw = None
             pools[target].append(example)
     return pools
 
 
 def _clean(
-    row: Row, number: int, multiline: bool, source: str, data: Data, chat: ChatRenderer | None, seen: set[str]
+    row: Row, number: int, multiline: bool, source: str, data: Data, chat: ChatRenderer | None, seen: set[bytes]
 ) -> Example | str:
     """The row's example, or the reason it is dropped."""
     if multiline and not data.cleaning.allow_multiline:
         return "multilineField"
     example = to_example(row, data, source, number, chat)
-    if not isinstance(example, str) and data.cleaning.deduplicate and example.key in seen:
+    if not isinstance(example, str) and data.cleaning.deduplicate and example.digest in seen:
         return "duplicate"
     return example
 
 
+def draw(digest: bytes, seed: int, salt: str = "split") -> float:
+    """A number in [0, 1) fixed by a row's content hash, the seed and what it is drawn for."""
+    keyed = hashlib.blake2b(digest, digest_size=8, key=f"{salt}:{seed}".encode()).digest()
+    return int.from_bytes(keyed, "big") / 2**64
+
+
+def split_of(digest: bytes, seed: int, validation_ratio: float, test_ratio: float) -> str:
+    """The split of a pool row: validation when its draw is under the validation ratio, test under the two
+    ratios' sum, train otherwise. Each row's split depends only on its content and the seed, so the split sizes
+    follow the ratios in expectation (binomially), not to the row, and new rows never move old ones."""
+    value = draw(digest, seed)
+    return "validation" if value < validation_ratio else "test" if value < validation_ratio + test_ratio else "train"
+
+
 def _split(pool: list[Example], fixed: dict[str, list[Example]], data: Data) -> dict[str, list[Example]]:
-    """The seeded shuffle of the pool cut by the spec's ratios, after the rows of each fixed split."""
+    """Each pool row goes to the split its seeded content hash draws (``split_of``), after the rows of each fixed
+    split; rows keep their file order. Should every pool row draw a held-out split (a pool of a few rows), the one
+    with the highest draw trains."""
     validation_ratio, test_ratio = data.ratios()
-    random.Random(data.split.seed).shuffle(pool)
-    n_val, n_test = round(len(pool) * validation_ratio), round(len(pool) * test_ratio)
-    return {
-        "train": fixed["train"] + pool[n_val + n_test :],
-        "validation": fixed["validation"] + pool[:n_val],
-        "test": fixed["test"] + pool[n_val : n_val + n_test],
-    }
+    splits = {name: list(fixed[name]) for name in ("train", "validation", "test")}
+    for example in pool:
+        splits[split_of(example.digest, data.split.seed, validation_ratio, test_ratio)].append(example)
+    if pool and not splits["train"]:  # a pool of a few rows that all drew a held-out split: one trains
+        held = splits["validation"][len(fixed["validation"]) :] + splits["test"][len(fixed["test"]) :]
+        last = max(held, key=lambda e: draw(e.digest, data.split.seed))
+        for name in ("validation", "test"):
+            splits[name] = [e for e in splits[name] if e is not last]
+        splits["train"].append(last)
+    return splits
 
 
 def _drop_overlap(splits: dict[str, list[Example]], report: PrepReport) -> None:
     """Validation and test rows that are also training rows are dropped (``validationOverlapsTrain``...)."""
-    train_keys = {example.key for example in splits["train"]}
+    train_keys = {example.digest for example in splits["train"]}
     for name in ("validation", "test"):
         kept = []
         for example in splits[name]:
-            if example.key in train_keys:
+            if example.digest in train_keys:
                 report.drop(f"{name}OverlapsTrain", example.source, example.row)
             else:
                 kept.append(example)

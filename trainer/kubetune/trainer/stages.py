@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from kubetune.api.tuning import Stage
 
 from . import guards, outputs
 from .batches import Tokenized
+from .datacache import Chain
 from .errors import ConfigError, RegressedError
 from .evaluate import headline
 from .local import Volumes, handed_on
@@ -75,7 +77,7 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
         return train(job, volumes, out, reporter)
     guard = spec.forgetting_guard
     results: list[dict[str, Any]] = [{"name": s.name, "phase": "Pending"} for s in spec.stages]
-    replay: list[Tokenized] = []
+    replay: Sequence[Tokenized] = []
     model_path: Path | None = None
     metrics: dict[str, Any] = {}
     retention_before: float | None = None
@@ -96,7 +98,7 @@ def run(job: FineTuneJob, volumes: Volumes, out: Path, reporter: Reporter) -> di
             handed = StageContext(model_path, replay if causal else [], kept.append, merge_adapter=True, in_stage=True)
             metrics = train(sub, volumes, stage_out, reporter, handed)
         if guard is not None and guard.replay_earlier_stages and causal and kept:
-            replay += kept[0].rows["train"]
+            replay = Chain(replay, kept[0].rows["train"])  # the rows stay where they are mapped
         if metrics.get("retention"):
             retention_before = metrics["retention"]["before"] if retention_before is None else retention_before
             retention_after = metrics["retention"]["after"]
