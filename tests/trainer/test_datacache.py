@@ -115,3 +115,39 @@ def test_chain_and_picked_index_without_copying() -> None:
     chained = Chain([1, 2], [], range(3, 6))
     assert list(chained) == [1, 2, 3, 4, 5] and chained[-1] == 5 and chained[1:3] == [2, 3]
     assert list(Picked(chained, [4, 0, 0])) == [5, 1, 1]
+
+
+def test_streaming_preparation_equals_the_in_memory_one_with_every_kind_of_dataset(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Split, Train, explicit Validation (overlapping training: dropped) and General rows, with duplicates and
+    an empty row: the streamed cache holds the rows, drops and sizes that preparing in memory gives."""
+    write_rows(tmp_path / "d.jsonl", 400)
+    write_rows(tmp_path / "d.jsonl", 5)  # duplicates of the first five
+    write_rows(tmp_path / "t.jsonl", 50, start=1000)
+    write_rows(tmp_path / "v.jsonl", 10, start=1045)  # 5 of them are also training rows
+    (tmp_path / "v.jsonl").open("a").write(json.dumps({"instruction": "", "output": "x"}) + "\n")
+    write_rows(tmp_path / "g.jsonl", 40, start=5000)
+    datasets = [
+        {"name": "d", "pvc": {"claimName": "c", "path": "d.jsonl"}},
+        {"name": "t", "usage": "Train", "pvc": {"claimName": "c", "path": "t.jsonl"}},
+        {"name": "v", "usage": "Validation", "pvc": {"claimName": "c", "path": "v.jsonl"}},
+        {"name": "g", "usage": "General", "pvc": {"claimName": "c", "path": "g.jsonl"}},
+    ]
+    spec = spec_of(
+        spec__data__datasets=datasets,
+        spec__data__split={"testRatio": 0.1, "seed": 3},
+        spec__forgettingGuard={"replayRatio": 0.2},
+    )
+    memory, memory_report = prepared(spec, tmp_path, None, model_dir)
+    streamed, streamed_report = prepared(spec, tmp_path, tmp_path / "cache", model_dir)
+    assert set(memory.rows) == set(streamed.rows) == {"train", "validation", "test", "retention", "replay"}
+    for split in memory.rows:
+        assert list(memory.rows[split]) == list(streamed.rows[split]), split
+        assert [(e.source, e.row) for e in memory.examples[split]] == [
+            (e.source, e.row) for e in streamed.examples[split]
+        ]
+        assert memory.tasks[split] == streamed.tasks[split]
+    expected = {k: v for k, v in memory_report.to_dict().items() if k != "fingerprint"}
+    assert {k: v for k, v in streamed_report.to_dict().items() if k != "fingerprint"} == expected
+    assert memory_report.dropped["validationOverlapsTrain"] == 5 and memory_report.dropped["duplicate"] == 5

@@ -77,9 +77,31 @@ def _dropped(ids: list[int], targets: Any, max_len: int, cleaning: Cleaning, cla
         return "tooFewTokens"
     if len(ids) > max_len and cleaning.over_length == OverLength.DROP:
         return "tooManyTokens"
-    if not classification and all(t == IGNORE for t in targets[:max_len]):
+    if not classification and targets[:max_len].count(IGNORE) == min(len(targets), max_len):
         return "nothingToTrainOnAfterTruncation"
     return None
+
+
+def filtered(
+    example: Example,
+    ids: list[int],
+    targets: list[int],
+    max_len: int,
+    cleaning: Cleaning,
+    classification: bool,
+    report: PrepReport | None,
+) -> Tokenized | None:
+    """The row truncated to ``max_len``, or None when a token filter drops it; ``report`` counts both."""
+    reason = _dropped(ids, targets, max_len, cleaning, classification)
+    if reason:
+        if report is not None:
+            report.drop(reason, example.source, example.row)
+        return None
+    if len(ids) > max_len:
+        if report is not None:
+            report.truncated += 1
+        return ids[:max_len], targets if classification else targets[:max_len]
+    return ids, targets
 
 
 def tokenize_split(
@@ -97,18 +119,10 @@ def tokenize_split(
     out, kept, lengths = ArrowRowsBuilder(), [], []
     for example, (ids, targets) in zip(examples, encoded(examples, tokenizer, labels), strict=True):
         lengths.append(len(ids))
-        reason = _dropped(ids, targets, max_len, cleaning, labels is not None)
-        if reason:
-            if report is not None:
-                report.drop(reason, example.source, example.row)
-            continue
-        if len(ids) > max_len:
-            if report is not None:
-                report.truncated += 1
-            ids = ids[:max_len]
-            targets = targets if labels is not None else targets[:max_len]
-        out.append(ids, targets)
-        kept.append(example)
+        row = filtered(example, ids, targets, max_len, cleaning, labels is not None, report)
+        if row is not None:
+            out.append(*row)
+            kept.append(example)
     rows = out.finish()
     if report is not None and split:
         report.token_lengths[split] = percentiles(lengths)
@@ -151,16 +165,18 @@ class ArrowRowsBuilder:
         return TokenRows(pa.table({"input_ids": ids, "labels": labels}))
 
 
-def percentiles(lengths: list[int]) -> dict[str, int]:
+def percentiles(lengths: Sequence[int]) -> dict[str, int]:
     """p50/p90/p99/max of token lengths (nearest rank)."""
-    if not lengths:
+    import numpy as np
+
+    if not len(lengths):
         return {}
-    ordered = sorted(lengths)
+    ordered = np.sort(np.asarray(lengths))
 
     def rank(q: float) -> int:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return int(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
-    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1]}
+    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": int(ordered[-1])}
 
 
 def collate(rows: list[Tokenized], pad_id: int, classification: bool = False) -> dict[str, Any]:

@@ -83,23 +83,19 @@ class Store:
     def has(self, key: str) -> bool:
         return (self.path(key) / "prep_report.json").is_file()
 
-    def write(
-        self, key: str, tables: dict[str, Any], lengths: Mapping[str, Sequence[int]], report: dict[str, Any]
-    ) -> Path:
-        """Write every split's table, the token lengths and the prep report to a temporary directory, then rename
-        it to the key's; returns the directory."""
-        import pyarrow as pa
-
+    def write(self, key: str, fill: Callable[[Path], dict[str, Any]]) -> Path:
+        """Let ``fill`` write the split files into a temporary directory (it returns the prep report), add the
+        report, then rename the directory to the key's; returns it."""
         self.root.mkdir(parents=True, exist_ok=True)
         temp = self.root / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir()
-        for split, table in tables.items():
-            _write_table(temp / f"{split}.arrow", table)
-        length_table = {split: pa.array(values, type=pa.int32()) for split, values in lengths.items()}
-        for split, array in length_table.items():
-            _write_table(temp / f"{split}.lengths.arrow", pa.table({"length": array}))
-        (temp / "prep_report.json").write_text(json.dumps(report, indent=2))
+        try:
+            report = fill(temp)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        (temp / "prep_report.json").write_text(json.dumps({**report, "fingerprint": key}, indent=2))
         final = self.path(key)
         shutil.rmtree(final, ignore_errors=True)  # a half-removed earlier copy; `has` never saw it complete
         os.rename(temp, final)
@@ -148,6 +144,16 @@ def _lock(handle: Any, waiting: Callable[[float], None]) -> None:
             time.sleep(0.2)
 
 
+def write_tables(directory: Path, tables: dict[str, Any], lengths: Mapping[str, Sequence[int]]) -> None:
+    """Each split's table and its token lengths, as Arrow IPC files in ``directory``."""
+    import pyarrow as pa
+
+    for split, table in tables.items():
+        _write_table(directory / f"{split}.arrow", table)
+    for split, values in lengths.items():
+        _write_table(directory / f"{split}.lengths.arrow", pa.table({"length": pa.array(values, type=pa.int32())}))
+
+
 def _write_table(path: Path, table: Any) -> None:
     import pyarrow as pa
 
@@ -177,11 +183,11 @@ def split_table(rows: Sequence[Tokenized], examples: Sequence[Example], tasks: S
             "labels": labels,
             "texts": pa.array([[text for text, _ in e.parts] for e in examples], type=pa.list_(pa.large_string())),
             "trained": pa.array([[t for _, t in e.parts] for e in examples], type=pa.list_(pa.bool_())),
-            "source": pa.array([e.source for e in examples], type=pa.string()).dictionary_encode(),
+            "source": pa.array([e.source for e in examples], type=pa.string()),
             "row": pa.array([e.row for e in examples], type=pa.int64()),
             "label": pa.array([e.label for e in examples], type=pa.string()),
             "eos": pa.array([e.eos for e in examples], type=pa.bool_()),
-            "task": pa.array(list(tasks), type=pa.string()).dictionary_encode(),
+            "task": pa.array(list(tasks), type=pa.string()),
         }
     )
 

@@ -7,6 +7,7 @@ which the prep report counts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -44,7 +45,7 @@ class Example:
         """What deduplication and the overlap check compare: the lower-cased text and the label."""
         return "\x00".join(text for text, _ in self.parts).lower() + "\x00" + (self.label or "")
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
         """A 16-byte hash of ``key``: what deduplication keeps and what the row's split is drawn from."""
         return hashlib.blake2b(self.key.encode("utf-8", "surrogatepass"), digest_size=16).digest()

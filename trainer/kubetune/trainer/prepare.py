@@ -19,12 +19,13 @@ from kubetune.api.spec import FineTuneJobSpec
 
 from .augment import augment
 from .batches import Tokenized, tokenize_split
-from .datacache import ExampleRows, Store, TokenRows, file_digest, fingerprint, split_table
+from .datacache import ExampleRows, Store, TokenRows, file_digest, fingerprint, split_table, write_tables
 from .errors import ConfigError
-from .formats import Example
+from .formats import ChatRenderer, Example
 from .local import Volumes
 from .mixing import tasks_of
 from .rows import PrepReport, class_labels, drop_unknown_labels, examples_by_split
+from .streaming import stream_prepare, streams
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,20 @@ def prepare_data(
     key = fingerprint(spec, digests, Path(tokenizer.name_or_path), guard.retention_ratio if guard else 0.5)
     store = Store(volumes.prepared)
 
-    def prepare() -> None:
+    def fill(directory: Path) -> dict[str, Any]:
+        if streams(spec):
+            sizes = stream_prepare(spec, volumes, tokenizer, report, chat_renderer(spec, tokenizer), directory)
+            if not sizes["train"]:
+                raise ConfigError(no_rows_left(spec, report))
+            report.warnings = split_warnings(spec, sizes)
+            return report.to_dict()
         data = _prepare(spec, volumes, tokenizer, report)
         tables = {split: split_table(data.rows[split], data.examples[split], data.tasks[split]) for split in data.rows}
-        store.write(key, tables, report.lengths, {**report.to_dict(), "fingerprint": key})
+        write_tables(directory, tables, report.lengths)
+        return report.to_dict()
+
+    def prepare() -> None:
+        store.write(key, fill)
 
     def wait(seconds: float) -> None:
         log.info("data: waiting %.0f s for another process preparing %s", seconds, store.path(key))
@@ -114,18 +125,22 @@ def data_digests(spec: FineTuneJobSpec, volumes: Volumes) -> dict[str, str]:
     return digests
 
 
+def chat_renderer(spec: FineTuneJobSpec, tokenizer: Any) -> ChatRenderer | None:
+    """How rows are rendered with the tokenizer's chat template, for Chat data and useChatTemplate; else None."""
+    if not (spec.data.format == DataFormat.CHAT or spec.data.use_chat_template):
+        return None
+    if not getattr(tokenizer, "chat_template", None):
+        field = "useChatTemplate" if spec.data.use_chat_template else "format: Chat"
+        raise ConfigError(f"spec.data.{field} needs a tokenizer with a chat template; this model has none")
+
+    def chat(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt))
+
+    return chat
+
+
 def _prepare(spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report: PrepReport) -> PreparedData:
-    chat = None
-    if spec.data.format == DataFormat.CHAT or spec.data.use_chat_template:
-        if not getattr(tokenizer, "chat_template", None):
-            field = "useChatTemplate" if spec.data.use_chat_template else "format: Chat"
-            raise ConfigError(f"spec.data.{field} needs a tokenizer with a chat template; this model has none")
-
-        def chat(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-            return str(
-                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-            )
-
+    chat = chat_renderer(spec, tokenizer)
     guard = spec.forgetting_guard
     splits = examples_by_split(spec.data, volumes, report, chat, guard.retention_ratio if guard else 0.5)
     if spec.data.augmentation is not None:

@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -272,13 +272,13 @@ def _pools(data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer 
     pools: dict[str, list[Example]] = {"pool": [], "train": [], "validation": [], "test": [], "general": []}
     seen: dict[str, set[bytes]] = defaultdict(set)
     for index, source in enumerate(data.datasets):
-        target = {DatasetUsage.SPLIT: "pool", DatasetUsage.TRAIN: "train"}.get(source.usage, source.usage.lower())
-        # Split and Train rows end up together in training, so they share one duplicate set.
-        scope = seen["train" if target in ("pool", "train") else target]
+        # Split and Train rows share the pool, in dataset order (Train rows always train), and one duplicate set.
+        target = "pool" if source.usage in (DatasetUsage.SPLIT, DatasetUsage.TRAIN) else source.usage.lower()
+        scope = seen["train" if target == "pool" else target]
         # General rows may be of another stage's format; the ones not of this one are dropped, not an error.
         columns = required_columns(data) if source.usage != DatasetUsage.GENERAL else None
         rows = load(source, volumes, f"spec.data.datasets[{index}]", report, columns)
-        keep_raw = data.augmentation is not None and target in ("pool", "train")  # augmentation reformats rows
+        keep_raw = data.augmentation is not None and target == "pool"  # augmentation reformats rows
         for number, (row, multiline) in enumerate(rows, start=1):
             example = _clean(row, number, multiline, source.name, data, chat, scope)
             if isinstance(example, str):
@@ -292,7 +292,7 @@ def _pools(data: Data, volumes: Volumes, report: PrepReport, chat: ChatRenderer 
 
 
 def _clean(
-    row: Row, number: int, multiline: bool, source: str, data: Data, chat: ChatRenderer | None, seen: set[bytes]
+    row: Row, number: int, multiline: bool, source: str, data: Data, chat: ChatRenderer | None, seen: Container[bytes]
 ) -> Example | str:
     """The row's example, or the reason it is dropped."""
     if multiline and not data.cleaning.allow_multiline:
@@ -319,12 +319,15 @@ def split_of(digest: bytes, seed: int, validation_ratio: float, test_ratio: floa
 
 def _split(pool: list[Example], fixed: dict[str, list[Example]], data: Data) -> dict[str, list[Example]]:
     """Each pool row goes to the split its seeded content hash draws (``split_of``), after the rows of each fixed
-    split; rows keep their file order. Should every pool row draw a held-out split (a pool of a few rows), the one
+    split (Train datasets' rows are in the pool and always train); rows keep their dataset and file order. Should
+    every pool row draw a held-out split (a pool of a few rows), the one
     with the highest draw trains."""
     validation_ratio, test_ratio = data.ratios()
     splits = {name: list(fixed[name]) for name in ("train", "validation", "test")}
+    trains = {d.name for d in data.datasets if d.usage == DatasetUsage.TRAIN}
     for example in pool:
-        splits[split_of(example.digest, data.split.seed, validation_ratio, test_ratio)].append(example)
+        drawn = split_of(example.digest, data.split.seed, validation_ratio, test_ratio)
+        splits["train" if example.source in trains else drawn].append(example)
     if pool and not splits["train"]:  # a pool of a few rows that all drew a held-out split: one trains
         held = splits["validation"][len(fixed["validation"]) :] + splits["test"][len(fixed["test"]) :]
         last = max(held, key=lambda e: draw(e.digest, data.split.seed))
