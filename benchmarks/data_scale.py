@@ -9,7 +9,7 @@ Arms, each its own process (peak RSS from ``wait4``: the largest of the process 
   renders the same prompt and tokenizes prompt and response, ``num_proc`` = the cores, with an empty and then the
   same Arrow cache directory.
 
-``start-floor`` imports what ``kubetune prepare`` imports and exits: the interpreter's start, which every arm
+``start-floor`` imports what ``kubetune prepare`` imports, loads the tokenizer and exits: the start every arm
 pays; ``warm_over_cold_net_of_start`` compares the two kubetune arms without it.
 
 Rows: an instruction of 4-12 words, an input of 20-200 words (a third of the rows have none) and an output of
@@ -118,7 +118,8 @@ def arms(folder: Path, quick: bool, model: Path) -> list[tuple[str, list[str], d
     script.write_text(DATASETS_ARM)
     theirs = [sys.executable, str(script), str(folder / "rows.jsonl"), str(folder / "hf-cache"), str(model)]
     hf_env = {**env, "ARM_PROCS": str(os.cpu_count() or 1), "HF_DATASETS_CACHE": str(folder / "hf-cache")}
-    floor = [sys.executable, "-c", "import kubetune.trainer.dataprep, transformers, pyarrow"]
+    load = f"import kubetune.trainer.dataprep as d, pyarrow; d.load_tokenizer({str(model)!r})"
+    floor = [sys.executable, "-c", load]
     chosen = [("start-floor", floor, env), ("kubetune-cold", ours, env), ("kubetune-warm", ours, env)]
     chosen.append(("datasets-cold", theirs, hf_env))
     return chosen if quick else [*chosen, ("datasets-warm", theirs, hf_env)]

@@ -56,3 +56,12 @@ def test_chaos_quick() -> None:
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["hostile_files"] == 14 and figures["specs_mutants"] == 100
     assert "| **all** |" in out and "Hostile data: seed 20" in out
+
+
+def test_data_scale_quick() -> None:
+    out = run("data_scale")
+    figures = json.loads(out.strip().splitlines()[-1])
+    arms = {r["arm"] for r in figures["results"]}
+    assert arms == {"start-floor", "kubetune-cold", "kubetune-warm", "datasets-cold"}
+    assert all(r["peak_rss_mib"] > 0 and r["rows_per_second"] > 0 for r in figures["results"])
+    assert "cold_rows_per_second_ours_over_datasets" in figures["ratios"]["2.0"]
