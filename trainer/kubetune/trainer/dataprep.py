@@ -9,6 +9,7 @@ seconds rather than after the model has loaded. A job with stages prepares each 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def prepare_only(job: FineTuneJob, volumes: Volumes, out: Path) -> dict[str, Any
     reports: dict[str, Any] = {}
     for name, one in specs.items():
         report = PrepReport()
-        prepare_data(one, volumes, tokenizer, report)
+        prepare_data(one, volumes, tokenizer, report, _show_progress)
         reports[name] = report.to_dict()
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = reports.get("", {"stages": reports})
@@ -40,6 +41,15 @@ def prepare_only(job: FineTuneJob, volumes: Volumes, out: Path) -> dict[str, Any
             print(f"{name}: {line}" if name else line)
     print(f"prep report: {out / 'prep_report.json'}")
     return written
+
+
+def _show_progress(figures: dict[str, Any]) -> None:
+    """A line on stderr every 10,000 rows read (or while waiting on another process preparing the same data)."""
+    if "waitingSeconds" in figures:
+        print(f"waiting {figures['waitingSeconds']} s for another process preparing the same data", file=sys.stderr)
+        return
+    megabytes = figures["bytesRead"] / 1e6
+    print(f"read {figures['rowsRead']} rows ({megabytes:.1f} MB), {figures['rowsPerSecond']} rows/s", file=sys.stderr)
 
 
 def summary(report: dict[str, Any]) -> list[str]:

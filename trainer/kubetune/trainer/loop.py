@@ -128,8 +128,8 @@ class Recipe:
         self.model_path: Path = model_path
         self.tokenizer = load_tokenizer(self.model_path, spec.model.trust_remote_code)
         self.prep = PrepReport()
-        waiting = lambda seconds: reporter.phase("Preparing", preparation={"waitingSeconds": round(seconds)})  # noqa: E731
-        self.data = prepare_data(spec, self.volumes, self.tokenizer, self.prep, waiting)
+        progress = lambda figures: reporter.phase("Preparing", preparation=figures)  # noqa: E731
+        self.data = prepare_data(spec, self.volumes, self.tokenizer, self.prep, progress)
         if self.prep.fingerprint:
             reporter.phase(
                 "Preparing", preparation={"fingerprint": self.prep.fingerprint, "reused": bool(self.prep.reused)}

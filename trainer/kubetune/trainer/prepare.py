@@ -68,10 +68,12 @@ def prepare_data(
     volumes: Volumes,
     tokenizer: Any,
     report: PrepReport,
-    waiting: Callable[[float], None] = lambda seconds: None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> PreparedData:
     """The job's prepared data: from the cache under ``volumes.prepared`` (prepared there first by one process
-    while the others wait, calling ``waiting``), or in memory when the volumes name no cache."""
+    while the others wait), or in memory when the volumes name no cache. ``progress`` is told the rows and bytes
+    read, or how long this process has waited (``waitingSeconds``)."""
+    report.progress = progress
     if volumes.prepared is None:
         return _prepare(spec, volumes, tokenizer, report)
     guard = spec.forgetting_guard
@@ -96,7 +98,8 @@ def prepare_data(
 
     def wait(seconds: float) -> None:
         log.info("data: waiting %.0f s for another process preparing %s", seconds, store.path(key))
-        waiting(seconds)
+        if progress is not None:
+            progress({"waitingSeconds": round(seconds)})
 
     prepared = store.once(key, prepare, wait)
     tables, lengths, saved = store.read(key)

@@ -12,8 +12,9 @@ import csv
 import hashlib
 import io
 import json
+import time
 from collections import Counter, defaultdict
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -51,6 +52,20 @@ class PrepReport:
     """The prepared-data cache's key (``datacache.fingerprint``); None when prepared in memory only."""
     reused: str | None = None
     """The key, when this process found the data prepared (by another process, an earlier run or job)."""
+    progress: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
+    """Told ``rowsRead``, ``bytesRead`` and ``rowsPerSecond`` every 10,000 rows read (the Preparing phase)."""
+    read: list[float] = field(default_factory=lambda: [0, 0, time.monotonic()], repr=False, compare=False)
+    """Rows and bytes read so far, and when reading started."""
+
+    def count(self, rows: int = 0, size: int = 0) -> None:
+        """``rows`` more rows and ``size`` more bytes read; every 10,000 rows ``progress`` is told."""
+        before = int(self.read[0])
+        self.read[0] += rows
+        self.read[1] += size
+        if self.progress is not None and rows and int(self.read[0]) // 10_000 > before // 10_000:
+            seconds = max(time.monotonic() - self.read[2], 1e-9)
+            figures = {"rowsRead": int(self.read[0]), "bytesRead": int(self.read[1])}
+            self.progress({**figures, "rowsPerSecond": round(self.read[0] / seconds, 1)})
 
     def drop(self, reason: str, source: str, row: int) -> None:
         self.dropped[reason] += 1
@@ -176,7 +191,8 @@ def load(
         kind, label = file_format(source, name), f"{where} ({name})"
         present: set[str] = set()
         with handle:
-            for row in _file_rows(handle, kind, label, digest):
+            for row in _file_rows(handle, kind, label, _Counted(digest, report)):
+                report.count(rows=1)
                 present.update(row)
                 spans = kind == FileFormat.CSV and _spans_lines(row)
                 report.multiline_fields += spans
@@ -187,6 +203,17 @@ def load(
     if source.name in volumes.hub_datasets:
         report.hub[source.name] = volumes.hub_datasets[source.name]
     report.rows_read[source.name] = count
+
+
+class _Counted:
+    """A hash that also counts the bytes it is given into the report (the bytes read while preparing)."""
+
+    def __init__(self, digest: Any, report: PrepReport) -> None:
+        self.digest, self.report = digest, report
+
+    def update(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.report.count(size=len(data))
 
 
 def _file_rows(handle: BinaryIO, kind: FileFormat, where: str, digest: Any) -> Iterator[Row]:
