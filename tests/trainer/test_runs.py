@@ -234,6 +234,9 @@ def test_two_ranks_on_cpu_with_torchrun(tmp_path: Path) -> None:
     assert metrics(out)["worldSize"] == 2
     assert sorted(p.name for p in (out / "checkpoints" / "step-00000006").glob("rng-*")) == ["rng-0.pt", "rng-1.pt"]
     assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2
+    # One rank prepared the data, the other waited on the file lock and mapped the same cache.
+    assert result.stderr.count("reused the prepared data") == 1, result.stderr[-3000:]
+    assert len([p for p in (out / ".prepared").iterdir() if p.is_dir()]) == 1
 
 
 @pytest.mark.slow
