@@ -90,6 +90,13 @@ class RetentionResults(ApiModel):
     max_regression: float | None = Field(default=None, description="The threshold of spec.forgettingGuard.")
 
 
+class PreparedDataStatus(ApiModel):
+    """The prepared-data cache the job reads (docs/trainer.md, "Splits and the prepared-data cache")."""
+
+    fingerprint: str = Field(max_length=64, description="Key of the cache: what the data was prepared from and how.")
+    reused: bool = Field(description="True when the cache held it already (an earlier run, stage or job).")
+
+
 class CheckpointStatus(ApiModel):
     """The latest resumable checkpoint."""
 
@@ -133,6 +140,7 @@ class FineTuneJobStatus(ApiModel):
     metrics: LatestMetrics | None = Field(default=None, description="Latest training and validation figures.")
     evaluation: EvaluationResults | None = Field(default=None, description="Test-set results.")
     retention: RetentionResults | None = Field(default=None, description="Forgetting-guard results.")
+    prepared_data: PreparedDataStatus | None = Field(default=None, description="The prepared-data cache read.")
     gate: list[GateCheck] | None = Field(default=None, max_length=32, description="Promotion checks, when done.")
     deployment: DeploymentStatus | None = Field(default=None, description="The inference server (spec.deploy).")
     current_stage: str | None = Field(default=None, max_length=63, description="Stage running now (stages).")

@@ -76,6 +76,13 @@ class StageResult(WireModel):
     test: dict[str, float] = Field(default_factory=dict)
 
 
+class PreparedDataRef(WireModel):
+    """The prepared-data cache the run read: its fingerprint, and whether it was there already."""
+
+    fingerprint: str
+    reused: bool
+
+
 class Verdicts(WireModel):
     """What both documents may carry about the run as a whole: stages, overfitting, data warnings, retention."""
 
@@ -85,6 +92,7 @@ class Verdicts(WireModel):
     overfitting: Overfitting | None = None
     data_warnings: list[str] | None = None
     retention: Retention | None = None
+    prepared_data: PreparedDataRef | None = None
 
 
 class TrainerProgress(Verdicts):
@@ -94,8 +102,8 @@ class TrainerProgress(Verdicts):
     """Preparing, Downloading, EvaluatingBaseModel, Training, Evaluating, Saving, Succeeded or Failed."""
     download: dict[str, Any] | None = None
     preparation: dict[str, Any] | None = None
-    """While Preparing: ``waitingSeconds`` (another process prepares the data), then ``fingerprint`` and
-    ``reused`` (whether the prepared-data cache already held it)."""
+    """While Preparing: ``rowsRead``, ``bytesRead`` and ``rowsPerSecond``, or ``waitingSeconds`` (another process
+    prepares the data); then ``preparedData`` says which cache the run reads."""
     resumed_from_step: int | None = None
     step: int | None = None
     total_steps: int | None = None
@@ -164,6 +172,7 @@ SUMMARY_OPTIONAL = (
     "baseline",
     "retention",
     "dataWarnings",
+    "preparedData",
     "test",
     "output",
 )

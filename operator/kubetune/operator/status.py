@@ -39,6 +39,7 @@ from kubetune.api.status import (
     FineTuneJobStatus,
     GateCheck,
     LatestMetrics,
+    PreparedDataStatus,
     Progress,
     RetentionResults,
     StageStatus,
@@ -305,6 +306,8 @@ def _verdicts(report: Verdicts, status: FineTuneJobStatus, conditions: Condition
         else:
             text = message(Reason.SPLITS_SUFFICIENT, SMALL_SPLIT_ROWS)
             conditions.set(ConditionType.DATA_SUFFICIENT, True, Reason.SPLITS_SUFFICIENT, text)
+    if (prepared := report.prepared_data) is not None:
+        status.prepared_data = PreparedDataStatus(fingerprint=prepared.fingerprint, reused=prepared.reused)
     if (kept := report.retention) is not None:
         status.retention = RetentionResults(
             before=kept.before, after=kept.after, regression=kept.regression, max_regression=kept.max_regression

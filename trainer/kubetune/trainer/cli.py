@@ -324,6 +324,8 @@ def _results(metrics: dict[str, Any]) -> dict[str, Any]:
     if metrics["history"]["validation"]:
         results["overfitting"] = metrics["overfitting"]
     results["dataWarnings"] = metrics.get("dataWarnings") or []
+    if metrics.get("preparedData"):
+        results["preparedData"] = metrics["preparedData"]
     if metrics.get("stages"):
         results["stages"] = [{**s, "test": headline(s.get("test", {}))} for s in metrics["stages"]]
     return results

@@ -131,9 +131,7 @@ class Recipe:
         progress = lambda figures: reporter.phase("Preparing", preparation=figures)  # noqa: E731
         self.data = prepare_data(spec, self.volumes, self.tokenizer, self.prep, progress)
         if self.prep.fingerprint:
-            reporter.phase(
-                "Preparing", preparation={"fingerprint": self.prep.fingerprint, "reused": bool(self.prep.reused)}
-            )
+            reporter.phase("Preparing", preparedData=self.prepared_data())
         for warning in self.prep.warnings if self.main else []:
             log.warning("data: %s", warning)
         if self.stage.on_data is not None:
@@ -399,7 +397,12 @@ class Recipe:
             "retention": retention,
             "overfitting": guards.overfitting(state.train_history, state.validation_history),
             "dataWarnings": self.prep.warnings,
+            **({"preparedData": self.prepared_data()} if self.prep.fingerprint else {}),
         }
+
+    def prepared_data(self) -> dict[str, Any]:
+        """The prepared-data cache this run read (status.preparedData)."""
+        return {"fingerprint": self.prep.fingerprint, "reused": bool(self.prep.reused)}
 
     def save(self, metrics: dict[str, Any]) -> None:
         """Weights (gathered from every rank), tokenizer, merged model, metrics, plots, card, manifest."""
