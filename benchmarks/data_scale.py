@@ -118,7 +118,7 @@ def arms(folder: Path, quick: bool, model: Path) -> list[tuple[str, list[str], d
     script.write_text(DATASETS_ARM)
     theirs = [sys.executable, str(script), str(folder / "rows.jsonl"), str(folder / "hf-cache"), str(model)]
     hf_env = {**env, "ARM_PROCS": str(os.cpu_count() or 1), "HF_DATASETS_CACHE": str(folder / "hf-cache")}
-    load = f"import kubetune.trainer.dataprep as d, pyarrow; d.load_tokenizer({str(model)!r})"
+    load = f"import kubetune.trainer.dataprep as d, pyarrow, pathlib; d.load_tokenizer(pathlib.Path({str(model)!r}))"
     floor = [sys.executable, "-c", load]
     chosen = [("start-floor", floor, env), ("kubetune-cold", ours, env), ("kubetune-warm", ours, env)]
     chosen.append(("datasets-cold", theirs, hf_env))
