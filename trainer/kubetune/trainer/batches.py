@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, overload
 
 from kubetune.api.data import Cleaning
@@ -24,17 +25,35 @@ Tokenized = tuple[list[int], list[int]]
 """(input_ids, labels) of one example; labels is [class index] for Classification."""
 
 
+@dataclass(frozen=True)
+class Specials:
+    """A tokenizer's BOS and EOS, read once (each read is a Python property call in transformers)."""
+
+    bos_id: int | None
+    bos_token: str | None
+    eos_id: int | None
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> Specials:
+        return cls(tokenizer.bos_token_id, tokenizer.bos_token, tokenizer.eos_token_id)
+
+    def bos(self, text: str) -> list[int]:
+        """The BOS id to put before ``text``: none when the tokenizer has none or the text already starts with it
+        (chat templates whose turns open with the BOS token, as SmolLM2's ``<|im_start|>``)."""
+        if self.bos_id is None or (self.bos_token and text.startswith(self.bos_token)):
+            return []
+        return [self.bos_id]
+
+
 def bos(tokenizer: Any, text: str) -> list[int]:
-    """The BOS id to put before ``text``: none when the tokenizer has none or the text already starts with it
-    (chat templates whose turns open with the BOS token, as SmolLM2's ``<|im_start|>``)."""
-    if tokenizer.bos_token_id is None or (tokenizer.bos_token and text.startswith(tokenizer.bos_token)):
-        return []
-    return [tokenizer.bos_token_id]
+    """``Specials.bos`` of the tokenizer."""
+    return Specials.of(tokenizer).bos(text)
 
 
 def encode(example: Example, tokenizer: Any, labels: list[str] | None = None) -> Tokenized:
     """Token ids of one example (BOS first, EOS last where the example asks for it) and their labels."""
-    return assemble(example, _encode_texts(tokenizer, [text for text, _ in example.parts]), tokenizer, labels)
+    parts = _encode_texts(tokenizer, [text for text, _ in example.parts])
+    return assemble(example, parts, Specials.of(tokenizer), labels)
 
 
 def _encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -42,16 +61,18 @@ def _encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return list(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
 
 
-def assemble(example: Example, parts: list[list[int]], tokenizer: Any, labels: list[str] | None = None) -> Tokenized:
+def assemble(
+    example: Example, parts: list[list[int]], specials: Specials, labels: list[str] | None = None
+) -> Tokenized:
     """One example's ids and labels from its parts' token ids."""
-    ids = bos(tokenizer, example.parts[0][0] if example.parts else "")
+    ids = specials.bos(example.parts[0][0] if example.parts else "")
     targets: list[int] = [IGNORE] * len(ids)
     for (_, trained), part in zip(example.parts, parts, strict=True):
         ids += part
         targets += part if trained else [IGNORE] * len(part)
-    if example.eos and tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-        targets.append(tokenizer.eos_token_id if example.parts[-1][1] else IGNORE)
+    if example.eos and specials.eos_id is not None:
+        ids.append(specials.eos_id)
+        targets.append(specials.eos_id if example.parts[-1][1] else IGNORE)
     if labels is not None:
         return ids, [labels.index(example.label or "")]
     return ids, targets
@@ -59,11 +80,12 @@ def assemble(example: Example, parts: list[list[int]], tokenizer: Any, labels: l
 
 def encoded(examples: list[Example], tokenizer: Any, labels: list[str] | None, batch: int = 512) -> Iterator[Tokenized]:
     """``encode`` of each example, the texts of ``batch`` examples at a time in one tokenizer call."""
+    specials = Specials.of(tokenizer)
     for start in range(0, len(examples), batch):
         chunk = examples[start : start + batch]
         parts = iter(_encode_texts(tokenizer, [text for example in chunk for text, _ in example.parts]))
         for example in chunk:
-            yield assemble(example, [next(parts) for _ in example.parts], tokenizer, labels)
+            yield assemble(example, [next(parts) for _ in example.parts], specials, labels)
 
 
 def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> Sequence[Tokenized]:

@@ -193,15 +193,23 @@ def split_table(rows: Sequence[Tokenized], examples: Sequence[Example], tasks: S
 
 
 class _Lists:
-    """Offsets and values of a mapped list<int32> column, as numpy views (no copy)."""
+    """Offsets and values of a mapped list<int32> column, chunk by chunk, as numpy views (nothing is copied: a
+    streamed file has a record batch per 1,024 rows, and combining them would read the whole column in)."""
 
     def __init__(self, column: Any) -> None:
-        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-        self.offsets = array.offsets.to_numpy()
-        self.values = array.values.to_numpy()
+        import numpy as np
+
+        chunks = [column.chunk(i) for i in range(column.num_chunks)]
+        self.offsets = [chunk.offsets.to_numpy() for chunk in chunks]
+        self.values = [chunk.values.to_numpy() for chunk in chunks]
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in chunks])
 
     def __call__(self, index: int) -> list[int]:
-        return self.values[self.offsets[index] : self.offsets[index + 1]].tolist()  # type: ignore[no-any-return]
+        import bisect
+
+        at = bisect.bisect_right(self.starts, index) - 1
+        offsets, local = self.offsets[at], index - int(self.starts[at])
+        return self.values[at][offsets[local] : offsets[local + 1]].tolist()  # type: ignore[no-any-return]
 
 
 class _Rows(Sequence[Any]):
@@ -244,7 +252,6 @@ class TokenRows(_Rows):
     def __init__(self, table: Any) -> None:
         self.size, self.table = table.num_rows, table
         self.ids, self.labels = _Lists(table.column("input_ids")), _Lists(table.column("labels"))
-        self.lengths = self.ids.offsets[1:] - self.ids.offsets[:-1]
 
     def item(self, index: int) -> Tokenized:
         return self.ids(index), self.labels(index)
