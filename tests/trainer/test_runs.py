@@ -217,6 +217,36 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # six trainer processes: ~2 min on a quiet 2-core machine, 10 under a load of 17
+def test_a_resume_on_changed_data_fails_naming_the_dataset_or_restarts(tmp_path: Path) -> None:
+    """Issue 39, item 4: a checkpoint records each dataset's SHA-256; a data file edited between a kill and the
+    restart fails the resume (exit 78, DataChangedError naming the dataset), or with onDataChange: Restart trains
+    again from step 0 on the new rows."""
+    for action in ("Fail", "Restart"):
+        data = tmp_path / action
+        data.mkdir()
+        (data / "instructions.jsonl").write_bytes((DATA / "instructions.jsonl").read_bytes())
+        job = fast_job("changed").set("spec.checkpointing", {"everySteps": 2, "keep": 2, "onDataChange": action})
+        job.set("spec.training.maxSteps", 6).set("spec.evaluation", {"enabled": False, "baseline": False})
+        (data / "job.yaml").write_text(yaml.safe_dump(job.build()))
+        common = [str(data / "job.yaml"), f"--volume=data={data}", f"--output={data / 'o'}", "--metrics-port=0"]
+        assert kubetune("worker", *common, env=faults.kill_after(4)).returncode == -signal.SIGKILL
+        with (data / "instructions.jsonl").open("a") as rows:
+            rows.write(json.dumps({"instruction": "A row added after the crash", "output": "new"}) + "\n")
+        again = kubetune("worker", *common, env={"KUBETUNE_TERMINATION_LOG": str(data / "termination")})
+        if action == "Fail":
+            assert again.returncode == EXIT_CONFIG, again.stderr[-2000:]
+            assert "spec.data.datasets[0] (rows): the content changed since the checkpoint step-00000004" in (
+                again.stderr
+            )
+            assert TrainerSummary.model_validate_json((data / "termination").read_text()).reason == "DataChangedError"
+            continue
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "starting over (onDataChange: Restart)" in again.stderr and "resumedFromStep" not in again.stderr
+        assert [r["step"] for r in metrics(data / "o")["history"]["train"]] == list(range(1, 7))
+
+
+@pytest.mark.slow
 def test_two_ranks_on_cpu_with_torchrun(tmp_path: Path) -> None:
     job = fast_job("ddp").set("spec.training.maxSteps", 6).set("spec.checkpointing.everySteps", 3)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.build()))

@@ -154,6 +154,13 @@ class Mixing(StrEnum):
     TEMPERATURE = "Temperature"
 
 
+class DataChangeAction(StrEnum):
+    """What a resume does when the data changed since the checkpoint was taken."""
+
+    FAIL = "Fail"
+    RESTART = "Restart"
+
+
 class RegressionAction(StrEnum):
     """What a retention regression beyond the threshold does to the job."""
 

@@ -21,6 +21,7 @@ class Reason(StrEnum):
     RESTARTS_EXHAUSTED = "RestartsExhausted"
     OUT_OF_MEMORY = "OutOfMemory"
     CONFIGURATION_ERROR = "ConfigurationError"
+    DATA_CHANGED = "DataChanged"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
@@ -56,6 +57,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.OUT_OF_MEMORY: "Worker {} was killed for using more memory than its limit, spec.resources.memory ({}) "
     "(OOMKilled); raise spec.resources.memory, or lower spec.training.perDeviceBatchSize or maxSeqLength. {}",
     Reason.CONFIGURATION_ERROR: "The trainer rejected the spec or data: {}",
+    Reason.DATA_CHANGED: "The data changed since the checkpoint the job would resume from: {}",
     Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.activeDeadlineSeconds ({}s).",
     Reason.SUSPENDED: "The job is suspended; workers are stopped.",
     Reason.RESUMED: "The job was resumed.",

@@ -7,6 +7,7 @@ from pydantic import Field
 from .base import ApiModel, Rule
 from .enums import (
     ComputeDtype,
+    DataChangeAction,
     Distributed,
     LoRABias,
     MethodType,
@@ -215,3 +216,8 @@ class Checkpointing(ApiModel):
         description="Checkpoint every N optimizer steps; at each epoch's end when unset.",
     )
     keep: int = Field(default=2, ge=1, le=100, description="Newest checkpoints kept (the best one is kept as well).")
+    on_data_change: DataChangeAction = Field(
+        default=DataChangeAction.FAIL,
+        description="A resume whose data files changed since the checkpoint: Fail (exit 78, reason DataChanged, "
+        "naming the dataset) or Restart (train again from step 0 on the new data).",
+    )

@@ -37,6 +37,8 @@ class TrainerState:
     bad_validations: int = 0
     tokens_seen: int = 0
     stopped_early: bool = False
+    data_sha256: dict[str, str] = field(default_factory=dict)
+    """Each dataset's content hash when training started (a resume on other data fails or restarts)."""
 
 
 def directory(out: Path) -> Path:
@@ -51,6 +53,21 @@ def latest(out: Path, spec_hash: str) -> Path | None:
         if state.is_file() and json.loads(state.read_text()).get("spec_hash") == spec_hash:
             return path
     return None
+
+
+def changed_data(path: Path, sha256: dict[str, str]) -> list[str]:
+    """The datasets whose content hash differs from the one the checkpoint at ``path`` recorded (none for a
+    checkpoint that recorded none)."""
+    recorded: dict[str, str] = json.loads((path / "state.json").read_text()).get("data_sha256") or {}
+    return sorted(name for name, digest in recorded.items() if sha256.get(name) != digest)
+
+
+def discard(out: Path, accelerator: Any) -> None:
+    """Remove every checkpoint (the run starts over); rank 0 removes once every rank has stopped reading them."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(directory(out), ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def save(

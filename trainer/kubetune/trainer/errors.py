@@ -17,6 +17,10 @@ class ConfigError(Exception):
     """The spec or the data is unusable; the message names the field or the row."""
 
 
+class DataChangedError(ConfigError):
+    """A resume found the data changed since its checkpoint (spec.checkpointing.onDataChange: Fail)."""
+
+
 class DivergedError(Exception):
     """The training loss is no longer finite."""
 

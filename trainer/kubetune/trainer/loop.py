@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import FineTuneJob, TaskType, ValidationMetric
-from kubetune.api.enums import RegressionAction
+from kubetune.api.enums import DataChangeAction, RegressionAction
 
 from . import checkpoint, guards, measure, outputs
 from .augment import add_neftune
 from .batches import Tokenized, shard_chunks
 from .checkpoint import TrainerState
 from .datacache import Chain
-from .errors import ConfigError, PreemptedError, RegressedError
+from .errors import ConfigError, DataChangedError, PreemptedError, RegressedError
 from .hooks import HOOKS
 from .local import Volumes
 from .mixing import EpochPlan
@@ -202,8 +202,8 @@ class Recipe:
     def resume_or_baseline(self) -> None:
         """Resume from the newest checkpoint of this spec, or evaluate the base model first (saved for a resume)."""
         self.before: dict[str, Any] = {"baseline": {}}
-        self.state = TrainerState(spec_hash=outputs.spec_hash(self.spec))
-        resumed = checkpoint.latest(self.out, self.state.spec_hash)
+        self.state = TrainerState(spec_hash=outputs.spec_hash(self.spec), data_sha256=dict(self.prep.sha256))
+        resumed = self.unchanged(checkpoint.latest(self.out, self.state.spec_hash))
         noted = {"dataWarnings": self.prep.warnings}  # for the job's status while it trains
         if resumed is not None:
             self.state = checkpoint.load(resumed, self.model, self.optimizer, self.scheduler, self.accelerator)
@@ -217,6 +217,22 @@ class Recipe:
         self.before = measure.before_tuning(self.spec, self.model, self.tokenizer, self.data, self.accelerator)
         if self.main:
             (self.out / "baseline.json").write_text(json.dumps(self.before))
+
+    def unchanged(self, resumed: Path | None) -> Path | None:
+        """The checkpoint to resume from, when the data it was trained on is the data now; on changed data, fail
+        (DataChangedError, exit 78) or, with spec.checkpointing.onDataChange: Restart, start over."""
+        if resumed is None or not (changed := checkpoint.changed_data(resumed, self.prep.sha256)):
+            return resumed
+        where = {d.name: f"spec.data.datasets[{i}] ({d.name})" for i, d in enumerate(self.spec.data.datasets)}
+        named = ", ".join(where.get(name, name) for name in changed)
+        if self.spec.checkpointing.on_data_change == DataChangeAction.RESTART:
+            log.warning("data: %s changed since checkpoint %s; starting over (onDataChange: Restart)", named, resumed)
+            checkpoint.discard(self.out, self.accelerator)
+            return None
+        raise DataChangedError(
+            f"{named}: the content changed since the checkpoint {resumed.name} was written (its SHA-256 differs); "
+            "restore the data, or set spec.checkpointing.onDataChange: Restart to train again from step 0"
+        )
 
     def fit(self) -> None:
         """Optimizer steps until the plan's last, early stopping, or SIGTERM (checkpoint, then PreemptedError)."""
