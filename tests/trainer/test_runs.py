@@ -217,7 +217,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # six trainer processes: ~2 min on a quiet 2-core machine, 10 under a load of 17
+@pytest.mark.timeout(900)  # six trainer processes: 42 s on a quiet 2-core machine, over 600 s under a load of 17
 def test_a_resume_on_changed_data_fails_naming_the_dataset_or_restarts(tmp_path: Path) -> None:
     """Issue 39, item 4: a checkpoint records each dataset's SHA-256; a data file edited between a kill and the
     restart fails the resume (exit 78, DataChangedError naming the dataset), or with onDataChange: Restart trains
