@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 SEED = 20
 
 
+@pytest.mark.timeout(1200)  # an uninterrupted two-rank run and five killed-and-resumed ones: 277 s on a busy machine
 def test_five_kills_end_like_an_uninterrupted_run_recomputing_under_one_interval_each(tmp_path: Path) -> None:
     result = repeated_kills(tmp_path, SEED, kills=5, max_steps=24, every=4)
     print(result.figures())
