@@ -15,7 +15,7 @@ from tests.support.controlplane import ControlPlane
 from tests.support.nodeagent import NodeAgent
 from tests.support.paths import ROOT
 
-pytest_plugins = ["tests.support.timebudget"]
+pytest_plugins = ["tests.support.timebudget", "pytester"]
 
 
 @pytest.fixture(scope="session")
