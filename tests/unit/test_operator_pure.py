@@ -366,6 +366,12 @@ def test_success_reports_few_shot_per_task_retention_and_promotability() -> None
     ("code", "message", "reason", "expected"),
     [
         (78, json.dumps({"message": "spec.data.datasets[0]: row 3 is empty"}), "ConfigurationError", "row 3"),
+        (
+            78,
+            json.dumps({"reason": "DataChangedError", "message": "spec.data.datasets[0] (rows): the content changed"}),
+            "DataChanged",
+            "datasets[0] (rows)",
+        ),
         (3, json.dumps({"message": "loss is nan at step 7"}), "Diverged", "step 7"),
         (4, json.dumps({"message": "retention loss rose 7.0%"}), "RetentionRegressed", "rose 7.0%"),
         (137, "Traceback ...\nMemoryError: out of memory", "RestartsExhausted", "MemoryError"),
