@@ -17,6 +17,7 @@ copies, and needs none of `datasets`' machinery or its fingerprinting of Python 
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import hashlib
 import json
@@ -205,8 +206,6 @@ class _Lists:
         self.starts = np.cumsum([0] + [len(chunk) for chunk in chunks])
 
     def __call__(self, index: int) -> list[int]:
-        import bisect
-
         at = bisect.bisect_right(self.starts, index) - 1
         offsets, local = self.offsets[at], index - int(self.starts[at])
         return self.values[at][offsets[local] : offsets[local + 1]].tolist()  # type: ignore[no-any-return]
@@ -280,8 +279,6 @@ class Chain(_Rows):
         self.size = self.starts[-1]
 
     def item(self, index: int) -> Any:
-        import bisect
-
         at = bisect.bisect_right(self.starts, index) - 1
         return self.parts[at][index - self.starts[at]]
 
