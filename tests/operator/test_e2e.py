@@ -160,6 +160,32 @@ def test_configuration_error_fails_at_once_and_ttl_deletes_the_job(k: Cluster) -
     wait_for("its worker Job to go", lambda: k.get("job", "bad-data-workers") is None, 60)
 
 
+def test_a_second_job_at_one_location_waits_then_never_replaces_another_specs_model(
+    k: Cluster, volumes: dict[str, Path]
+) -> None:
+    """A copied manifest (renamed, another learning rate, the same output path): it waits while the first runs
+    (Accepted=False OutputInUse naming it), then fails at once (OutputExists) and leaves the first's model."""
+    k.apply(e2e_job("writer-a", workers=1).set("spec.output.pvc.path", "shared").build())
+    wait_for("writer-a's worker Job", lambda: k.get("job", "writer-a-workers"), 60, lambda: k.diagnose("writer-a"))
+    copy = e2e_job("writer-b", workers=1).set("spec.output.pvc.path", "shared")
+    k.apply(copy.set("spec.training.learningRate", 0.02).build())
+    waiting = wait_for(
+        "Accepted=False OutputInUse",
+        lambda: c if (c := k.condition("writer-b", "Accepted")).get("reason") == "OutputInUse" else None,
+        60,
+        lambda: k.diagnose("writer-b"),
+    )
+    assert waiting["status"] == "False" and "default/writer-a" in waiting["message"]
+    assert "pvc://kubetune-outputs/shared" in waiting["message"] and k.get("job", "writer-b-workers") is None
+    k.wait_condition("writer-a", "Succeeded", timeout=300)
+    failed = k.wait_condition("writer-b", "Failed", timeout=240)
+    assert failed["reason"] == "OutputExists", failed
+    assert "job writer-a" in failed["message"] and "spec.output.overwrite: true" in failed["message"]
+    assert k.ftj("writer-b")["status"]["restarts"] == 0  # exit 78: not retried
+    manifest = json.loads((volumes["kubetune-outputs"] / "shared" / "manifest.json").read_text())
+    assert manifest["job"] == "writer-a" and manifest["spec"]["training"]["learningRate"] == 0.01
+
+
 def test_missing_config_map_waits_then_starts_when_it_appears(k: Cluster) -> None:
     doc = e2e_job("late-rows", workers=1).set(
         "spec.data.datasets[0]", {"name": "rows", "configMap": {"name": "late-rows-data", "key": "rows.jsonl"}}

@@ -22,6 +22,8 @@ class Reason(StrEnum):
     OUT_OF_MEMORY = "OutOfMemory"
     CONFIGURATION_ERROR = "ConfigurationError"
     DATA_CHANGED = "DataChanged"
+    OUTPUT_IN_USE = "OutputInUse"
+    OUTPUT_EXISTS = "OutputExists"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
@@ -58,6 +60,9 @@ MESSAGES: dict[Reason, str] = {
     "(OOMKilled); raise spec.resources.memory, or lower spec.training.perDeviceBatchSize or maxSeqLength. {}",
     Reason.CONFIGURATION_ERROR: "The trainer rejected the spec or data: {}",
     Reason.DATA_CHANGED: "The data changed since the checkpoint the job would resume from: {}",
+    Reason.OUTPUT_IN_USE: "spec.output ({}) is, holds or lies in the output location of FineTuneJob {} ({}), which "
+    "has not finished; this job starts when it finishes or is deleted.",
+    Reason.OUTPUT_EXISTS: "The output location holds a finished model of another spec: {}",
     Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.activeDeadlineSeconds ({}s).",
     Reason.SUSPENDED: "The job is suspended; workers are stopped.",
     Reason.RESUMED: "The job was resumed.",

@@ -237,6 +237,11 @@ class OutputLocation(ApiModel):
         default=False,
         description="Also save the base model with the LoRA/QLoRA adapter merged in (ignored for Full).",
     )
+    overwrite: bool = Field(
+        default=False,
+        description="Replace a finished model of a different spec found at this location (by default the job fails "
+        "with reason OutputExists and leaves it as it is).",
+    )
 
     rules = (
         Rule(

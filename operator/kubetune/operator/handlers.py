@@ -28,6 +28,7 @@ from . import (
     conditions,
     kube,
     lineage,
+    locations,
     metrics,
     persistence,
     serving,
@@ -42,6 +43,8 @@ SETTINGS = settings.current()
 RESOURCE = (GROUP, VERSION, PLURAL)
 Children = kopf.Index[tuple[str | None, str], dict[str, Any]]
 """An index of FineTuneJobs' children, keyed by (namespace, job name): what ``_summary`` keeps of each."""
+Holders = kopf.Index[str, locations.Holder]
+"""Every FineTuneJob's output location under one key (a URI location is shared across namespaces)."""
 PROGRESS, DIFFBASE = persistence.MemoryProgressStorage(prefix=GROUP), persistence.MemoryDiffBaseStorage()
 # All handlers of a cause in one cycle (kopf's default runs one per cycle): a new job's create and field handlers
 # then share one annotation patch. Set at import: `kopf run` reads it before the startup handlers.
@@ -52,7 +55,7 @@ class _QuietTimers(logging.Filter):
     """Drops kopf's "Timer 'refresh_status' succeeded." line: one per job per interval says nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Timer 'refresh_status' succeeded")
+        return not record.getMessage().startswith(("Timer 'refresh_status' succeeded", "Timer 'sweep_refresh' succ"))
 
 
 @kopf.on.startup()
@@ -111,11 +114,25 @@ def servers(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: An
     return {(namespace, labels[LABEL_JOB]): _summary(body)}
 
 
+@kopf.index(*RESOURCE)
+def output_holders(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Each FineTuneJob's output location, kept current from the watch (the one-writer check)."""
+    return {"all": locations.holder_of(json.loads(json.dumps(dict(body))))}
+
+
 @kopf.on.create(*RESOURCE)
-@kopf.on.resume(*RESOURCE)
-def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, **_: Any) -> None:
-    """Validate, then create the spec ConfigMap, the headless Service and the worker Job (idempotently). A
-    finished job's children are never made again (on a resume after they were deleted, say)."""
+@kopf.on.resume(*RESOURCE)  # type: ignore[arg-type]  # kopf's protocols omit index kwargs
+def create_children(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    namespace: str | None,
+    worker_jobs: Children,
+    output_holders: Holders,
+    **_: Any,
+) -> None:
+    """Validate, wait for the references and for the output location to be free, then create the spec ConfigMap,
+    the headless Service and the worker Job (idempotently). A finished job's children are never made again (on a
+    resume after they were deleted, say)."""
     with metrics.timed("create"):
         job = admission.parse_or_reject(body, patch, _job, lambda job: validation.problems(job.spec))
         namespace = namespace or "default"
@@ -131,6 +148,8 @@ def create_children(body: kopf.Body, patch: kopf.Patch, namespace: str | None, *
         if missing:
             _accepted(job, patch, False, Reason.MISSING_REFERENCE, "; ".join(missing))
             raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, "; ".join(missing)), delay=15)
+        if _indexed(worker_jobs, namespace, job.name) is None:  # a job that started keeps its location
+            _wait_for_location(body, patch, job, list(output_holders.get("all", [])))
         created: dict[str, Any] | None = None
         for child in builders.children(job, SETTINGS):
             kopf.adopt(child, owner=body)
@@ -264,6 +283,18 @@ def _from_job(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, namespace: s
         raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, error), delay=15) from error
     except lineage.ImpossibleError as error:
         admission.reject(body, patch, str(error))
+
+
+def _wait_for_location(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, holders: list[locations.Holder]) -> None:
+    """Accepted=False (OutputInUse) and a retry while an older unfinished job writes where this one would."""
+    this = locations.holder_of(json.loads(json.dumps(dict(body))))
+    other = locations.blocking(this, holders)
+    if other is None:
+        return
+    where = (locations.describe(this.location), f"{other.namespace}/{other.name}", locations.describe(other.location))
+    text = message(Reason.OUTPUT_IN_USE, *where)
+    _accepted(job, patch, False, Reason.OUTPUT_IN_USE, text)
+    raise kopf.TemporaryError(text, delay=15)
 
 
 def _job(body: kopf.Body) -> FineTuneJob:

@@ -217,8 +217,9 @@ def _failure(worker_job: dict[str, Any], pods: list[dict[str, Any]], job: FineTu
         EXIT_DIVERGED: Reason.DIVERGED,
         EXIT_REGRESSED: Reason.RETENTION_REGRESSED,
     }
-    if code == EXIT_CONFIG and summary is not None and summary.reason == "DataChangedError":
-        return Reason.DATA_CHANGED, message(Reason.DATA_CHANGED, detail)
+    by_error = {"DataChangedError": Reason.DATA_CHANGED, "OutputExistsError": Reason.OUTPUT_EXISTS}
+    if code == EXIT_CONFIG and summary is not None and summary.reason in by_error:
+        return by_error[summary.reason], message(by_error[summary.reason], detail)
     if code in by_code:
         return by_code[code], message(by_code[code], detail)
     if condition.get("reason") == "DeadlineExceeded":

@@ -249,6 +249,7 @@ def _main(args: argparse.Namespace) -> int:
     from .stages import run
 
     try:
+        _refuse_overwrite(args, job, volumes, out)
         metrics = run(job, volumes, out, reporter)
         _deliver(job, volumes, out)
     except (ConfigError, DivergedError, RegressedError) as error:
@@ -265,6 +266,12 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "run":
         _print_summary(metrics, out)
     return 0
+
+
+def _refuse_overwrite(args: argparse.Namespace, job: FineTuneJob, volumes: Volumes, out: Path) -> None:
+    """A worker never replaces a finished model of another spec (a local ``run`` writes where it is told)."""
+    if args.command != "run" and job.spec.output is not None:
+        outputs.refuse_overwrite(out, job, volumes.storage_options(job.spec.output))
 
 
 def _deliver(job: FineTuneJob, volumes: Volumes, out: Path) -> None:

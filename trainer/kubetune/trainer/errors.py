@@ -21,6 +21,10 @@ class DataChangedError(ConfigError):
     """A resume found the data changed since its checkpoint (spec.checkpointing.onDataChange: Fail)."""
 
 
+class OutputExistsError(ConfigError):
+    """The output location holds a finished model of another spec, and spec.output.overwrite is not set."""
+
+
 class DivergedError(Exception):
     """The training loss is no longer finite."""
 

@@ -18,7 +18,9 @@ from kubetune.api.spec import MUTABLE_FIELDS, FineTuneJob, FineTuneJobSpec
 from kubetune.api.wire import HEADLINE
 
 from . import hub
+from .errors import OutputExistsError
 from .plots import PLOTS
+from .remote import errors, filesystem
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers", "safetensors", "pydantic")
 COMPLETE = "manifest.json"
@@ -49,6 +51,38 @@ def finished(out: Path, spec: FineTuneJobSpec) -> bool:
     """Whether ``out`` holds a finished run of exactly this spec."""
     manifest = out / COMPLETE
     return manifest.is_file() and json.loads(manifest.read_text()).get("specHash") == spec_hash(spec)
+
+
+def refuse_overwrite(out: Path, job: FineTuneJob, options: dict[str, Any] | None = None) -> None:
+    """Raise OutputExistsError when the job's output location (``out``, or its URI) holds the finished run of
+    another spec and spec.output.overwrite is not set: a job re-created under an old name with a changed spec, or a
+    copied manifest, never replaces an earlier model silently."""
+    output = job.spec.output
+    if output is None or output.overwrite:
+        return
+    found = _remote_manifest(output.uri, options) if output.uri else _local_manifest(out / COMPLETE)
+    if found is None or found.get("specHash") == spec_hash(job.spec):
+        return
+    where = output.uri or str(out)
+    raise OutputExistsError(
+        f"spec.output: {where} holds the finished model of job {found.get('job', '?')} (finished "
+        f"{found.get('finishedAt', '?')}, spec {str(found.get('specHash'))[:12]}, this job's "
+        f"{spec_hash(job.spec)[:12]}); set spec.output.overwrite: true to replace it, or choose another path"
+    )
+
+
+def _local_manifest(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _remote_manifest(uri: str, options: dict[str, Any] | None) -> dict[str, Any] | None:
+    fs, path = filesystem(uri, "spec.output.uri", options)
+    target = f"{path.rstrip('/')}/{COMPLETE}"
+    with errors("spec.output.uri", uri, "read"):
+        try:
+            return dict(json.loads(fs.cat_file(target)))
+        except FileNotFoundError:
+            return None
 
 
 def versions() -> dict[str, str]:
