@@ -71,9 +71,12 @@ class UnresolvedError(Exception):
 MEMORY_CHECK_SECONDS = 1.0
 
 
-def pod_ip(namespace: str, hostname: str, subdomain: str) -> str:
-    """The loopback address of the pod with this hostname under this headless Service (or of this uid)."""
-    digest = hashlib.sha256(f"{namespace}/{hostname}.{subdomain}".encode()).digest()
+def pod_ip(namespace: str, hostname: str, subdomain: str, cluster: str = "") -> str:
+    """The loopback address of the pod with this hostname under this headless Service (or of this uid) in the
+    cluster at this API server address: two test runs on one machine (or the orphans of a killed one) never share
+    an address (the trainer's metrics server listens on its pod's; torch's rendezvous store listens on every
+    address, so each test operator also has a rendezvous port of its own)."""
+    digest = hashlib.sha256(f"{cluster}/{namespace}/{hostname}.{subdomain}".encode()).digest()
     return f"127.{digest[0] % 254 + 1}.{digest[1]}.{digest[2] % 254 + 1}"
 
 
@@ -489,7 +492,7 @@ class NodeAgent:
         rootfs.mkdir(parents=True)
         (pod.dir / "tmp").mkdir()
         hostname = spec.get("hostname", meta["name"])
-        ip = pod_ip(namespace, hostname, spec.get("subdomain", meta["uid"]))
+        ip = pod_ip(namespace, hostname, spec.get("subdomain", meta["uid"]), self.api.server)
         pod.pod["status"] = {**pod.pod.get("status", {}), "podIP": ip, "hostIP": "127.0.0.1"}
         paths, binds = self._mount(pod.pod, container, rootfs)
         termination_path = container.get("terminationMessagePath", "/dev/termination-log")
@@ -719,7 +722,7 @@ class NodeAgent:
         found = self.api.get(f"/api/v1/namespaces/{ns}/services/{service}")
         if found is None or found["spec"].get("clusterIP") != "None":
             return value
-        return pod_ip(ns, host, service)
+        return pod_ip(ns, host, service, self.api.server)
 
 
 def memory_used(root: int) -> int:

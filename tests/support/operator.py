@@ -22,6 +22,9 @@ class Operator:
     peering: str = "kubetune"
     priority: int = 100
     metrics_port: int = field(default_factory=free_port)
+    master_port: int = field(default_factory=free_port)
+    """The workers' rendezvous port: torch's TCPStore listens on every address, so two test runs on one machine
+    (each pod with its own loopback address) would still meet on the default 29500."""
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)
@@ -38,6 +41,7 @@ class Operator:
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "PYTHONPATH": f"{ROOT / 'api'}:{ROOT / 'operator'}:{ROOT / 'trainer'}",
             "KUBETUNE_METRICS_PORT": str(self.metrics_port),
+            "KUBETUNE_MASTER_PORT": str(self.master_port),
             "KUBETUNE_STATUS_INTERVAL_SECONDS": "2",
             "KUBETUNE_PEERING": self.peering,
             "KUBETUNE_PEERING_PRIORITY": str(self.priority),
