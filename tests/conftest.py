@@ -42,7 +42,7 @@ def node(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Ite
     agent.stop()
 
 
-def _volume(cluster: ControlPlane, claim: str, path: Path) -> None:
+def _volume(cluster: ControlPlane, claim: str, path: Path, modes: tuple[str, ...] = ("ReadWriteMany",)) -> None:
     """A hostPath PersistentVolume pre-bound to a claim of the same name in 'default'."""
     docs = [
         {
@@ -51,7 +51,7 @@ def _volume(cluster: ControlPlane, claim: str, path: Path) -> None:
             "metadata": {"name": f"pv-{claim}"},
             "spec": {
                 "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany"],
+                "accessModes": list(modes),
                 "storageClassName": "",
                 "hostPath": {"path": str(path)},
                 "claimRef": {"namespace": "default", "name": claim},
@@ -62,7 +62,7 @@ def _volume(cluster: ControlPlane, claim: str, path: Path) -> None:
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": claim, "namespace": "default"},
             "spec": {
-                "accessModes": ["ReadWriteMany"],
+                "accessModes": list(modes),
                 "storageClassName": "",
                 "volumeName": f"pv-{claim}",
                 "resources": {"requests": {"storage": "1Gi"}},

@@ -13,6 +13,7 @@ import pytest
 from tests.operator.cluster import Cluster, e2e_job, resumed_from, running_with_checkpoint
 from tests.operator.conftest import ROOT, wait_for
 from tests.support import faults
+from tests.conftest import _volume
 from tests.support.operator import Operator
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -184,6 +185,23 @@ def test_a_second_job_at_one_location_waits_then_never_replaces_another_specs_mo
     assert k.ftj("writer-b")["status"]["restarts"] == 0  # exit 78: not retried
     manifest = json.loads((volumes["kubetune-outputs"] / "shared" / "manifest.json").read_text())
     assert manifest["job"] == "writer-a" and manifest["spec"]["training"]["learningRate"] == 0.01
+
+
+def test_several_workers_and_a_read_write_once_output_claim_are_not_accepted(k: Cluster, tmp_path: Path) -> None:
+    _volume(k.cp, "rwo-outputs", tmp_path, ("ReadWriteOnce",))
+    k.apply(e2e_job("rwo-job").set("spec.output.pvc.claimName", "rwo-outputs").build())
+    refused = wait_for(
+        "Accepted=False ClaimAccessMode",
+        lambda: c if (c := k.condition("rwo-job", "Accepted")).get("reason") == "ClaimAccessMode" else None,
+        60,
+        lambda: k.diagnose("rwo-job"),
+    )
+    assert refused["status"] == "False" and k.get("job", "rwo-job-workers") is None
+    assert "spec.output.pvc.claimName: PersistentVolumeClaim 'rwo-outputs' has access modes ['ReadWriteOnce']" in (
+        refused["message"]
+    )
+    assert "spec.output.uri" in refused["message"] and "spec.resources.workers: 1" in refused["message"]
+    k.cp.kubectl("delete", "finetunejob", "rwo-job", "--wait=false")
 
 
 def test_missing_config_map_waits_then_starts_when_it_appears(k: Cluster) -> None:

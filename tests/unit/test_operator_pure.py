@@ -177,6 +177,23 @@ def test_missing_references_name_the_field() -> None:
     )
 
 
+def test_several_workers_need_claims_every_node_can_mount() -> None:
+    b = JobBuilder().set("spec.resources", {"workers": 2})
+    b.set("spec.output", {"pvc": {"claimName": "out", "path": "run"}})
+    spec = job(b).spec
+    rwx, rwo, rox = {"ReadWriteMany"}, {"ReadWriteOnce"}, {"ReadOnlyMany"}
+    assert validation.access_problems(spec, "kubetune-models", {"data": rox, "out": rwx}) == []
+    found = validation.access_problems(spec, "kubetune-models", {"data": rwo, "out": rox})
+    assert len(found) == 2
+    assert found[0].startswith("spec.data.datasets[0].pvc.claimName: PersistentVolumeClaim 'data' has access ")
+    assert "['ReadWriteOnce']" in found[0] and "ReadOnlyMany or ReadWriteMany needed" in found[0]
+    assert found[1].startswith("spec.output.pvc.claimName: PersistentVolumeClaim 'out'")
+    assert "ReadWriteMany needed" in found[1] and "spec.output.uri" in found[1] and "workers: 1" in found[1]
+    assert validation.access_problems(spec, "kubetune-models", {"data": rwo}) == [f for f in found if "'data'" in f]
+    one = job(b.set("spec.resources", {"workers": 1})).spec
+    assert validation.access_problems(one, "kubetune-models", {"data": rwo, "out": rwo}) == []
+
+
 # Status
 
 

@@ -23,6 +23,7 @@ class Reason(StrEnum):
     CONFIGURATION_ERROR = "ConfigurationError"
     DATA_CHANGED = "DataChanged"
     OUTPUT_IN_USE = "OutputInUse"
+    CLAIM_ACCESS_MODE = "ClaimAccessMode"
     OUTPUT_EXISTS = "OutputExists"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
@@ -62,6 +63,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.DATA_CHANGED: "The data changed since the checkpoint the job would resume from: {}",
     Reason.OUTPUT_IN_USE: "spec.output ({}) is, holds or lies in the output location of FineTuneJob {} ({}), which "
     "has not finished; this job starts when it finishes or is deleted.",
+    Reason.CLAIM_ACCESS_MODE: "A claim cannot be mounted by every worker: {}",
     Reason.OUTPUT_EXISTS: "The output location holds a finished model of another spec: {}",
     Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.activeDeadlineSeconds ({}s).",
     Reason.SUSPENDED: "The job is suspended; workers are stopped.",

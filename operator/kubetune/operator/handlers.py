@@ -139,15 +139,7 @@ def create_children(
         if status.finished(job.status):
             return
         job = _from_job(body, patch, job, namespace)
-        missing = validation.missing_references(
-            job.spec,
-            SETTINGS.model_cache_claim,
-            kube.claim_names(namespace),
-            kube.config_map_keys(namespace, {name for _, name, _ in validation.config_maps(job.spec)}),
-        )
-        if missing:
-            _accepted(job, patch, False, Reason.MISSING_REFERENCE, "; ".join(missing))
-            raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, "; ".join(missing)), delay=15)
+        _wait_for_references(job, patch, namespace)
         if _indexed(worker_jobs, namespace, job.name) is None:  # a job that started keeps its location
             _wait_for_location(body, patch, job, list(output_holders.get("all", [])))
         created: dict[str, Any] | None = None
@@ -283,6 +275,22 @@ def _from_job(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, namespace: s
         raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, error), delay=15) from error
     except lineage.ImpossibleError as error:
         admission.reject(body, patch, str(error))
+
+
+def _wait_for_references(job: FineTuneJob, patch: kopf.Patch, namespace: str) -> None:
+    """Accepted=False and a retry while a claim or ConfigMap the spec names is missing (MissingReference), or a
+    claim cannot be mounted by every worker (ClaimAccessMode: a claim's modes cannot change, but it may be made
+    again)."""
+    modes = kube.claim_modes(namespace)
+    keys = kube.config_map_keys(namespace, {name for _, name, _ in validation.config_maps(job.spec)})
+    missing = validation.missing_references(job.spec, SETTINGS.model_cache_claim, set(modes), keys)
+    if missing:
+        _accepted(job, patch, False, Reason.MISSING_REFERENCE, "; ".join(missing))
+        raise kopf.TemporaryError(message(Reason.MISSING_REFERENCE, "; ".join(missing)), delay=15)
+    unmountable = validation.access_problems(job.spec, SETTINGS.model_cache_claim, modes)
+    if unmountable:
+        _accepted(job, patch, False, Reason.CLAIM_ACCESS_MODE, "; ".join(unmountable))
+        raise kopf.TemporaryError(message(Reason.CLAIM_ACCESS_MODE, "; ".join(unmountable)), delay=30)
 
 
 def _wait_for_location(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, holders: list[locations.Holder]) -> None:

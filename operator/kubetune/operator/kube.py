@@ -85,9 +85,10 @@ def set_suspend(namespace: str, name: str, suspend: bool) -> None:
     _batch().patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
 
 
-def claim_names(namespace: str) -> set[str]:
+def claim_modes(namespace: str) -> dict[str, set[str]]:
+    """Each PersistentVolumeClaim of the namespace with its access modes (spec.accessModes)."""
     claims = _request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims")
-    return {str(c["metadata"]["name"]) for c in claims.get("items") or []}
+    return {str(c["metadata"]["name"]): set(c["spec"].get("accessModes") or []) for c in claims.get("items") or []}
 
 
 def config_map_keys(namespace: str, names: set[str]) -> dict[str, set[str]]:

@@ -2,7 +2,7 @@
 
 ``problems()`` is pure (spec in, field-naming messages out); ``missing_references()`` takes the names of the
 ConfigMaps and PersistentVolumeClaims that exist, so a handler can tell "invalid" (permanent) from "not there
-yet" (retried: the user may create the ConfigMap next).
+yet" (retried: the user may create the ConfigMap next); ``access_problems()`` takes the claims' access modes.
 """
 
 from __future__ import annotations
@@ -60,14 +60,47 @@ def problems(spec: FineTuneJobSpec) -> list[str]:
 def claims(spec: FineTuneJobSpec, model_cache_claim: str) -> dict[str, str]:
     """PersistentVolumeClaims the job reads or writes, each with the field that names it first."""
     named: dict[str, str] = {model_cache_claim: "spec.model.cached"} if spec.model.cached else {}
-    locations: list[tuple[str, PVCLocation | None]] = [("spec.model.pvc", spec.model.pvc)]
-    locations += [(f"spec.data.datasets[{i}].pvc", d.pvc) for i, d in enumerate(spec.data.datasets)]
-    locations.append(("spec.output.pvc", spec.output.pvc if spec.output else None))
-    locations.append(("spec.data.cache", spec.data.cache))
-    for where, loc in locations:
+    for where, loc in _locations(spec):
         if loc is not None:
             named.setdefault(loc.claim_name, f"{where}.claimName")
     return named
+
+
+def _locations(spec: FineTuneJobSpec) -> list[tuple[str, PVCLocation | None]]:
+    found: list[tuple[str, PVCLocation | None]] = [("spec.model.pvc", spec.model.pvc)]
+    found += [(f"spec.data.datasets[{i}].pvc", d.pvc) for i, d in enumerate(spec.data.datasets)]
+    found.append(("spec.output.pvc", spec.output.pvc if spec.output else None))
+    found.append(("spec.data.cache", spec.data.cache))
+    return found
+
+
+WRITTEN = ("spec.output.pvc", "spec.data.cache")
+"""The claims the workers write (the others they only read)."""
+SHARED_WRITE = {"ReadWriteMany"}
+SHARED_READ = {"ReadWriteMany", "ReadOnlyMany"}
+
+
+def access_problems(spec: FineTuneJobSpec, model_cache_claim: str, modes: dict[str, set[str]]) -> list[str]:
+    """With several workers (pods that may land on several nodes), each claim the job uses must be mountable on
+    all of them: ReadWriteMany where they write, ReadOnlyMany or ReadWriteMany where they only read. ``modes``: each
+    existing claim's spec.accessModes (a claim not there yet is ``missing_references``'s)."""
+    workers = spec.resources.workers
+    if workers < 2:
+        return []
+    written = {loc.claim_name for where, loc in _locations(spec) if loc is not None and where in WRITTEN}
+    found = []
+    for claim, where in claims(spec, model_cache_claim).items():
+        if claim not in modes:
+            continue
+        needed = SHARED_WRITE if claim in written else SHARED_READ
+        if not modes[claim] & needed:
+            found.append(
+                f"{where}: PersistentVolumeClaim {claim!r} has access modes {sorted(modes[claim])}, so {workers} "
+                f"workers on different nodes cannot all mount it ({' or '.join(sorted(needed))} needed); use a "
+                "claim of a storage class that offers it, spec.output.uri (object storage), or "
+                "spec.resources.workers: 1"
+            )
+    return found
 
 
 def config_maps(spec: FineTuneJobSpec) -> Iterator[tuple[str, str, str]]:
