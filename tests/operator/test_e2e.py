@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import _volume
 from tests.operator.cluster import Cluster, e2e_job, resumed_from, running_with_checkpoint
 from tests.operator.conftest import ROOT, wait_for
 from tests.support import faults
-from tests.conftest import _volume
 from tests.support.operator import Operator
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -197,8 +197,9 @@ def test_several_workers_and_a_read_write_once_output_claim_are_not_accepted(k: 
         lambda: k.diagnose("rwo-job"),
     )
     assert refused["status"] == "False" and k.get("job", "rwo-job-workers") is None
-    assert "spec.output.pvc.claimName: PersistentVolumeClaim 'rwo-outputs' has access modes ['ReadWriteOnce']" in (
-        refused["message"]
+    assert (
+        "spec.output.pvc.claimName: PersistentVolumeClaim 'rwo-outputs' has access modes ['ReadWriteOnce']"
+        in (refused["message"])
     )
     assert "spec.output.uri" in refused["message"] and "spec.resources.workers: 1" in refused["message"]
     k.cp.kubectl("delete", "finetunejob", "rwo-job", "--wait=false")
