@@ -427,3 +427,46 @@ def test_s3_model_data_and_outputs_with_keys_from_a_secret_through_the_cluster(
     assert k.ftj("s3-job")["status"]["outputLocation"] == "s3://runs/s3-job"
     places = k.where_secrets_could_leak("s3-job")
     assert [where for where, text in places.items() if s3.secret in text] == []
+
+
+@pytest.mark.timeout(1500)  # two two-worker runs and a restart: ~4 min quiet
+def test_a_two_worker_job_killed_mid_run_resumes_from_s3_and_ends_as_an_uninterrupted_one(
+    k: Cluster, tmp_path: Path
+) -> None:
+    """Issue 39, item 1: outputs on S3 (no claim at all): each checkpoint is uploaded; a worker pod SIGKILLed
+    mid-run is replaced (empty scratch space), both ranks resume from the newest complete checkpoint on S3, and
+    the test metrics match an uninterrupted run's within 1e-4."""
+    from kubetune.trainer import remote
+    from tests.support import s3server
+
+    with s3server.serving(("runs",), tmp_path / "moto.log") as s3:
+        k.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "s3-run-keys"},
+                "stringData": {"AWS_ACCESS_KEY_ID": s3.key_id, "AWS_SECRET_ACCESS_KEY": s3.secret},
+            }
+        )
+        keys = {"endpoint": s3.url, "credentialsSecretRef": {"name": "s3-run-keys"}}
+
+        def job(name: str) -> dict[str, Any]:
+            doc = e2e_job(name).set("spec.training.epochs", 6).set("spec.output", {"uri": f"s3://runs/{name}", **keys})
+            return doc.build()
+
+        k.apply(job("s3-whole"))
+        k.wait_condition("s3-whole", "Succeeded", timeout=600)
+        k.apply(job("s3-killed"))
+        wait_for("a checkpoint", lambda: running_with_checkpoint(k, "s3-killed"), 300, lambda: k.diagnose("s3-killed"))
+        fs, _ = remote.filesystem("s3://runs", "test", s3.options())
+        wait_for("a checkpoint on S3", lambda: fs.exists("runs/s3-killed/checkpoints"), 120)
+        worker = next(p for p in k.pods("s3-killed") if p["metadata"]["name"].startswith("s3-killed-workers-1-"))
+        k.node.kill("default", worker["metadata"]["name"])
+        k.wait_condition("s3-killed", "Succeeded", timeout=600)
+    whole, killed = k.ftj("s3-whole")["status"], k.ftj("s3-killed")["status"]
+    assert killed["restarts"] >= 1 and resumed_from(k, "s3-killed") > 0
+    rank0 = next(
+        p for p in k.pods("s3-killed") if p["status"]["phase"] == "Succeeded" and "-workers-0-" in p["metadata"]["name"]
+    )
+    assert "resuming from s3://runs/s3-killed/checkpoints/step-" in k.node.logs("default", rank0["metadata"]["name"])
+    assert abs(whole["evaluation"]["test"]["loss"] - killed["evaluation"]["test"]["loss"]) < 1e-4, (whole, killed)

@@ -270,9 +270,10 @@ def _progress(
 
 
 def _checkpoint(job: FineTuneJob, step: int | None, written: float | None, now: datetime) -> CheckpointStatus | None:
-    """The checkpoint of ``step`` (written at Unix time ``written``) when the run keeps its output on a claim."""
+    """The checkpoint of ``step`` (written at Unix time ``written``; on a URI, uploaded then) when the run keeps its
+    output on a claim or a URI."""
     out = job.spec.output
-    if not step or out is None or out.pvc is None:
+    if not step or out is None:
         return None
     return CheckpointStatus(
         step=step,

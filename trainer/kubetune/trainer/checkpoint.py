@@ -79,9 +79,9 @@ def save(
 
     final = directory(out) / f"{PREFIX}{state.step:08d}"
     tmp = directory(out) / f".tmp-{PREFIX}{state.step:08d}"
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:  # each node's own scratch, when the outputs go to a URI
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     rank = accelerator.process_index
     torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
@@ -96,12 +96,18 @@ def save(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(directory(out).glob(f"{PREFIX}*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        _put_in_place(tmp, final, keep)
     accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process and tmp.is_dir():  # another node's scratch: its ranks' part
+        _put_in_place(tmp, final, keep)
     return final
+
+
+def _put_in_place(tmp: Path, final: Path, keep: int) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(final.parent.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load(path: Path, model: Any, optimizer: Any, scheduler: Any, accelerator: Any) -> TrainerState:
@@ -129,22 +135,39 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, accelerator: An
 def restore(path: Path, model: Any, accelerator: Any) -> None:
     """Load the weights that ``saving.save_weights`` wrote to ``path`` (an adapter, or a whole model in one or
     more safetensors files) back into the model being trained; every rank calls it."""
-    from safetensors.torch import load_file
-
-    adapter = path / "adapter_model.safetensors"
-    if adapter.exists():
+    kind, weights = _saved(path, accelerator)
+    if kind == "adapter":
         from peft import set_peft_model_state_dict
 
-        result: Any = set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(adapter))
+        result: Any = set_peft_model_state_dict(accelerator.unwrap_model(model), weights)
         if result.unexpected_keys:
-            raise RuntimeError(f"{adapter} has weights this model does not: {list(result.unexpected_keys)[:3]}")
+            raise RuntimeError(f"{path} has weights this model does not: {list(result.unexpected_keys)[:3]}")
         return
-    weights: dict[str, Any] = {}
-    for part in sorted(path.glob("model*.safetensors")):
-        weights.update(load_file(part))
-    if not weights:
-        raise RuntimeError(f"{path} holds no saved weights")
     _load_whole(path, weights, model, accelerator)
+
+
+def _saved(path: Path, accelerator: Any) -> tuple[str, dict[str, Any]]:
+    """("adapter" or "whole", the tensors) at ``path``; a rank whose node lacks them (each node's own scratch
+    space when the outputs go to a URI: the main process wrote them on its own) gets rank 0's."""
+    from safetensors.torch import load_file
+
+    found: tuple[str, dict[str, Any]] | None = None
+    if (path / "adapter_model.safetensors").exists():
+        found = ("adapter", load_file(path / "adapter_model.safetensors"))
+    elif parts := sorted(path.glob("model*.safetensors")):
+        found = ("whole", {k: v for part in parts for k, v in load_file(part).items()})
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        everywhere: list[Any] = [None] * accelerator.num_processes
+        dist.all_gather_object(everywhere, found is not None)
+        if not all(everywhere):
+            shared = [found if accelerator.is_main_process else None]
+            dist.broadcast_object_list(shared, src=0)
+            found = shared[0]
+    if found is None:
+        raise RuntimeError(f"{path} holds no saved weights")
+    return found
 
 
 def _load_whole(path: Path, weights: dict[str, Any], model: Any, accelerator: Any) -> None:

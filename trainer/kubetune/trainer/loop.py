@@ -30,6 +30,7 @@ from .datacache import Chain
 from .errors import ConfigError, DataChangedError, PreemptedError, RegressedError
 from .hooks import HOOKS
 from .local import Volumes
+from .mirror import Mirror
 from .mixing import EpochPlan
 from .model import load, load_tokenizer
 from .pooling import packs_classification
@@ -100,6 +101,10 @@ class Recipe:
             settings=self.spec.validation.early_stopping,
         )
         self.hooks = HOOKS.install()
+        self.mirror: Mirror | None = None
+        output = self.spec.output
+        if output is not None and output.uri is not None and not stage.in_stage:
+            self.mirror = Mirror(output.uri, volumes.storage_options(output), self.accelerator)
 
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +208,8 @@ class Recipe:
         """Resume from the newest checkpoint of this spec, or evaluate the base model first (saved for a resume)."""
         self.before: dict[str, Any] = {"baseline": {}}
         self.state = TrainerState(spec_hash=outputs.spec_hash(self.spec), data_sha256=dict(self.prep.sha256))
+        if self.mirror is not None:  # outputs on a URI: the checkpoints a replaced pod's scratch lost are there
+            self.mirror.pull(self.out, self.state.spec_hash)
         resumed = self.unchanged(checkpoint.latest(self.out, self.state.spec_hash))
         noted = {"dataWarnings": self.prep.warnings}  # for the job's status while it trains
         if resumed is not None:
@@ -217,6 +224,8 @@ class Recipe:
         self.before = measure.before_tuning(self.spec, self.model, self.tokenizer, self.data, self.accelerator)
         if self.main:
             (self.out / "baseline.json").write_text(json.dumps(self.before))
+        if self.mirror is not None:
+            self.mirror.put_baseline(self.out)
 
     def unchanged(self, resumed: Path | None) -> Path | None:
         """The checkpoint to resume from, when the data it was trained on is the data now; on changed data, fail
@@ -258,6 +267,8 @@ class Recipe:
             for hook in self.hooks.after_step:
                 hook(state)
             if finishing:
+                if self.mirror is not None:
+                    self.mirror.wait()
                 return
 
     def steps(self) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
@@ -348,16 +359,18 @@ class Recipe:
     def maybe_checkpoint(self, extra: bool) -> None:
         """A checkpoint every ``checkpointing.everySteps`` steps, and an ``extra`` one (SIGTERM mid-run)."""
         if self.state.step % self.plan.checkpoint_every == 0 or extra:
-            checkpoint.save(
-                self.out,
-                self.state,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                self.accelerator,
-                self.spec.checkpointing.keep,
+            keep = self.spec.checkpointing.keep
+            saved = checkpoint.save(
+                self.out, self.state, self.model, self.optimizer, self.scheduler, self.accelerator, keep
             )
-            self.reporter.checkpoint(self.state.step)
+            if self.mirror is None:
+                self.reporter.checkpoint(self.state.step)
+                return
+            best = self.out / "best" if self.spec.validation.restore_best else None
+            step = self.state.step  # reported once it is complete there (from the upload thread)
+            self.mirror.push(saved, keep, best, lambda: self.reporter.checkpoint(step))
+            if extra:  # the pod is being stopped: the checkpoint goes up before the process ends
+                self.mirror.wait()
 
     def evaluate(self) -> dict[str, Any]:
         """Deliver the best validation step's weights (restoreBest), evaluate on the test split (per task, passkey),

@@ -1,0 +1,177 @@
+"""Checkpoints mirrored to object storage: with ``spec.output.uri`` the outputs are written in the pod's scratch
+space, which a replaced pod does not get back, so each checkpoint also goes to ``<uri>/checkpoints/step-N/``.
+
+After ``checkpoint.save`` (its local atomic write), every node's first process uploads the files of the checkpoint
+its node holds (rank 0's node: the weights, scheduler and state; every node: its ranks' optimizer and RNG state) in
+a background thread, so training goes on while the bytes travel, then writes ``done-<first rank>.json`` naming
+its ranks and files: written last, it marks that node's part complete. A checkpoint is complete when the markers
+cover every rank; one whose upload was cut off (a killed pod) is never resumed from. ``checkpointing.keep``
+applies there: rank 0 removes what is older than the ``keep`` newest complete checkpoints.
+
+A run that starts with a mirror resumes from the newest complete checkpoint of its spec there (rank 0 chooses, every
+rank hears the same step), downloaded whole into the local checkpoint directory by every node's first process;
+``baseline.json`` (the base model's figures, measured once) travels the same way, and with
+``validation.restoreBest`` the best weights go with each checkpoint. Sequential stages do not mirror (yet).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .remote import errors, filesystem
+
+log = logging.getLogger(__name__)
+BASELINE = "baseline.json"
+
+
+class Mirror:
+    """The remote copy of one run's checkpoints under ``uri``/checkpoints."""
+
+    def __init__(self, uri: str, options: dict[str, Any] | None, accelerator: Any) -> None:
+        self.uri = f"{uri.rstrip('/')}/checkpoints"
+        self.fs, self.root = filesystem(self.uri, "spec.output.uri", options)
+        self.root = self.root.rstrip("/")
+        self.accelerator = accelerator
+        self.uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
+        self.pending: Future[None] | None = None
+        self.upload_seconds: list[float] = []
+
+    # Writing
+
+    def push(
+        self, local: Path, keep: int, best: Path | None = None, uploaded: Callable[[], None] | None = None
+    ) -> None:
+        """Upload this node's part of the checkpoint at ``local`` in the background (after the previous upload);
+        ``uploaded`` is called (on rank 0) once its part is there."""
+        if not self.accelerator.is_local_main_process:
+            return
+        self.wait()
+        ranks = list(range(self.accelerator.process_index, self.accelerator.process_index + _local_world()))
+        main = self.accelerator.is_main_process
+        args = (local, ranks, keep if main else 0, best if main else None, uploaded if main else None)
+        self.pending = self.uploader.submit(self._upload, *args)
+
+    def _upload(
+        self, local: Path, ranks: list[int], keep: int, best: Path | None, uploaded: Callable[[], None] | None
+    ) -> None:
+        start, target = time.monotonic(), f"{self.root}/{local.name}"
+        try:
+            with errors("spec.output.uri", f"{self.uri}/{local.name}", "write"):
+                files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+                self.fs.put(str(local).rstrip("/") + "/", target, recursive=True)
+                if best is not None and best.is_dir():
+                    self.fs.put(str(best).rstrip("/") + "/", f"{target}/best", recursive=True)
+                marker = {"ranks": ranks, "files": files, "world": self.accelerator.num_processes}
+                self.fs.pipe_file(f"{target}/done-{ranks[0]}.json", json.dumps(marker).encode())
+                if keep:
+                    self._rotate(keep)
+        except Exception as error:  # the next checkpoint tries again; training goes on
+            log.warning("checkpoint %s was not uploaded: %s", local.name, error)
+            return
+        if uploaded is not None:
+            uploaded()
+        self.upload_seconds.append(time.monotonic() - start)
+        log.info("checkpoint %s uploaded to %s in %.2f s", local.name, self.uri, self.upload_seconds[-1])
+
+    def _rotate(self, keep: int) -> None:
+        """Remove what is older than the ``keep`` newest complete checkpoints (incomplete ones among them too)."""
+        steps = self._steps()
+        complete = [s for s in steps if self._complete(s)]
+        if len(complete) <= keep:
+            return
+        oldest_kept = complete[-keep]
+        for step in steps:
+            if step < oldest_kept:
+                self.fs.rm(f"{self.root}/{step}", recursive=True)
+
+    def put_baseline(self, out: Path) -> None:
+        """The base model's figures, measured once, for a resumed run on another node (rank 0, at once)."""
+        if self.accelerator.is_main_process and (out / BASELINE).is_file():
+            with errors("spec.output.uri", self.uri, "write"):
+                self.fs.pipe_file(f"{self.root}/{BASELINE}", (out / BASELINE).read_bytes())
+
+    def wait(self) -> None:
+        """Until the upload under way (if any) is done."""
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    # Reading
+
+    def _steps(self) -> list[str]:
+        """The checkpoint directories there, oldest first."""
+        try:
+            listed = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in listed]
+        return sorted(n for n in names if n.startswith(checkpoint.PREFIX))
+
+    def _complete(self, step: str) -> dict[str, Any] | None:
+        """The checkpoint's state when its markers cover every rank; None otherwise."""
+        base = f"{self.root}/{step}"
+        try:
+            names = [str(p).rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
+            markers = [json.loads(self.fs.cat_file(f"{base}/{n}")) for n in names if n.startswith("done-")]
+            if not markers or "state.json" not in names:
+                return None
+            covered = {rank for marker in markers for rank in marker["ranks"]}
+            if covered != set(range(markers[0]["world"])):
+                return None
+            return dict(json.loads(self.fs.cat_file(f"{base}/state.json")))
+        except FileNotFoundError:
+            return None
+
+    def newest(self, spec_hash: str) -> str | None:
+        """The newest complete checkpoint of this spec there."""
+        for step in reversed(self._steps()):
+            state = self._complete(step)
+            if state is not None and state.get("spec_hash") == spec_hash:
+                return step
+        return None
+
+    def pull(self, out: Path, spec_hash: str) -> None:
+        """Bring the newest complete checkpoint of this spec (and the baseline) into ``out`` on every node; rank 0
+        chooses it, so every rank resumes from the same step."""
+        chosen = [self.newest(spec_hash) if self.accelerator.is_main_process else None]
+        if self.accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(chosen, src=0)
+        step = chosen[0]
+        if self.accelerator.is_local_main_process:
+            for other in checkpoint.directory(out).glob("*"):  # a local one may be newer than any complete there
+                if other.name != step:
+                    shutil.rmtree(other, ignore_errors=True)
+            if step is not None:
+                self._download(step, out)
+        self.accelerator.wait_for_everyone()
+
+    def _download(self, step: str, out: Path) -> None:
+        local = checkpoint.directory(out) / step
+        partial = local.with_name(f".pull-{step}")
+        shutil.rmtree(partial, ignore_errors=True)
+        with errors("spec.output.uri", f"{self.uri}/{step}", "read"):
+            self.fs.get(f"{self.root}/{step}/", str(partial), recursive=True)
+            if self.fs.exists(f"{self.root}/{BASELINE}"):
+                (out / BASELINE).write_bytes(self.fs.cat_file(f"{self.root}/{BASELINE}"))
+        partial.mkdir(parents=True, exist_ok=True)
+        if (partial / "best").is_dir():
+            shutil.rmtree(out / "best", ignore_errors=True)
+            (partial / "best").rename(out / "best")
+        shutil.rmtree(local, ignore_errors=True)
+        partial.rename(local)
+        log.info("resuming from %s/%s", self.uri, step)
+
+
+def _local_world() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
