@@ -85,7 +85,8 @@ def test_the_keys_of_a_secret_read_the_model_and_data_and_write_the_outputs(s3: 
 def test_a_wrong_secret_is_refused_naming_the_field_and_the_keys_to_check(s3: S3Server, tmp_path: Path) -> None:
     result = _run(s3_job(s3, "wrong"), tmp_path, s3, secret="not-the-secret")
     assert result.returncode == EXIT_CONFIG, result.stderr[-3000:]
-    assert "spec.model.uri: the store refused to read s3://models/tiny" in result.stderr
+    # The first store it reads: the output location, for a finished model of another spec (never replaced).
+    assert "spec.output.uri: the store refused to read s3://runs/wrong" in result.stderr
     assert "ACCESS_DENIED" in result.stderr and "credentialsSecretRef" in result.stderr  # HEAD: a 403, no body
     assert "Traceback" not in result.stderr and "not-the-secret" not in result.stderr
     assert not (tmp_path / "kubetune" / "model").exists() and not (tmp_path / "kubetune" / "model.partial").exists()

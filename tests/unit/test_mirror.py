@@ -4,6 +4,7 @@ when the markers cover every rank, the newest complete one of the spec resumed, 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,7 +39,10 @@ def uri(request: pytest.FixtureRequest) -> str:
     return f"memory://runs/{request.node.name}"
 
 
-def test_a_checkpoint_is_complete_when_every_node_marked_its_part(tmp_path: Path, uri: str) -> None:
+def test_a_checkpoint_is_complete_when_every_node_marked_its_part(
+    tmp_path: Path, uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Mirror, "_anyone", lambda self, flag: flag)  # the ranks' all-gather, here one at a time
     rank0, rank1 = Mirror(uri, None, _rank(0, 2)), Mirror(uri, None, _rank(1, 2))
     rank0.push(_checkpoint(tmp_path / "node0", 2, 0), keep=2)
     rank0.wait()
@@ -65,9 +69,21 @@ def test_keep_applies_to_the_complete_checkpoints_there(tmp_path: Path, uri: str
     mirror = Mirror(uri, None, _rank(0, 1))
     for step in (2, 4, 6):
         mirror.push(_checkpoint(tmp_path, step, 0), keep=2)
-    mirror.wait()
+        mirror.wait()
     assert mirror._steps() == ["step-00000004", "step-00000006"]
     local = tmp_path / "resumed"
     (local / "checkpoints" / "step-00000008").mkdir(parents=True)  # newer than any complete one there: dropped
     mirror.pull(local, "s")
     assert sorted(p.name for p in (local / "checkpoints").iterdir()) == ["step-00000006"]
+
+
+def test_a_checkpoint_due_while_an_upload_is_under_way_stays_local(tmp_path: Path, uri: str) -> None:
+    """Training never waits for the store: the next checkpoint is skipped there unless the pod is being stopped."""
+    mirror = Mirror(uri, None, _rank(0, 1))
+    gate = threading.Event()
+    mirror.pending = mirror.uploader.submit(gate.wait)  # an upload under way
+    assert mirror.push(_checkpoint(tmp_path, 2, 0), keep=2) is False
+    gate.set()
+    assert mirror.push(_checkpoint(tmp_path, 4, 0), keep=2, force=True) is True
+    mirror.wait()
+    assert mirror._steps() == ["step-00000004"]

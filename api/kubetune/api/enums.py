@@ -161,6 +161,13 @@ class DataChangeAction(StrEnum):
     RESTART = "Restart"
 
 
+class CheckpointUpload(StrEnum):
+    """How checkpoints go to spec.output.uri."""
+
+    BACKGROUND = "Background"
+    EVERY = "Every"
+
+
 class RegressionAction(StrEnum):
     """What a retention regression beyond the threshold does to the job."""
 

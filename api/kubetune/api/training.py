@@ -6,6 +6,7 @@ from pydantic import Field
 
 from .base import ApiModel, Rule
 from .enums import (
+    CheckpointUpload,
     ComputeDtype,
     DataChangeAction,
     Distributed,
@@ -220,4 +221,10 @@ class Checkpointing(ApiModel):
         default=DataChangeAction.FAIL,
         description="A resume whose data files changed since the checkpoint: Fail (exit 78, reason DataChanged, "
         "naming the dataset) or Restart (train again from step 0 on the new data).",
+    )
+    upload: CheckpointUpload = Field(
+        default=CheckpointUpload.BACKGROUND,
+        description="With output.uri, how checkpoints go there: Background (training never waits; a checkpoint due "
+        "while an upload is under way stays local) or Every (each one is uploaded; the next checkpoint waits for "
+        "the previous upload).",
     )

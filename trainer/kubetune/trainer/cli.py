@@ -275,9 +275,10 @@ def _refuse_overwrite(args: argparse.Namespace, job: FineTuneJob, volumes: Volum
 
 
 def _deliver(job: FineTuneJob, volumes: Volumes, out: Path) -> None:
-    """Copy the outputs to ``spec.output.uri`` (rank 0 only); a failure keeps them in ``out`` for the next try."""
+    """Copy the outputs to ``spec.output.uri`` (rank 0 only; the checkpoints went up as they were written, see
+    ``mirror``); a failure keeps them in ``out`` for the next try."""
     if os.environ.get("RANK", "0") == "0" and job.spec.output is not None and job.spec.output.uri is not None:
-        upload(out, job.spec.output.uri, options=volumes.storage_options(job.spec.output))
+        upload(out, job.spec.output.uri, options=volumes.storage_options(job.spec.output), skip=("checkpoints",))
 
 
 def _serve(job: FineTuneJob, volumes: Volumes, out: Path, args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api import FineTuneJob, TaskType, ValidationMetric
-from kubetune.api.enums import DataChangeAction, RegressionAction
+from kubetune.api.enums import CheckpointUpload, DataChangeAction, RegressionAction
 
 from . import checkpoint, guards, measure, outputs
 from .augment import add_neftune
@@ -368,7 +368,8 @@ class Recipe:
                 return
             best = self.out / "best" if self.spec.validation.restore_best else None
             step = self.state.step  # reported once it is complete there (from the upload thread)
-            self.mirror.push(saved, keep, best, lambda: self.reporter.checkpoint(step))
+            every = self.spec.checkpointing.upload == CheckpointUpload.EVERY
+            self.mirror.push(saved, keep, best, lambda: self.reporter.checkpoint(step), force=extra or every)
             if extra:  # the pod is being stopped: the checkpoint goes up before the process ends
                 self.mirror.wait()
 

@@ -4,9 +4,12 @@ space, which a replaced pod does not get back, so each checkpoint also goes to `
 After ``checkpoint.save`` (its local atomic write), every node's first process uploads the files of the checkpoint
 its node holds (rank 0's node: the weights, scheduler and state; every node: its ranks' optimizer and RNG state) in
 a background thread, so training goes on while the bytes travel, then writes ``done-<first rank>.json`` naming
-its ranks and files: written last, it marks that node's part complete. A checkpoint is complete when the markers
-cover every rank; one whose upload was cut off (a killed pod) is never resumed from. ``checkpointing.keep``
-applies there: rank 0 removes what is older than the ``keep`` newest complete checkpoints.
+its ranks and files: written last, it marks that node's part complete. A checkpoint due while an upload is still
+under way on any node stays local on every node (the ranks agree in one small all-gather), so training never
+waits for the store: with uploads slower than the steps between checkpoints the bucket holds every k-th one.
+A checkpoint is complete when the markers cover every rank; one whose upload was cut off (a killed pod) is never
+resumed from. ``checkpointing.keep`` applies there: rank 0 removes what is older than the ``keep`` newest complete
+checkpoints.
 
 A run that starts with a mirror resumes from the newest complete checkpoint of its spec there (rank 0 chooses, every
 rank hears the same step), downloaded whole into the local checkpoint directory by every node's first process;
@@ -48,17 +51,40 @@ class Mirror:
     # Writing
 
     def push(
-        self, local: Path, keep: int, best: Path | None = None, uploaded: Callable[[], None] | None = None
-    ) -> None:
-        """Upload this node's part of the checkpoint at ``local`` in the background (after the previous upload);
-        ``uploaded`` is called (on rank 0) once its part is there."""
-        if not self.accelerator.is_local_main_process:
-            return
-        self.wait()
-        ranks = list(range(self.accelerator.process_index, self.accelerator.process_index + _local_world()))
-        main = self.accelerator.is_main_process
-        args = (local, ranks, keep if main else 0, best if main else None, uploaded if main else None)
-        self.pending = self.uploader.submit(self._upload, *args)
+        self,
+        local: Path,
+        keep: int,
+        best: Path | None = None,
+        uploaded: Callable[[], None] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Upload this node's part of the checkpoint at ``local`` in the background; ``uploaded`` is called (on
+        rank 0) once its part is there. Every rank calls it: while any node is still uploading an earlier
+        checkpoint, every node keeps this one locally only (all skip the same ones, so the ones uploaded are
+        complete), and training never waits for the store; ``force`` (a pod being stopped) waits instead."""
+        busy = self._anyone(
+            self.accelerator.is_local_main_process and self.pending is not None and not self.pending.done()
+        )
+        if busy and not force:
+            log.info("checkpoint %s kept locally only: an earlier one is still being uploaded", local.name)
+            return False
+        if self.accelerator.is_local_main_process:
+            self.wait()
+            ranks = list(range(self.accelerator.process_index, self.accelerator.process_index + _local_world()))
+            main = self.accelerator.is_main_process
+            args = (local, ranks, keep if main else 0, best if main else None, uploaded if main else None)
+            self.pending = self.uploader.submit(self._upload, *args)
+        return True
+
+    def _anyone(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (every rank calls it)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * self.accelerator.num_processes
+        dist.all_gather_object(flags, flag)
+        return any(flags)
 
     def _upload(
         self, local: Path, ranks: list[int], keep: int, best: Path | None, uploaded: Callable[[], None] | None

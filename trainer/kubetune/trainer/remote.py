@@ -110,9 +110,23 @@ def download(uri: str, local: Path, where: str, options: dict[str, Any] | None =
     return local
 
 
-def upload(local: Path, uri: str, where: str = "spec.output.uri", options: dict[str, Any] | None = None) -> None:
-    """Copy the output directory to ``uri`` (files in place are overwritten)."""
+def upload(
+    local: Path,
+    uri: str,
+    where: str = "spec.output.uri",
+    options: dict[str, Any] | None = None,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Copy the output directory to ``uri`` (files in place are overwritten), but for the entries named in
+    ``skip`` (the checkpoints, mirrored there as they were written)."""
     fs, path = filesystem(uri, where, options)
     with errors(where, uri, "write"):
         fs.makedirs(path, exist_ok=True)
-        fs.put(str(local).rstrip("/") + "/", path, recursive=True)
+        if not skip:
+            fs.put(str(local).rstrip("/") + "/", path, recursive=True)
+            return
+        for entry in sorted(local.iterdir()):
+            if entry.name in skip:
+                continue
+            target = f"{path.rstrip('/')}/{entry.name}"
+            fs.put(str(entry) + ("/" if entry.is_dir() else ""), target, recursive=entry.is_dir())
