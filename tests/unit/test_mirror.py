@@ -4,6 +4,7 @@ when the markers cover every rank, the newest complete one of the spec resumed, 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,3 +88,14 @@ def test_a_checkpoint_due_while_an_upload_is_under_way_stays_local(tmp_path: Pat
     assert mirror.push(_checkpoint(tmp_path, 4, 0), keep=2, force=True) is True
     mirror.wait()
     assert mirror._steps() == ["step-00000004"]
+
+
+def test_what_travels_is_fixed_when_pushed_though_the_local_keep_deletes_it(tmp_path: Path, uri: str) -> None:
+    """The local ``keep`` may remove a checkpoint while it is uploaded: hard links taken at the push travel."""
+    mirror = Mirror(uri, None, _rank(0, 1))
+    local = _checkpoint(tmp_path, 2, 0)
+    mirror.push(local, keep=2)
+    shutil.rmtree(local)
+    mirror.wait()
+    assert mirror.newest("s") == "step-00000002"
+    assert not list((tmp_path / "checkpoints").glob(".upload-*"))  # the staging links go once it is there

@@ -72,7 +72,8 @@ class Mirror:
             self.wait()
             ranks = list(range(self.accelerator.process_index, self.accelerator.process_index + _local_world()))
             main = self.accelerator.is_main_process
-            args = (local, ranks, keep if main else 0, best if main else None, uploaded if main else None)
+            staged = _stage(local, best if main else None)
+            args = (staged, local.name, ranks, keep if main else 0, uploaded if main else None)
             self.pending = self.uploader.submit(self._upload, *args)
         return True
 
@@ -87,26 +88,29 @@ class Mirror:
         return any(flags)
 
     def _upload(
-        self, local: Path, ranks: list[int], keep: int, best: Path | None, uploaded: Callable[[], None] | None
+        self, staged: Path, name: str, ranks: list[int], keep: int, uploaded: Callable[[], None] | None
     ) -> None:
-        start, target = time.monotonic(), f"{self.root}/{local.name}"
+        start, target = time.monotonic(), f"{self.root}/{name}"
         try:
-            with errors("spec.output.uri", f"{self.uri}/{local.name}", "write"):
-                files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
-                self.fs.put(str(local).rstrip("/") + "/", target, recursive=True)
-                if best is not None and best.is_dir():
-                    self.fs.put(str(best).rstrip("/") + "/", f"{target}/best", recursive=True)
+            with errors("spec.output.uri", f"{self.uri}/{name}", "write"):
+                files = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+                self.fs.put(str(staged).rstrip("/") + "/", target, recursive=True)
+                there = {str(p)[len(target) + 1 :] for p in self.fs.find(target)}
+                if missing := [f for f in files if f not in there]:
+                    raise OSError(f"{len(missing)} file(s) did not arrive, e.g. {missing[0]}")
                 marker = {"ranks": ranks, "files": files, "world": self.accelerator.num_processes}
                 self.fs.pipe_file(f"{target}/done-{ranks[0]}.json", json.dumps(marker).encode())
                 if keep:
                     self._rotate(keep)
         except Exception as error:  # the next checkpoint tries again; training goes on
-            log.warning("checkpoint %s was not uploaded: %s", local.name, error)
+            log.warning("checkpoint %s was not uploaded: %s", name, error)
             return
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
         if uploaded is not None:
             uploaded()
         self.upload_seconds.append(time.monotonic() - start)
-        log.info("checkpoint %s uploaded to %s in %.2f s", local.name, self.uri, self.upload_seconds[-1])
+        log.info("checkpoint %s uploaded to %s in %.2f s", name, self.uri, self.upload_seconds[-1])
 
     def _rotate(self, keep: int) -> None:
         """Remove what is older than the ``keep`` newest complete checkpoints (incomplete ones among them too)."""
@@ -197,6 +201,27 @@ class Mirror:
         shutil.rmtree(local, ignore_errors=True)
         partial.rename(local)
         log.info("resuming from %s/%s", self.uri, step)
+
+
+def _stage(local: Path, best: Path | None) -> Path:
+    """What travels, fixed now: hard links to the checkpoint's files (the local ``keep`` may delete the checkpoint
+    while its upload is under way) and a copy of the best weights (rewritten in place when they improve)."""
+    staged = local.with_name(f".upload-{local.name}")
+    shutil.rmtree(staged, ignore_errors=True)
+    for path in sorted(local.rglob("*")):
+        target = staged / path.relative_to(local)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+            continue
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+    staged.mkdir(parents=True, exist_ok=True)
+    if best is not None and best.is_dir():
+        shutil.copytree(best, staged / "best")
+    return staged
 
 
 def _local_world() -> int:
