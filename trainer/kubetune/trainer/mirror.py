@@ -46,7 +46,6 @@ class Mirror:
         self.accelerator = accelerator
         self.uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
         self.pending: Future[None] | None = None
-        self.upload_seconds: list[float] = []
 
     # Writing
 
@@ -109,8 +108,7 @@ class Mirror:
             shutil.rmtree(staged, ignore_errors=True)
         if uploaded is not None:
             uploaded()
-        self.upload_seconds.append(time.monotonic() - start)
-        log.info("checkpoint %s uploaded to %s in %.2f s", name, self.uri, self.upload_seconds[-1])
+        log.info("checkpoint %s uploaded to %s in %.2f s", name, self.uri, time.monotonic() - start)
 
     def _rotate(self, keep: int) -> None:
         """Remove what is older than the ``keep`` newest complete checkpoints (incomplete ones among them too)."""
