@@ -99,3 +99,18 @@ def test_what_travels_is_fixed_when_pushed_though_the_local_keep_deletes_it(tmp_
     mirror.wait()
     assert mirror.newest("s") == "step-00000002"
     assert not list((tmp_path / "checkpoints").glob(".upload-*"))  # the staging links go once it is there
+
+
+def test_the_best_weights_come_back_on_rank_0s_node_only(tmp_path: Path, uri: str) -> None:
+    """Rank 0 alone rewrites ``best`` as validation improves; a copy pulled onto another node would go stale and
+    be delivered there (the other ranks take rank 0's weights only when their node has none)."""
+    mirror = Mirror(uri, None, _rank(0, 1))
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "adapter_model.safetensors").write_bytes(b"best")
+    mirror.push(_checkpoint(tmp_path, 2, 0), keep=2, best=best)
+    mirror.wait()
+    for index, node in ((0, tmp_path / "node0"), (1, tmp_path / "node1")):
+        Mirror(uri, None, _rank(index, 2))._download("step-00000002", node)
+        assert (node / "best").is_dir() is (index == 0)
+        assert not (node / "checkpoints" / "step-00000002" / "best").exists()

@@ -12,7 +12,8 @@ resumed from. ``checkpointing.keep`` applies there: rank 0 removes what is older
 checkpoints.
 
 A run that starts with a mirror resumes from the newest complete checkpoint of its spec there (rank 0 chooses, every
-rank hears the same step), downloaded whole into the local checkpoint directory by every node's first process;
+rank hears the same step), downloaded whole into the local checkpoint directory by every node's first process (the best weights on rank 0's
+node only: rank 0 alone rewrites them, and the other ranks read them from rank 0 when none of theirs is there);
 ``baseline.json`` (the base model's figures, measured once) travels the same way, and with
 ``validation.restoreBest`` the best weights go with each checkpoint. Sequential stages do not mirror (yet).
 """
@@ -193,9 +194,11 @@ class Mirror:
             if self.fs.exists(f"{self.root}/{BASELINE}"):
                 (out / BASELINE).write_bytes(self.fs.cat_file(f"{self.root}/{BASELINE}"))
         partial.mkdir(parents=True, exist_ok=True)
-        if (partial / "best").is_dir():
+        if (partial / "best").is_dir() and self.accelerator.is_main_process:
             shutil.rmtree(out / "best", ignore_errors=True)
             (partial / "best").rename(out / "best")
+        # Only rank 0 keeps the best weights up to date: a stale copy on another node would be delivered there.
+        shutil.rmtree(partial / "best", ignore_errors=True)
         shutil.rmtree(local, ignore_errors=True)
         partial.rename(local)
         log.info("resuming from %s/%s", self.uri, step)
