@@ -12,9 +12,9 @@ resumed from. ``checkpointing.keep`` applies there: rank 0 removes what is older
 checkpoints.
 
 A run that starts with a mirror resumes from the newest complete checkpoint of its spec there (rank 0 chooses, every
-rank hears the same step), downloaded whole into the local checkpoint directory by every node's first process (the best weights on rank 0's
-node only: rank 0 alone rewrites them, and the other ranks read them from rank 0 when none of theirs is there);
-``baseline.json`` (the base model's figures, measured once) travels the same way, and with
+rank hears the same step), downloaded whole into the local checkpoint directory by every node's first process
+(the best weights on rank 0's node only: rank 0 alone rewrites them, and the other ranks read them from rank 0
+when their node has none); ``baseline.json`` (the base model's figures, measured once) travels the same way, and with
 ``validation.restoreBest`` the best weights go with each checkpoint. Sequential stages do not mirror (yet).
 """
 
