@@ -42,8 +42,11 @@ def node(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Ite
     agent.stop()
 
 
-def _volume(cluster: ControlPlane, claim: str, path: Path, modes: tuple[str, ...] = ("ReadWriteMany",)) -> None:
-    """A hostPath PersistentVolume pre-bound to a claim of the same name in 'default'."""
+def _volume(
+    cluster: ControlPlane, claim: str, path: Path, modes: tuple[str, ...] = ("ReadWriteMany",), host_type: str = ""
+) -> None:
+    """A hostPath PersistentVolume (of ``host_type``: "Directory" must be one) pre-bound to a claim of the same
+    name in 'default'."""
     docs = [
         {
             "apiVersion": "v1",
@@ -53,7 +56,7 @@ def _volume(cluster: ControlPlane, claim: str, path: Path, modes: tuple[str, ...
                 "capacity": {"storage": "1Gi"},
                 "accessModes": list(modes),
                 "storageClassName": "",
-                "hostPath": {"path": str(path)},
+                "hostPath": {"path": str(path), **({"type": host_type} if host_type else {})},
                 "claimRef": {"namespace": "default", "name": claim},
             },
         },

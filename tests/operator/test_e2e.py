@@ -205,6 +205,25 @@ def test_several_workers_and_a_read_write_once_output_claim_are_not_accepted(k: 
     k.cp.kubectl("delete", "finetunejob", "rwo-job", "--wait=false")
 
 
+def test_a_worker_whose_volume_cannot_be_mounted_is_named_then_trains_once_it_can(k: Cluster, tmp_path: Path) -> None:
+    """Issue 39, item 3: the kubelet cannot mount the output claim's volume (its hostPath of type Directory is
+    missing); the worker stays ContainerCreating, and the status says so with the kubelet's FailedMount words
+    (Running=False, VolumeMountFailed). Once the directory exists the mount succeeds and the job trains."""
+    missing = tmp_path / "not-yet"
+    _volume(k.cp, "late-outputs", missing, host_type="Directory")
+    k.apply(e2e_job("mount-job", workers=1).set("spec.output.pvc.claimName", "late-outputs").build())
+    stuck = wait_for(
+        "Running=False VolumeMountFailed",
+        lambda: c if (c := k.condition("mount-job", "Running")).get("reason") == "VolumeMountFailed" else None,
+        180,
+        lambda: k.diagnose("mount-job"),
+    )
+    assert f"hostPath type check failed: {missing} is not a directory" in stuck["message"], stuck
+    assert k.ftj("mount-job")["status"]["phase"] == "Pending"
+    missing.mkdir()
+    k.wait_condition("mount-job", "Succeeded", timeout=400)
+
+
 def test_missing_config_map_waits_then_starts_when_it_appears(k: Cluster) -> None:
     doc = e2e_job("late-rows", workers=1).set(
         "spec.data.datasets[0]", {"name": "rows", "configMap": {"name": "late-rows-data", "key": "rows.jsonl"}}

@@ -13,7 +13,8 @@ before it starts). Pod status (Running; Succeeded or Failed with the exit code a
 falling back to the last log lines) goes back through the API server; the real scheduler and Job controller
 do the rest. As the kubelet does, a Secret or ConfigMap (or key) that env refers to and that does not exist keeps
 the container waiting (``CreateContainerConfigError``, with the kubelet's message) and is looked up again until
-it appears.
+it appears. A PersistentVolume's hostPath of ``type: Directory`` that is not a directory keeps the container
+ContainerCreating with the kubelet's ``FailedMount`` Warning event on the pod, tried again until it is one.
 
 Projected volumes are materialised too, above all the ServiceAccount token volume the API server adds to pods that
 automount a token: the token comes from the TokenRequest API (bound to the pod), ``ca.crt`` from the
@@ -66,6 +67,11 @@ _FIELD = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
 class UnresolvedError(Exception):
     """A Secret or ConfigMap (or one of its keys) the container's env refers to is missing: the kubelet's
     CreateContainerConfigError, retried until it appears."""
+
+
+class MountError(Exception):
+    """A volume the kubelet cannot set up (a hostPath of ``type: Directory`` that is not one): the container stays
+    ContainerCreating, a ``FailedMount`` Warning event says why, and the mount is tried again until it works."""
 
 
 MEMORY_CHECK_SECONDS = 1.0
@@ -318,8 +324,11 @@ class NodeAgent:
                 try:
                     command, env, termination = self._prepare(pod)
                     break
-                except UnresolvedError as missing:
-                    self._report_waiting(path, container, str(missing))
+                except (UnresolvedError, MountError) as missing:
+                    if isinstance(missing, MountError):
+                        self._report_mount_failure(pod, path, container, str(missing))
+                    else:
+                        self._report_waiting(path, container, str(missing))
                     if pod.deleting.wait(1.0):
                         self._delete(pod.pod)
                         return
@@ -399,6 +408,43 @@ class NodeAgent:
         }
         with contextlib.suppress(urllib.error.HTTPError):
             self.api.merge(f"{path}/status", {"status": {"phase": "Pending", "containerStatuses": [status]}})
+
+    def _report_mount_failure(self, pod: PodProcess, path: str, container: dict[str, Any], text: str) -> None:
+        """As the kubelet does: the container ContainerCreating, and a FailedMount Warning event on the pod (one
+        object, its count and lastTimestamp raised on each retry)."""
+        waiting = {"reason": "ContainerCreating"}
+        status = {"name": container["name"], "image": container["image"], "ready": False, "restartCount": 0}
+        meta, now = pod.pod["metadata"], _now()
+        events = f"/api/v1/namespaces/{meta['namespace']}/events"
+        name = f"{meta['name']}.{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        with contextlib.suppress(urllib.error.HTTPError):
+            self.api.merge(
+                f"{path}/status",
+                {"status": {"phase": "Pending", "containerStatuses": [{**status, "state": {"waiting": waiting}}]}},
+            )
+            found = self.api.get(f"{events}/{name}")
+            if found is None:
+                involved = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "namespace": meta["namespace"],
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                }
+                event = {
+                    "metadata": {"name": name, "namespace": meta["namespace"]},
+                    "involvedObject": involved,
+                    "reason": "FailedMount",
+                    "message": text,
+                    "type": "Warning",
+                    "source": {"component": "kubelet", "host": NODE},
+                    "firstTimestamp": now,
+                    "lastTimestamp": now,
+                    "count": 1,
+                }
+                self.api.request("POST", events, event)
+            else:
+                self.api.merge(f"{events}/{name}", {"count": int(found.get("count") or 1) + 1, "lastTimestamp": now})
 
     def _memory_limit(self, container: dict[str, Any]) -> int | None:
         """The container's memory limit in bytes, enforced here in process mode (podman's cgroup does it there)."""
@@ -617,7 +663,13 @@ class NodeAgent:
                 pv = self.api.get(f"/api/v1/persistentvolumes/{name}") if name else None
                 if pv is None or "hostPath" not in pv["spec"]:
                     raise RuntimeError(f"persistentvolumeclaim {claim!r} is not bound to a hostPath volume")
-                target.symlink_to(pv["spec"]["hostPath"]["path"])
+                host = pv["spec"]["hostPath"]
+                if host.get("type") == "Directory" and not Path(host["path"]).is_dir():
+                    raise MountError(
+                        f'MountVolume.SetUp failed for volume "{name}" : hostPath type check failed: '
+                        f"{host['path']} is not a directory"
+                    )
+                target.symlink_to(host["path"])
             elif "hostPath" in volume:
                 target.symlink_to(volume["hostPath"]["path"])
             elif "projected" in volume:

@@ -11,7 +11,7 @@ import pytest
 from kubetune.api.spec import parse_job
 from kubetune.api.status import FineTuneJobStatus
 from kubetune.api.wire import TrainerProgress
-from kubetune.operator import builders, status, validation
+from kubetune.operator import builders, children, status, validation
 from kubetune.operator.naming import child_name
 from kubetune.operator.settings import Settings
 from tests.support.builders import JobBuilder, pod, worker_job
@@ -672,6 +672,28 @@ def test_a_secret_the_kubelet_cannot_find_waits_as_missing_reference_naming_it()
     assert conditions(s)["Running"] == ("False", "MissingReference") and s.phase == "Pending"
     assert 'worker 0: secret "hf-token" not found' in next(c.message for c in s.conditions if c.type == "Running")
     assert any(t.event_type == "Warning" for t in transitions if t.reason == "MissingReference")
+
+
+def test_a_worker_held_in_container_creating_is_looked_into_and_a_failed_mount_named() -> None:
+    """Issue 39, item 3: the kubelet says why a volume cannot be mounted only in events; a bound worker still
+    ContainerCreating after the grace period is looked into, and its FailedMount message is the Running reason."""
+    stuck = pod(0, "Pending")
+    stuck["metadata"]["name"], stuck["spec"] = "demo-workers-0-abc", {"nodeName": "node-a"}
+    stuck["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    unbound, running = pod(1, "Pending"), pod(2, "Running")
+    for other in (unbound, running):
+        other["metadata"]["name"], other["spec"] = "other", {"nodeName": "node-a"}
+    del unbound["spec"]["nodeName"]
+    grace = timedelta(seconds=10)
+    assert children.creating([stuck, unbound, running], NOW, grace) == ["demo-workers-0-abc"]
+    assert children.creating([stuck], datetime(2026, 11, 25, 11, 0, 5, tzinfo=UTC), grace) == []
+    said = 'MountVolume.SetUp failed for volume "pv-out" : hostPath type check failed: /x is not a directory'
+    s, transitions = status.compute(
+        accepted_job(), worker_job(active=1), [stuck], None, NOW, {stuck["metadata"]["name"]: said}
+    )
+    assert conditions(s)["Running"] == ("False", "VolumeMountFailed") and s.phase == "Pending"
+    assert f"demo-workers-0-abc: {said}" in next(c.message for c in s.conditions if c.type == "Running")
+    assert any(t.event_type == "Warning" for t in transitions if t.reason == "VolumeMountFailed")
 
 
 def test_uri_credentials_reach_the_workers_by_reference_one_slot_per_secret() -> None:

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     RESUMED = "Resumed"
     DIVERGED = "Diverged"
     MISSING_REFERENCE = "MissingReference"
+    VOLUME_MOUNT_FAILED = "VolumeMountFailed"
     VALIDATION_LOSS_RISING = "ValidationLossRising"
     NO_OVERFITTING = "NoOverfitting"
     SPLITS_SUFFICIENT = "SplitsSufficient"
@@ -70,6 +71,8 @@ MESSAGES: dict[Reason, str] = {
     Reason.RESUMED: "The job was resumed.",
     Reason.DIVERGED: "Training diverged (the loss became NaN or stayed far above its start); retrying would too: {}",
     Reason.MISSING_REFERENCE: "Waiting for objects the spec refers to: {}",
+    Reason.VOLUME_MOUNT_FAILED: "A worker's volumes cannot be mounted: {} (check the claim, its PersistentVolume and "
+    "the storage driver; a ReadWriteOnce volume attached to another node cannot be attached here).",
     Reason.VALIDATION_LOSS_RISING: "Validation loss rose from {} (step {}) to {} (step {}) while training loss fell "
     "from {} to {}; consider early stopping, dropout, label smoothing or fewer epochs.",
     Reason.NO_OVERFITTING: "Validation loss has not risen while training loss fell.",

@@ -3,7 +3,7 @@ conditions, phases, indexes, and the trainer container's termination (exit code,
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kubetune.api.wire import TrainerSummary
@@ -90,6 +90,29 @@ def unresolved(pods: list[dict[str, Any]]) -> str:
             if waiting.get("reason") == "CreateContainerConfigError":
                 found.append(f"worker {index(pod)}: {waiting.get('message') or 'a referenced object is missing'}")
     return "; ".join(dict.fromkeys(found))
+
+
+def creating(pods: list[dict[str, Any]], now: datetime, grace: timedelta) -> list[str]:
+    """The workers bound to a node for over ``grace`` whose container has not been created (no state but
+    ContainerCreating): a volume that fails to attach or mount keeps a pod there, and only the kubelet's events
+    say why."""
+    found = []
+    for pod in sorted(pods, key=index):
+        status = pod.get("status") or {}
+        if phase(pod) != "Pending" or not (pod.get("spec") or {}).get("nodeName"):
+            continue
+        waiting = [
+            ((c.get("state") or {}).get("waiting") or {}).get("reason") for c in status.get("containerStatuses") or []
+        ]
+        if any(reason != "ContainerCreating" for reason in waiting):
+            continue
+        scheduled: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
+        )
+        since = time(scheduled.get("lastTransitionTime") or pod["metadata"].get("creationTimestamp"))
+        if since is not None and now - since >= grace:
+            found.append(str(pod["metadata"]["name"]))
+    return found
 
 
 def rank0_ip(pods: list[dict[str, Any]]) -> str | None:

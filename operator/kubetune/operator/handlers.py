@@ -9,7 +9,7 @@ import copy
 import json
 import logging
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -41,6 +41,8 @@ from .naming import LABEL_COMPONENT, LABEL_JOB
 
 SETTINGS = settings.current()
 RESOURCE = (GROUP, VERSION, PLURAL)
+MOUNT_GRACE = timedelta(seconds=10)
+"""How long a bound worker may be ContainerCreating before the status looks for the kubelet's mount failures."""
 Children = kopf.Index[tuple[str | None, str], dict[str, Any]]
 """An index of FineTuneJobs' children, keyed by (namespace, job name): what ``_summary`` keeps of each."""
 Holders = kopf.Index[str, locations.Holder]
@@ -105,7 +107,7 @@ def worker_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_
 @kopf.index("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: "worker"})
 def worker_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Each FineTuneJob's worker pods, kept current from the watch."""
-    return {(namespace, labels[LABEL_JOB]): _summary(body)}
+    return {(namespace, labels[LABEL_JOB]): _summary(body, ("nodeName",))}
 
 
 @kopf.index("apps", "v1", "deployments", labels={LABEL_JOB: kopf.PRESENT, LABEL_COMPONENT: serving.COMPONENT})
@@ -181,8 +183,9 @@ def refresh_status(
     worker = _indexed(worker_jobs, namespace, name)
     pods = list(worker_pods.get((namespace, name), []))
     rank0, now = children.rank0_ip(pods), datetime.now(UTC)
+    stuck = children.creating(pods, now, MOUNT_GRACE)  # its events are read, and the tick is never skipped
     inputs = status.inputs_version(body, worker, pods)
-    if rank0 is None and memo.get("status_inputs") == inputs and not status.due(memo.get("status_expires"), now):
+    if not (rank0 or stuck) and memo.get("status_inputs") == inputs and not status.due(memo.get("status_expires"), now):
         return
     with metrics.timed("status"):
         job = _job(body)
@@ -196,7 +199,8 @@ def refresh_status(
         report = (
             kube.progress(rank0, SETTINGS.trainer_metrics_port, SETTINGS.progress_timeout_seconds) if rank0 else None
         )
-        computed = status.compute(job, worker, pods, report, now)
+        mounts = kube.mount_failures(namespace, stuck) if stuck else {}
+        computed = status.compute(job, worker, pods, report, now, mounts)
         metrics.observe(namespace, name, _patch_status(body, patch, job, computed))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from functools import cache
 from typing import Any
@@ -102,6 +103,23 @@ def config_map_keys(namespace: str, names: set[str]) -> dict[str, set[str]]:
                 continue
             raise
         found[name] = set(cm.get("data") or {}) | set(cm.get("binaryData") or {})
+    return found
+
+
+MOUNT_EVENTS = ("FailedMount", "FailedAttachVolume")
+
+
+def mount_failures(namespace: str, pods: list[str]) -> dict[str, str]:
+    """The kubelet's (or attach controller's) latest FailedMount or FailedAttachVolume message for each named pod
+    that has one: one list call per pod, made only for pods the kubelet has held in ContainerCreating a while."""
+    found: dict[str, str] = {}
+    for name in pods:
+        selector = urllib.parse.quote(f"involvedObject.kind=Pod,involvedObject.name={name}")
+        events = _request("GET", f"/api/v1/namespaces/{namespace}/events?fieldSelector={selector}").get("items") or []
+        failures = [e for e in events if e.get("reason") in MOUNT_EVENTS]
+        if failures:
+            latest = max(failures, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+            found[name] = str(latest.get("message") or latest["reason"])
     return found
 
 

@@ -60,9 +60,10 @@ def compute(
     pods: list[dict[str, Any]],
     report: TrainerProgress | None,
     now: datetime,
+    mounts: dict[str, str] | None = None,
 ) -> tuple[FineTuneJobStatus, list[Transition]]:
-    """The status of ``job`` given its worker Job (None: not created yet), that Job's pods and rank 0's
-    ``/progress`` document (None: not reachable)."""
+    """The status of ``job`` given its worker Job (None: not created yet), that Job's pods, rank 0's
+    ``/progress`` document (None: not reachable) and the kubelet's mount failures by pod name."""
     previous = job.status or FineTuneJobStatus()
     generation = job.metadata.get("generation")
     status = previous.model_copy(deep=True)
@@ -90,7 +91,7 @@ def compute(
     elif worker_job.get("spec", {}).get("suspend"):
         _suspended(status, conditions)
     else:
-        _active(job, status, conditions, pods, report)
+        _active(job, status, conditions, pods, report, mounts or {})
     return status, conditions.transitions
 
 
@@ -168,6 +169,7 @@ def _active(
     conditions: Conditions,
     pods: list[dict[str, Any]],
     report: TrainerProgress | None,
+    mounts: dict[str, str],
 ) -> None:
     """Neither finished nor suspended: Running once every worker runs, else Pending with what it waits for."""
     workers, running = job.spec.resources.workers, len(children.running(pods))
@@ -191,6 +193,14 @@ def _active(
     elif unresolved := children.unresolved(pods):  # a Secret or key the kubelet cannot find: wait, naming it
         text = message(Reason.MISSING_REFERENCE, unresolved)[:MESSAGE_LIMIT]
         conditions.set(ConditionType.RUNNING, False, Reason.MISSING_REFERENCE, text)
+    elif mounts:  # a volume the kubelet cannot attach or mount: its words, as for a missing Secret
+        failed = "; ".join(f"{pod}: {words}" for pod, words in sorted(mounts.items()))
+        conditions.set(
+            ConditionType.RUNNING,
+            False,
+            Reason.VOLUME_MOUNT_FAILED,
+            message(Reason.VOLUME_MOUNT_FAILED, failed)[:MESSAGE_LIMIT],
+        )
     else:
         pending = message(Reason.WORKERS_PENDING, workers - running)
         conditions.set(ConditionType.RUNNING, False, Reason.WORKERS_PENDING, pending)
