@@ -5,6 +5,8 @@ Arms, each its own process (peak RSS from ``wait4``: the largest of the process 
 - ``kubetune-cold``: ``kubetune prepare`` with an empty prepared-data cache: read, clean, deduplicate, split,
   tokenize, write the memory-mapped Arrow cache;
 - ``kubetune-warm``: the same command again: the cache's fingerprint (data files hashed) and its mapped tables;
+- ``kubetune-cold-inline`` (not in ``--quick``): ``kubetune-cold`` with ``KUBETUNE_PREP_WORKERS=0``, the tokenizer
+  in the reading process instead of worker processes beside it (``tokenpool``);
 - ``datasets-cold`` / ``-warm``: the field's usual path, ``load_dataset("json")`` and a batched ``.map`` that
   renders the same prompt and tokenizes prompt and response, ``num_proc`` = the cores, with an empty and then the
   same Arrow cache directory.
@@ -109,6 +111,9 @@ print(json.dumps({"rows": len(out)}))
 """
 
 
+INLINE = {"KUBETUNE_PREP_WORKERS": "0"}
+
+
 def arms(folder: Path, quick: bool, model: Path) -> list[tuple[str, list[str], dict[str, str]]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("api", "operator", "trainer"))
@@ -122,7 +127,11 @@ def arms(folder: Path, quick: bool, model: Path) -> list[tuple[str, list[str], d
     floor = [sys.executable, "-c", load]
     chosen = [("start-floor", floor, env), ("kubetune-cold", ours, env), ("kubetune-warm", ours, env)]
     chosen.append(("datasets-cold", theirs, hf_env))
-    return chosen if quick else [*chosen, ("datasets-warm", theirs, hf_env)]
+    if quick:
+        return chosen
+    # The same preparation with the tokenizer in the reading process (no worker processes): what they add.
+    inline = [*ours[:-1], str(folder / "out-inline")]
+    return [*chosen, ("datasets-warm", theirs, hf_env), ("kubetune-cold-inline", inline, {**env, **INLINE})]
 
 
 def one_size(size: int, quick: bool, model: Path) -> list[dict[str, Any]]:
@@ -176,6 +185,8 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
             "warm_over_cold_net_of_start": round(max(warm["seconds"] - floor["seconds"], 0) / net, 3),
             "peak_rss_ours_over_datasets": round(cold["peak_rss_mib"] / hf["peak_rss_mib"], 2),
         }
+        if inline := by.get("kubetune-cold-inline"):
+            ratios[str(size)]["cold_inline_over_cold_seconds"] = round(inline["seconds"] / cold["seconds"], 2)
         print(f"{size} MB: " + ", ".join(f"{k} {v}" for k, v in ratios[str(size)].items()))
     return {"results": results, "ratios": ratios}
 

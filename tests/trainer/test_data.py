@@ -93,6 +93,30 @@ def test_csv_parquet_and_directories_load_and_bad_rows_are_named(tmp_path: Path)
         run_prepare(spec, tmp_path)
 
 
+def test_a_parquet_file_is_read_a_batch_at_a_time_with_the_rows_of_a_whole_read(tmp_path: Path) -> None:
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kubetune.trainer.rows import FileFormat, _file_rows, parse_rows
+
+    rows = [{"instruction": f"Say {i}", "output": str(i), "input": None if i % 3 else "x"} for i in range(10_000)]
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=1_000)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        streamed = list(_file_rows(handle, FileFormat.PARQUET, "d", digest))
+    assert streamed == parse_rows(path.read_bytes(), FileFormat.PARQUET, "d") == rows
+    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()  # what a resume compares
+    path.write_bytes(path.read_bytes()[:5_000])  # cut off: no footer
+    with pytest.raises(ConfigError, match="d: not a readable Parquet file"), path.open("rb") as handle:
+        list(_file_rows(handle, FileFormat.PARQUET, "d", hashlib.sha256()))
+    path.write_bytes(b"")
+    with pytest.raises(ConfigError, match="d: the file is empty"), path.open("rb") as handle:
+        list(_file_rows(handle, FileFormat.PARQUET, "d", hashlib.sha256()))
+
+
 def test_a_csv_field_with_an_unbalanced_quote_is_dropped_as_multiline_not_merged_silently(tmp_path: Path) -> None:
     # 5 data lines; the quote opened on line 3 closes on line 4, so the reader makes one row of two, with the
     # second one's answer: it is dropped (and named) unless cleaning.allowMultiline keeps it.

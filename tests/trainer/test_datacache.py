@@ -63,6 +63,25 @@ def test_a_second_run_reads_the_cache_and_gets_the_same_rows(tmp_path: Path, mod
     assert list(Store(tmp_path / "cache").root.iterdir()) and not list((tmp_path / "cache").glob(".*tmp*"))
 
 
+def test_tokenizer_workers_give_the_rows_and_report_of_the_inline_path(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches tokenized in worker processes come back in order: the same rows, order and drop counts."""
+    write_rows(tmp_path / "d.jsonl", 3500)  # four batches of the streaming writer
+    with (tmp_path / "d.jsonl").open("a") as out:
+        out.write(json.dumps({"instruction": "long " * 300, "output": "x"}) + "\n")  # tooManyTokens with Drop
+    spec = spec_of(spec__data__cleaning={"overLength": "Drop"})
+    runs = {}
+    for workers in ("0", "2"):
+        monkeypatch.setenv("KUBETUNE_PREP_WORKERS", workers)
+        runs[workers] = prepared(spec, tmp_path, tmp_path / f"cache-{workers}", model_dir)
+    (inline, inline_report), (pooled, pooled_report) = runs["0"], runs["2"]
+    for split in ("train", "validation", "test"):
+        assert list(inline.rows[split]) == list(pooled.rows[split]), split
+    assert inline_report.to_dict() == pooled_report.to_dict()
+    assert inline_report.to_dict()["dropped"]["tooManyTokens"] == 1
+
+
 def test_a_changed_file_or_max_length_prepares_again(tmp_path: Path, model_dir: Path) -> None:
     write_rows(tmp_path / "d.jsonl", 100)
     _, first = prepared(spec_of(), tmp_path, tmp_path / "cache", model_dir)

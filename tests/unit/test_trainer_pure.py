@@ -226,3 +226,19 @@ def test_heartbeats_are_written_whole_and_read_back(tmp_path: Path) -> None:
     beat.stop()
     assert [(b["rank"], b["step"]) for b in beats] == [(3, 7)] and beats[0]["stepStarted"] is not None
     assert hung(beats, now=beats[0]["time"] + 1, timeout=20) is None
+
+
+def test_tokenizer_workers_follow_the_containers_cpu_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.trainer import tokenpool
+
+    monkeypatch.setattr(tokenpool.os, "sched_getaffinity", lambda _pid: set(range(64)))  # a big node
+    limit = tmp_path / "cpu.max"
+    limit.write_text("150000 100000\n")  # a 1.5-CPU limit: 2 CPUs, one reader and one tokenizer
+    assert tokenpool.cpus(limit) == 2
+    limit.write_text("max 100000\n")
+    assert tokenpool.cpus(limit) == 64 and tokenpool.cpus(tmp_path / "none") == 64
+    monkeypatch.delenv("KUBETUNE_PREP_WORKERS", raising=False)
+    monkeypatch.setattr(tokenpool, "cpus", lambda: 64)
+    assert tokenpool.workers() == tokenpool.MAX_WORKERS
+    monkeypatch.setenv("KUBETUNE_PREP_WORKERS", "0")
+    assert tokenpool.workers() == 0

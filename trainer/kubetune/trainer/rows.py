@@ -217,7 +217,11 @@ class _Counted:
 
 
 def _file_rows(handle: BinaryIO, kind: FileFormat, where: str, digest: Any) -> Iterator[Row]:
-    """The rows of one open file: JSONL line by line, CSV and Parquet whole (``parse_rows``)."""
+    """The rows of one open file: JSONL line by line, Parquet a record batch at a time, CSV whole
+    (``parse_rows``)."""
+    if kind == FileFormat.PARQUET and handle.seekable():
+        yield from _parquet_batches(handle, where, digest)
+        return
     if kind != FileFormat.JSONL:
         raw = handle.read()
         digest.update(raw)
@@ -233,6 +237,26 @@ def _file_rows(handle: BinaryIO, kind: FileFormat, where: str, digest: Any) -> I
             yield row
     if blank:
         raise ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
+
+
+def _parquet_batches(handle: BinaryIO, where: str, digest: Any, batch: int = 4096) -> Iterator[Row]:
+    """A Parquet file's rows, ``batch`` at a time through pyarrow (the file hashed first, a block at a time), so
+    a row is held only while its batch is: what ``parse_rows`` gives, without the whole table in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    blank = True
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+        blank = blank and not block.strip()
+    if blank:
+        raise ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
+    handle.seek(0)
+    try:
+        for rows in pq.ParquetFile(handle).iter_batches(batch_size=batch):
+            yield from rows.to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        raise ConfigError(f"{where}: not a readable Parquet file: {error}") from error
 
 
 def _json_row(line: bytes, number: int, where: str) -> Row | None:

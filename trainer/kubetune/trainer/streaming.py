@@ -3,7 +3,8 @@
 For CausalLM jobs without augmentation (the datasets that grow to gigabytes: instruction, chat and completion
 rows), ``stream_prepare`` produces what ``prepare._prepare`` does, without holding the dataset: a training row
 goes from the file (a JSONL line at a time) through cleaning and its content-drawn split into a ``SplitWriter``,
-which tokenizes ``batch`` rows in one tokenizer call and appends them to the split's Arrow IPC file. What is held
+which sends ``batch`` rows' texts to the tokenizer in one call (in worker processes beside the reader:
+``tokenpool``) and appends the rows that come back, in order, to the split's Arrow IPC file. What is held
 grows with the data only by what must be compared across rows: one 8-byte hash per kept row for deduplication
 (and per training row when explicit validation or test datasets are checked for overlap), each row's token length
 (4 bytes), and the held-out rows (validation, test, General), written at the end in the order the in-memory path
@@ -22,13 +23,14 @@ from typing import Any
 from kubetune.api import DatasetUsage, TaskType
 from kubetune.api.spec import FineTuneJobSpec
 
-from .batches import ArrowRowsBuilder, encoded, filtered, percentiles
+from .batches import ArrowRowsBuilder, Specials, assemble, filtered, percentiles
 from .datacache import split_table, write_tables
 from .errors import ConfigError
 from .formats import ChatRenderer, Example, required_columns
 from .local import Volumes
 from .mixing import task_names
 from .rows import PrepReport, _clean, draw, load, split_of
+from .tokenpool import TokenPool
 
 
 def streams(spec: FineTuneJobSpec) -> bool:
@@ -39,32 +41,42 @@ def streams(spec: FineTuneJobSpec) -> bool:
 class SplitWriter:
     """One split's rows, tokenized ``batch`` at a time and appended to ``<directory>/<split>.arrow``."""
 
-    def __init__(self, directory: Path, split: str, spec: FineTuneJobSpec, tokenizer: Any, report: PrepReport):
-        self.path, self.split, self.spec, self.tokenizer, self.report = directory, split, spec, tokenizer, report
+    def __init__(self, directory: Path, split: str, spec: FineTuneJobSpec, pool: TokenPool, report: PrepReport):
+        self.path, self.split, self.spec, self.pool, self.report = directory, split, spec, pool, report
         self.tasks = task_names(spec)
+        self.specials = Specials.of(pool.tokenizer)
         self.pending: list[Example] = []
         self.lengths = array.array("i")
-        self.rows = 0
+        self.added = self.rows = 0
         self.writer: Any = None
         self.sink: Any = None
 
     def add(self, example: Example, batch: int = 1024) -> None:
         self.pending.append(example)
+        self.added += 1
         if len(self.pending) >= batch:
             self.flush()
 
     def flush(self) -> None:
+        """Send the pending rows' texts to the tokenizer; write the batches that come back."""
         if not self.pending:
             return
-        spec, out, kept = self.spec, ArrowRowsBuilder(), []
-        max_len, cleaning = spec.training.max_seq_length, spec.data.cleaning
-        for example, (ids, targets) in zip(self.pending, encoded(self.pending, self.tokenizer, None), strict=True):
+        texts = [text for example in self.pending for text, _ in example.parts]
+        for examples, parts in self.pool.submit(texts, self.pending):
+            self._finish(examples, parts)
+        self.pending = []
+
+    def _finish(self, examples: list[Example], parts: list[list[int]]) -> None:
+        """Assemble, filter and write one tokenized batch."""
+        out, kept, each = ArrowRowsBuilder(), [], iter(parts)
+        max_len, cleaning = self.spec.training.max_seq_length, self.spec.data.cleaning
+        for example in examples:
+            ids, targets = assemble(example, [next(each) for _ in example.parts], self.specials)
             self.lengths.append(len(ids))
             row = filtered(example, ids, targets, max_len, cleaning, False, self.report)
             if row is not None:
                 out.append(*row)
                 kept.append(example)
-        self.pending = []
         self._write(split_table(out.finish(), kept, [self.tasks.get(e.source, e.source) for e in kept]))
 
     def _write(self, table: Any) -> None:
@@ -81,6 +93,8 @@ class SplitWriter:
         """Write what is pending, the token lengths and the report's figures; returns the rows kept."""
 
         self.flush()
+        for examples, parts in self.pool.drain():
+            self._finish(examples, parts)
         if self.writer is None:  # no row at all: an empty file of the same schema
             self._write(split_table(ArrowRowsBuilder().finish(), [], []))
         self.writer.close()
@@ -95,20 +109,25 @@ class SplitWriter:
 def stream_prepare(
     spec: FineTuneJobSpec, volumes: Volumes, tokenizer: Any, report: PrepReport, chat: ChatRenderer | None, out: Path
 ) -> dict[str, int]:
-    """Prepare the job's data into ``out`` a batch at a time; returns the rows kept per split."""
-    writer = SplitWriter(out, "train", spec, tokenizer, report)
-    held = _read_and_split(spec, volumes, report, chat, writer)
-    if not writer.rows and not writer.pending:
-        raise ConfigError("spec.data: no training rows are left after cleaning and the split")
-    sizes = {"train": writer.close()}
-    for split, examples in held.items():
-        if split == "train" or (split in ("retention", "replay") and not held["retention"] + held["replay"]):
-            continue
-        other = SplitWriter(out, split, spec, tokenizer, report)
-        for example in examples:
-            other.add(example)
-        sizes[split] = other.close()
-    return sizes
+    """Prepare the job's data into ``out`` a batch at a time (tokenized beside the reader); returns the rows kept
+    per split."""
+    pool = TokenPool(tokenizer)
+    try:
+        writer = SplitWriter(out, "train", spec, pool, report)
+        held = _read_and_split(spec, volumes, report, chat, writer)
+        if not writer.added:
+            raise ConfigError("spec.data: no training rows are left after cleaning and the split")
+        sizes = {"train": writer.close()}
+        for split, examples in held.items():
+            if split == "train" or (split in ("retention", "replay") and not held["retention"] + held["replay"]):
+                continue
+            other = SplitWriter(out, split, spec, pool, report)
+            for example in examples:
+                other.add(example)
+            sizes[split] = other.close()
+        return sizes
+    finally:
+        pool.close()
 
 
 def _read_and_split(
@@ -177,7 +196,7 @@ def _held_out(
 ) -> dict[str, list[Example]]:
     """Validation and test (explicit rows first, those also in training dropped), retention and replay."""
     data = spec.data
-    if not train.rows and not train.pending and (drawn["validation"] or drawn["test"]):
+    if not train.added and (drawn["validation"] or drawn["test"]):
         held = drawn["validation"] + drawn["test"]  # a pool of a few rows that all drew a held-out split
         last = max(held, key=lambda e: draw(e.digest, data.split.seed))
         drawn = {name: [e for e in rows if e is not last] for name, rows in drawn.items()}
