@@ -119,7 +119,7 @@ def servers(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: An
 @kopf.index(*RESOURCE)
 def output_holders(body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Each FineTuneJob's output location, kept current from the watch (the one-writer check)."""
-    return {"all": locations.holder_of(json.loads(json.dumps(dict(body))))}
+    return {"all": locations.holder_of(_plain(body))}
 
 
 @kopf.on.create(*RESOURCE)
@@ -247,6 +247,11 @@ def _indexed(index: Children, namespace: str, name: str) -> dict[str, Any] | Non
     return next(iter(index.get((namespace, name), [])), None)
 
 
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """The object as plain JSON data (kopf's Body holds views that pydantic and the builders do not take)."""
+    return dict(json.loads(json.dumps(dict(body))))
+
+
 def _summary(body: kopf.Body, spec_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """What status computation reads of a child: a few metadata fields, some spec, the whole status."""
     meta = body.metadata
@@ -299,7 +304,7 @@ def _wait_for_references(job: FineTuneJob, patch: kopf.Patch, namespace: str) ->
 
 def _wait_for_location(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, holders: list[locations.Holder]) -> None:
     """Accepted=False (OutputInUse) and a retry while an older unfinished job writes where this one would."""
-    this = locations.holder_of(json.loads(json.dumps(dict(body))))
+    this = locations.holder_of(_plain(body))
     other = locations.blocking(this, holders)
     if other is None:
         return
@@ -311,7 +316,7 @@ def _wait_for_location(body: kopf.Body, patch: kopf.Patch, job: FineTuneJob, hol
 
 def _job(body: kopf.Body) -> FineTuneJob:
     """The FineTuneJob of an accepted body; a status that does not parse is treated as empty."""
-    raw = json.loads(json.dumps(dict(body)))
+    raw = _plain(body)
     raw_status = raw.pop("status", None)
     job = FineTuneJob.model_validate({**raw, "spec": FineTuneJobSpec.model_validate_json(json.dumps(raw["spec"]))})
     try:

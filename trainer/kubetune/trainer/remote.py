@@ -122,9 +122,6 @@ def upload(
     fs, path = filesystem(uri, where, options)
     with errors(where, uri, "write"):
         fs.makedirs(path, exist_ok=True)
-        if not skip:
-            fs.put(str(local).rstrip("/") + "/", path, recursive=True)
-            return
         for entry in sorted(local.iterdir()):
             if entry.name in skip:
                 continue
