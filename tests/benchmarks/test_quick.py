@@ -65,3 +65,13 @@ def test_data_scale_quick() -> None:
     assert arms == {"start-floor", "kubetune-cold", "kubetune-warm", "datasets-cold"}
     assert all(r["peak_rss_mib"] > 0 and r["rows_per_second"] > 0 for r in figures["results"])
     assert "cold_rows_per_second_ours_over_datasets" in figures["ratios"]["2.0"]
+
+
+@pytest.mark.timeout(900)  # four tiny trainer runs and their scoring: ~85 s quiet
+def test_tuning_effects_quick() -> None:
+    out = run("tuning_effects", timeout=800)
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert [r["experiment"] for r in figures["results"]] == ["forgetting", "overfitting"]
+    for result in figures["results"]:
+        assert len(result["runs"]) == 2 and all(r["steps"] > 0 for r in result["runs"].values())
+    assert "| forgetting | general retention regression |" in out and "| overfitting | task loss |" in out
