@@ -2,13 +2,17 @@
 ``kubetune run``, each delivered model scored row by row on the same held-out rows (which no arm trains on) by
 this script, and each arm's metric and the paired difference reported with 95 % bootstrap intervals.
 
-Experiments (issue 40; the others of its table are still to do):
+Experiments (issue 40; the sequential, context-extension and sweep rows of its table are still to do):
 - ``forgetting``: language identification (Instruction rows through the chat template) with
   ``forgettingGuard.replayRatio`` 0 vs 0.5, General rows the base model knows (paragraphs of the Python
   documentation); metrics: the rise of the per-row answer loss on held-out documentation paragraphs over the
   base model's (retention regression), and exact match on held-out language rows (the task).
 - ``overfitting``: 48 training rows for 12 epochs, ``validation.restoreBest`` and early stopping off vs on;
   metrics: answer loss and exact match of the delivered model on held-out language rows.
+- ``multitask``: language ID (300 rows) and documentation continuation (30 rows), 10:1, ``data.mixing``
+  Proportional vs Temperature 3; metrics: each task's held-out answer loss (and exact match).
+- ``scarce data``: 48 training rows without and with ``data.augmentation`` (2 noisy copies: word dropout and swaps
+  of 0.1); metrics: held-out language rows.
 
 Every arm has the same rows, seed, optimizer steps (``maxSteps``) and LoRA; the trainer's own test evaluation is
 off (this script evaluates). Data: ``examples/data/languages.jsonl`` (sentences from the dialogues of the PyPI
@@ -36,6 +40,7 @@ CACHE = Path(os.environ.get("KUBETUNE_MODEL_CACHE", Path.home() / ".cache" / "ku
 REAL = "smollm2-135m-instruct"
 TINY = "kubetune/tiny-llama"
 RESAMPLES = 2000
+BASE_SCORES: dict[str, dict[str, list[float]]] = {}
 
 
 def languages() -> list[dict[str, str]]:
@@ -88,7 +93,7 @@ def job(name: str, model: str, steps: int, **spec: Any) -> dict[str, Any]:
             },
             "training": {
                 "learningRate": 0.002,
-                "epochs": 1,
+                "epochs": 20,  # maxSteps ends every arm: the same optimizer steps
                 "perDeviceBatchSize": 8,
                 "maxSeqLength": 256,
                 "maxSteps": steps,
@@ -196,43 +201,80 @@ def relative_rise(arm: list[float], base: list[float], seed: int = 0) -> tuple[f
 
 def experiments(quick: bool) -> list[dict[str, Any]]:
     """Each experiment's arms (job overrides), the rows it trains on and the held-out rows it is scored on."""
-    tasks, docs = languages(), documentation()
-    task_eval, task_train = interleaved(tasks, 5)  # 120 held out, 480 to train from
-    general_eval, general_train = interleaved(docs, 3)
-    steps, n = (4, 16) if quick else (40, 60)
+    task_eval, task_train = interleaved(languages(), 5)  # 120 held out, 480 to train from
+    doc_eval, doc_train = interleaved(documentation(), 3)
+    n = 16 if quick else 48
+    held = {"task": task_eval[:n], "general": doc_eval[:n]}
+    return [
+        _forgetting(task_train, doc_train, held, quick),
+        _overfitting(task_train, held, quick),
+        _multitask(task_train, doc_train, held, quick),
+        _scarce(task_train, held, quick),
+    ]
+
+
+TASK = {"name": "task", "pvc": {"claimName": "data", "path": "task.jsonl"}}
+SECOND = {"name": "general", "pvc": {"claimName": "data", "path": "general.jsonl"}}
+
+
+def _forgetting(train: list[Any], docs: list[Any], held: dict[str, Any], quick: bool) -> dict[str, Any]:
     guard = {"retentionRatio": 0.2, "maxRegression": 10}
-    general = {"name": "general", "usage": "General", "pvc": {"claimName": "data", "path": "general.jsonl"}}
-    task_source = {"name": "task", "pvc": {"claimName": "data", "path": "task.jsonl"}}
-    forgetting = {
+    datasets = [TASK, {**SECOND, "usage": "General"}]
+    return {
         "name": "forgetting",
-        "train": task_train[: 320 if not quick else 64],
-        "general": general_train[: 160 if not quick else 32],
-        "eval": {"task": task_eval[:n], "general": general_eval[:n]},
-        "steps": steps,
+        "train": train[: 64 if quick else 320],
+        "general": docs[: 32 if quick else 160],
+        "eval": held,
+        "steps": 4 if quick else 40,
         "arms": {
-            "replay 0": {"data.datasets": [task_source, general], "forgettingGuard": {**guard, "replayRatio": 0.0}},
-            "replay 0.5": {"data.datasets": [task_source, general], "forgettingGuard": {**guard, "replayRatio": 0.5}},
+            "replay 0": {"data.datasets": datasets, "forgettingGuard": {**guard, "replayRatio": 0.0}},
+            "replay 0.5": {"data.datasets": datasets, "forgettingGuard": {**guard, "replayRatio": 0.5}},
         },
     }
-    few = task_train[:48] if not quick else task_train[:16]
-    stopping = {"validation.everySteps": 6, "validation.restoreBest": True, "validation.earlyStopping": {"patience": 3}}
-    overfitting = {
+
+
+def _overfitting(train: list[Any], held: dict[str, Any], quick: bool) -> dict[str, Any]:
+    common = {"training.learningRate": 0.005, "training.epochs": 12, "validation.everySteps": 6}
+    stopping = {"validation.restoreBest": True, "validation.earlyStopping": {"patience": 3}}
+    return {
         "name": "overfitting",
-        "train": few,
+        "train": train[: 16 if quick else 48],
         "general": [],
-        "eval": {"task": task_eval[:n]},
-        "steps": 72 if not quick else 6,
+        "eval": {"task": held["task"]},
+        "steps": 6 if quick else 72,
         "arms": {
-            "last step": {
-                "training.learningRate": 0.005,
-                "training.epochs": 12,
-                "validation.everySteps": 6,
-                "validation.restoreBest": False,
-            },
-            "restoreBest + early stopping": {"training.learningRate": 0.005, "training.epochs": 12, **stopping},
+            "last step": {**common, "validation.restoreBest": False},
+            "restoreBest + early stopping": {**common, **stopping},
         },
     }
-    return [forgetting, overfitting]
+
+
+def _multitask(train: list[Any], docs: list[Any], held: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Two tasks at 10:1 rows: language ID (large) and documentation continuation (small)."""
+    datasets = [{**TASK, "task": "language"}, {**SECOND, "task": "documentation"}]
+    return {
+        "name": "multitask",
+        "train": train[: 64 if quick else 300],
+        "general": docs[: 8 if quick else 30],
+        "eval": {"task": held["task"], "documentation": held["general"]},
+        "steps": 4 if quick else 40,
+        "arms": {
+            "Proportional": {"data.datasets": datasets, "data.mixing": {"strategy": "Proportional"}},
+            "Temperature 3": {"data.datasets": datasets, "data.mixing": {"strategy": "Temperature", "temperature": 3}},
+        },
+    }
+
+
+def _scarce(train: list[Any], held: dict[str, Any], quick: bool) -> dict[str, Any]:
+    noise = {"copies": 2, "wordDropout": 0.1, "wordSwap": 0.1, "seed": 1234}
+    return {
+        "name": "scarce data",
+        "train": train[: 16 if quick else 48],
+        "general": [],
+        "eval": {"task": held["task"]},
+        "steps": 4 if quick else 24,
+        "arms": {"no augmentation": {}, "augmentation": {"data.augmentation": noise}},
+    }
 
 
 def run_experiment(experiment: dict[str, Any], model: str, model_dir: Path, folder: Path) -> dict[str, Any]:
@@ -240,7 +282,13 @@ def run_experiment(experiment: dict[str, Any], model: str, model_dir: Path, fold
     (folder / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in experiment["train"]))
     (folder / "general.jsonl").write_text("".join(json.dumps(r) + "\n" for r in experiment["general"]))
     scorer = Scorer(model_dir, job("scorer", model, 1))
-    scores = {"base": {name: scorer.score(scorer.model(None), rows) for name, rows in experiment["eval"].items()}}
+    base, scores = None, {"base": {}}
+    for name, rows in experiment["eval"].items():  # the base model's scores of a row set are scored once
+        key = json.dumps(rows)
+        if key not in BASE_SCORES:
+            base = base or scorer.model(None)
+            BASE_SCORES[key] = scorer.score(base, rows)
+        scores["base"][name] = BASE_SCORES[key]
     runs = {}
     for index, (arm, overrides) in enumerate(experiment["arms"].items()):
         adapter, runs[arm] = train(

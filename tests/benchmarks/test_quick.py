@@ -67,11 +67,14 @@ def test_data_scale_quick() -> None:
     assert "cold_rows_per_second_ours_over_datasets" in figures["ratios"]["2.0"]
 
 
-@pytest.mark.timeout(900)  # four tiny trainer runs and their scoring: ~85 s quiet
+@pytest.mark.timeout(900)  # eight tiny trainer runs and their scoring: ~130 s quiet
 def test_tuning_effects_quick() -> None:
     out = run("tuning_effects", timeout=800)
     figures = json.loads(out.strip().splitlines()[-1])
-    assert [r["experiment"] for r in figures["results"]] == ["forgetting", "overfitting"]
+    experiments = ["forgetting", "overfitting", "multitask", "scarce data"]
+    assert [r["experiment"] for r in figures["results"]] == experiments
     for result in figures["results"]:
-        assert len(result["runs"]) == 2 and all(r["steps"] > 0 for r in result["runs"].values())
+        steps = [r["steps"] for r in result["runs"].values()]
+        assert len(steps) == 2 and min(steps) > 0
+        assert result["experiment"] == "overfitting" or steps[0] == steps[1], result["runs"]  # fair arms
     assert "| forgetting | general retention regression |" in out and "| overfitting | task loss |" in out
