@@ -334,17 +334,16 @@ def main() -> None:
     if not (model_dir / "config.json").exists():
         raise SystemExit(f"no {model} in {CACHE}: run hack/model-cache.sh")
     chosen = [e for e in experiments(args.quick) if not args.only or e["name"] in args.only.split(",")]
-    results = []
-    for experiment in chosen:
-        with tempfile.TemporaryDirectory(prefix="kubetune-effects-") as tmp:
-            results.append(run_experiment(experiment, model, model_dir, Path(tmp)))
     print(f"model: {model}; mean [95 % bootstrap interval] over the held-out rows; difference = second arm - first")
-    for result in results:
+    results = []
+    for experiment in chosen:  # each table as soon as its experiment is done: a full run takes long
+        with tempfile.TemporaryDirectory(prefix="kubetune-effects-") as tmp:
+            results.append(result := run_experiment(experiment, model, model_dir, Path(tmp)))
         arms = [a for a in result["scores"] if a != "base"]
         print(f"\n| experiment | metric | base | {' | '.join(arms)} | difference |")
         print("|---|---|---:|---:|---:|---:|")
         print("\n".join(table(result)))
-        print("runs: " + "; ".join(f"{a}: {json.dumps(r)}" for a, r in result["runs"].items()))
+        print("runs: " + "; ".join(f"{a}: {json.dumps(r)}" for a, r in result["runs"].items()), flush=True)
     print(json.dumps({"model": model, "results": results}))
 
 
