@@ -328,7 +328,8 @@ class NodeAgent:
                     if isinstance(missing, MountError):
                         self._report_mount_failure(pod, path, container, str(missing))
                     else:
-                        self._report_waiting(path, container, str(missing))
+                        waiting = {"reason": "CreateContainerConfigError", "message": str(missing)}
+                        self._report_waiting(path, container, waiting)
                     if pod.deleting.wait(1.0):
                         self._delete(pod.pod)
                         return
@@ -396,7 +397,8 @@ class NodeAgent:
             if not self._stop.is_set():  # the API server is gone when the agent stops: nothing to report to
                 raise
 
-    def _report_waiting(self, path: str, container: dict[str, Any], text: str) -> None:
+    def _report_waiting(self, path: str, container: dict[str, Any], waiting: dict[str, str]) -> None:
+        """The pod Pending with its container waiting (``waiting``: the kubelet's reason and message)."""
         status = {
             "name": container["name"],
             "image": container["image"],
@@ -404,7 +406,7 @@ class NodeAgent:
             "ready": False,
             "started": False,
             "restartCount": 0,
-            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": text}},
+            "state": {"waiting": waiting},
         }
         with contextlib.suppress(urllib.error.HTTPError):
             self.api.merge(f"{path}/status", {"status": {"phase": "Pending", "containerStatuses": [status]}})
@@ -412,16 +414,11 @@ class NodeAgent:
     def _report_mount_failure(self, pod: PodProcess, path: str, container: dict[str, Any], text: str) -> None:
         """As the kubelet does: the container ContainerCreating, and a FailedMount Warning event on the pod (one
         object, its count and lastTimestamp raised on each retry)."""
-        waiting = {"reason": "ContainerCreating"}
-        status = {"name": container["name"], "image": container["image"], "ready": False, "restartCount": 0}
+        self._report_waiting(path, container, {"reason": "ContainerCreating"})
         meta, now = pod.pod["metadata"], _now()
         events = f"/api/v1/namespaces/{meta['namespace']}/events"
         name = f"{meta['name']}.{hashlib.sha256(text.encode()).hexdigest()[:16]}"
         with contextlib.suppress(urllib.error.HTTPError):
-            self.api.merge(
-                f"{path}/status",
-                {"status": {"phase": "Pending", "containerStatuses": [{**status, "state": {"waiting": waiting}}]}},
-            )
             found = self.api.get(f"{events}/{name}")
             if found is None:
                 involved = {

@@ -106,7 +106,7 @@ class PrepReport:
 def parse_rows(raw: bytes, kind: FileFormat, where: str) -> list[Row]:
     """Rows of a JSONL, CSV or Parquet file's bytes; a malformed file or row is a ConfigError naming it."""
     if not raw.strip():
-        raise ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
+        raise _empty(where)
     if kind == FileFormat.PARQUET:
         return _parquet_rows(raw, where)
     if kind == FileFormat.JSONL:
@@ -236,7 +236,7 @@ def _file_rows(handle: BinaryIO, kind: FileFormat, where: str, digest: Any) -> I
         if row is not None:
             yield row
     if blank:
-        raise ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
+        raise _empty(where)
 
 
 def _parquet_batches(handle: BinaryIO, where: str, digest: Any, batch: int = 4096) -> Iterator[Row]:
@@ -250,13 +250,17 @@ def _parquet_batches(handle: BinaryIO, where: str, digest: Any, batch: int = 409
         digest.update(block)
         blank = blank and not block.strip()
     if blank:
-        raise ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
+        raise _empty(where)
     handle.seek(0)
     try:
         for rows in pq.ParquetFile(handle).iter_batches(batch_size=batch):
             yield from rows.to_pylist()
     except (pa.ArrowException, OSError) as error:
         raise ConfigError(f"{where}: not a readable Parquet file: {error}") from error
+
+
+def _empty(where: str) -> ConfigError:
+    return ConfigError(f"{where}: the file is empty (an export that failed?); remove it or fill it")
 
 
 def _json_row(line: bytes, number: int, where: str) -> Row | None:

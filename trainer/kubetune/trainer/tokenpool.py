@@ -70,8 +70,8 @@ def _split(flat: Any, offsets: Any) -> list[list[int]]:
 class TokenPool:
     """Encode batches of texts in order, in worker processes when there are any."""
 
-    def __init__(self, tokenizer: Any, processes: int | None = None) -> None:
-        count = workers() if processes is None else processes
+    def __init__(self, tokenizer: Any) -> None:
+        count = workers()
         self.tokenizer = tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self.pool: ProcessPoolExecutor | None = None
@@ -87,7 +87,9 @@ class TokenPool:
         """Queue ``texts`` (with ``tag``, given back with their ids); yields the (tag, ids) of batches done, oldest
         first, keeping a few batches in flight."""
         if self.pool is None:
-            yield tag, _texts(self.tokenizer, texts)
+            from .batches import _encode_texts  # not at the top: a spawned worker imports this module alone
+
+            yield tag, _encode_texts(self.tokenizer, texts)
             return
         self.in_flight.append((tag, self.pool.submit(_encode, texts)))
         while len(self.in_flight) > self.depth:
@@ -116,7 +118,3 @@ def _plain(backend: Any) -> Any:
     copy.no_truncation()
     copy.no_padding()
     return copy
-
-
-def _texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    return list(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
